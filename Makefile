@@ -1,0 +1,33 @@
+# The two commands a new user needs (see README):
+#   make run   - set up .venv and run the main job
+#   make test  - set up .venv with test extras and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint readme clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/attnzoo list
+	$(BIN)/attnzoo selfcheck
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	@# pytest exits 5 when it collects no tests: that is a failure here, never a pass.
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo 'pytest collected no tests: failing'; exit 1; fi; exit $$rc
+
+readme: $(VENV)/.installed
+	$(BIN)/python -m attnzoo.docs --write README.md
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,41 @@
+"""attnzoo: attention and token-mixing mechanisms behind one interface, verified and measured.
+
+import attnzoo as az
+az.list_mixers(dims=1, pattern="causal-self")
+m = az.build_mixer("softmax", d_model=256, num_heads=4, causal=True)
+"""
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers import Mixer
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import (
+    FAMILIES,
+    PATTERNS,
+    STATES,
+    MixerSpec,
+    Paper,
+    build_mixer,
+    get_spec,
+    list_mixers,
+    mixer_from_json,
+    register_mixer,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "PATTERNS",
+    "STATES",
+    "Mask",
+    "Mixer",
+    "MixerConfig",
+    "MixerSpec",
+    "Paper",
+    "__version__",
+    "build_mixer",
+    "get_spec",
+    "list_mixers",
+    "mixer_from_json",
+    "register_mixer",
+]

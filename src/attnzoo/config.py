@@ -1,0 +1,156 @@
+"""Frozen, validated, JSON-round-trippable mixer configurations.
+
+Every mixer has one config dataclass derived from :class:`MixerConfig`. Constructing it checks
+each field's type against its annotation (``bool`` is not accepted where an ``int`` is meant),
+then runs the subclass's ``validate()`` for value constraints. Unknown keys are rejected with
+the closest valid names suggested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+C = TypeVar("C", bound="MixerConfig")
+
+
+def suggest(word: str, choices: typing.Iterable[str]) -> str:
+    """Return ``" (did you mean 'x'?)"`` for the closest choices, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        return f"tuple[{_type_name(args[0])}, ...]" if args else "tuple"
+    if tp is type(None):
+        return "None"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """True when ``value`` is an instance of the (simple) annotation ``tp``."""
+    if tp is Any:
+        return True
+    origin = get_origin(tp)
+    if origin is Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in get_args(tp))
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Normalise JSON-ish values: lists become tuples, ints become floats for float fields."""
+    if isinstance(value, list):
+        value = tuple(value)
+    if _matches(value, float) and not isinstance(value, float):
+        float_allowed = tp is float or (
+            get_origin(tp) in (Union, types.UnionType)
+            and float in get_args(tp)
+            and int not in get_args(tp)
+        )
+        if float_allowed:
+            return float(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class MixerConfig:
+    """Base of every mixer config.
+
+    Attributes:
+        d_model: model width (1-D mixers) or channel count ``C`` (2-D mixers).
+        causal: selects the causal patterns (``causal-self`` / ``causal-cross``).
+    """
+
+    d_model: int
+    causal: bool = False
+
+    mixer_name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            tp = hints[f.name]
+            value = _coerce(getattr(self, f.name), tp)
+            object.__setattr__(self, f.name, value)
+            if not _matches(value, tp):
+                raise TypeError(
+                    f"{self._owner()}: config '{f.name}' must be {_type_name(tp)}, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
+        if self.d_model < 1:
+            raise ValueError(f"{self._owner()}: d_model must be >= 1, got {self.d_model}")
+        self.validate()
+
+    def _owner(self) -> str:
+        return self.mixer_name or type(self).__name__
+
+    def validate(self) -> None:
+        """Value checks beyond types; subclasses override and raise ``ValueError``."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_kwargs(cls: type[C], **kwargs: Any) -> C:
+        """Build from keyword arguments, rejecting unknown keys with a suggestion."""
+        names = cls.field_names()
+        for key in kwargs:
+            if key not in names:
+                owner = cls.mixer_name or cls.__name__
+                raise TypeError(
+                    f"{owner}: unknown config key '{key}'{suggest(key, names)}; "
+                    f"valid keys: {', '.join(names)}"
+                )
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        """JSON text ``{"mixer": name, "config": {...}}``; see :func:`attnzoo.mixer_from_json`."""
+        return json.dumps({"mixer": self.mixer_name, "config": self.to_dict()}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        data = json.loads(text)
+        if not isinstance(data, dict) or "config" not in data:
+            raise ValueError(f"config JSON must be an object with a 'config' key, got {text!r}")
+        if cls.mixer_name and data.get("mixer") != cls.mixer_name:
+            raise ValueError(
+                f"config JSON is for mixer {data.get('mixer')!r}, not {cls.mixer_name!r}"
+            )
+        return cls.from_kwargs(**data["config"])
+
+    def replace(self: C, **changes: Any) -> C:
+        return type(self).from_kwargs(**{**self.to_dict(), **changes})

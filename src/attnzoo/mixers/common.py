@@ -1,0 +1,212 @@
+"""Pieces shared by mixers: the multi-head q/k/v attention layer with a KV cache.
+
+``softmax`` and ``sigmoid`` differ only in the op they call; everything else (projections, GQA,
+config-derived masks, call-time masks, KV-cache streaming, FLOP accounting) lives here once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers.base import Mixer
+from attnzoo.ops.common import attention_flops
+from attnzoo.ops.masks import Mask
+
+ATTENTION_MASKS = ("full", "causal", "sliding-window", "document", "prefix-lm", "block-causal")
+
+
+def default_heads(d_model: int) -> int:
+    """``d_model // 64`` heads of width 64 when 64 divides ``d_model``, otherwise one head."""
+    return d_model // 64 if d_model >= 64 and d_model % 64 == 0 else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig(MixerConfig):
+    """Multi-head q/k/v attention.
+
+    Attributes:
+        num_heads: query heads; ``None`` means :func:`default_heads`.
+        num_kv_heads: key/value heads (grouped-query attention); ``None`` means ``num_heads``.
+        head_dim: per-head width; ``None`` means ``d_model // num_heads``.
+        qkv_bias: bias on the q/k/v projections.
+        qk_norm: LayerNorm on q and k per head (stabilises training; the sigmoid paper's advice).
+        window: sliding-window size (see :class:`attnzoo.Mask`), or ``None``.
+        prefix: prefix-LM length (needs ``causal=True``), or ``None``.
+        block: block-causal block size (needs ``causal=True``), or ``None``.
+        context_dim: width of ``context`` for cross patterns; ``None`` means ``d_model``.
+    """
+
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    window: int | None = None
+    prefix: int | None = None
+    block: int | None = None
+    context_dim: int | None = None
+
+    def validate(self) -> None:
+        owner = self._owner()
+        for name in ("num_heads", "num_kv_heads", "head_dim", "context_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+        heads = self.heads
+        if self.head_dim is None and self.d_model % heads != 0:
+            raise ValueError(
+                f"{owner}: d_model={self.d_model} is not divisible by num_heads={heads}; "
+                "pick num_heads dividing d_model or set head_dim"
+            )
+        if heads % self.kv_heads != 0:
+            raise ValueError(
+                f"{owner}: num_heads={heads} must be a multiple of num_kv_heads={self.kv_heads}"
+            )
+        # a Mask checks window / prefix / block consistency with causal and names the argument
+        self.mask()
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.d_model // self.heads
+
+    def mask(self) -> Mask:
+        """The mask this config describes (call-time masks may replace it)."""
+        try:
+            return Mask(
+                causal=self.causal, window=self.window, prefix=self.prefix, block=self.block
+            )
+        except ValueError as e:
+            raise ValueError(f"{self._owner()}: {e}") from None
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Growing key/value state for streaming (truncated to the window when one is set).
+
+    Shapes:
+        k ``[B, t, Hkv, K]``, v ``[B, t, Hkv, V]``; ``position`` counts tokens seen.
+    """
+
+    k: Tensor
+    v: Tensor
+    position: int = 0
+
+
+class AttentionMixer(Mixer):
+    """Projections + attention op + output projection; subclasses implement :meth:`attend`."""
+
+    cfg: AttentionConfig
+
+    def __init__(self, cfg: AttentionConfig) -> None:
+        super().__init__(cfg)
+        H, Hkv, K = cfg.heads, cfg.kv_heads, cfg.dim_head
+        self.q_proj = nn.Linear(cfg.d_model, H * K, bias=cfg.qkv_bias)
+        self.kv_proj = nn.Linear(self.context_dim, 2 * Hkv * K, bias=cfg.qkv_bias)
+        self.out_proj = nn.Linear(H * K, cfg.d_model)
+        self.q_norm = nn.LayerNorm(K) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(K) if cfg.qk_norm else nn.Identity()
+
+    @property
+    def context_dim(self) -> int:
+        return self.cfg.context_dim or self.cfg.d_model
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
+        """The attention op. Shapes: q ``[B, T, H, K]``, k/v ``[B, S, Hkv, K]`` -> ``[B, T, H, K]``."""
+        raise NotImplementedError
+
+    def _project(self, x: Tensor, source: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        H, Hkv = self.cfg.heads, self.cfg.kv_heads
+        q = rearrange(self.q_proj(x), "b t (h k) -> b t h k", h=H)  # [B, T, H, K]
+        kv = rearrange(self.kv_proj(source), "b s (two h k) -> two b s h k", two=2, h=Hkv)
+        return self.q_norm(q), self.k_norm(kv[0]), kv[1]  # k, v: [B, S, Hkv, K]
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
+    ) -> Tensor:
+        """Shapes: x ``[B, T, D]``, context ``[B, S, D]`` or ``None`` -> ``[B, T, D]``."""
+        self.pattern_of(context)
+        self.check_input(x, context)
+        self.check_mask(mask)
+        q, k, v = self._project(x, x if context is None else context)
+        o = self.attend(q, k, v, mask if mask is not None else self.cfg.mask())  # [B, T, H, K]
+        return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))
+
+    # ---- streaming (causal-self) ----------------------------------------------------------
+    def _check_streamable(self) -> None:
+        if not self.cfg.causal or self.cfg.prefix is not None or self.cfg.block is not None:
+            raise ValueError(
+                f"{self.spec.name}: step() streams the causal-self pattern with a causal or causal "
+                f"sliding-window mask; this mixer has mask {self.cfg.mask().name!r}"
+            )
+
+    def init_state(self, batch_size: int, **kwargs: Any) -> KVCache:
+        """Empty KV cache. Keyword options: ``device``, ``dtype``."""
+        self._check_streamable()
+        unknown = set(kwargs) - {"device", "dtype"}
+        if unknown:
+            raise TypeError(
+                f"{self.spec.name}.init_state: unknown options {sorted(unknown)}; allowed: device, dtype"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(
+                f"{self.spec.name}.init_state: batch_size must be a positive int, got {batch_size!r}"
+            )
+        ref = self.q_proj.weight
+        device, dtype = kwargs.get("device", ref.device), kwargs.get("dtype", ref.dtype)
+        shape = (batch_size, 0, self.cfg.kv_heads, self.cfg.dim_head)
+        return KVCache(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
+
+    def step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
+        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
+        self._check_streamable()
+        if not isinstance(state, KVCache):
+            raise TypeError(
+                f"{self.spec.name}.step: state must come from init_state(), got {type(state).__name__}"
+            )
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
+            raise ValueError(
+                f"{self.spec.name}.step: x_t must be [B, D], got {getattr(x_t, 'shape', x_t)}"
+            )
+        if x_t.shape[0] != state.k.shape[0]:
+            raise ValueError(
+                f"{self.spec.name}.step: x_t batch {x_t.shape[0]} differs from the state's {state.k.shape[0]}"
+            )
+        x = x_t[:, None]  # [B, 1, D]
+        self.check_input(x)
+        q, k, v = self._project(x, x)
+        k = torch.cat([state.k, k], dim=1)  # [B, t+1, Hkv, K]
+        v = torch.cat([state.v, v], dim=1)
+        if self.cfg.window is not None:
+            k, v = k[:, -self.cfg.window :], v[:, -self.cfg.window :]
+        o = self.attend(q, k, v, Mask())  # the cache holds exactly the visible keys
+        y = self.out_proj(rearrange(o, "b t h k -> b t (h k)"))[:, 0]
+        return y, KVCache(k, v, state.position + 1)
+
+
+def attention_mixer_flops(
+    cfg: AttentionConfig, batch: int, T: int, S: int | None, mask: Mask | None
+) -> int:
+    """Projections plus ``attention_flops`` over the mask's attended pairs."""
+    S_ = T if S is None else S
+    H, Hkv, K, D = cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.d_model
+    Dc = cfg.context_dim or D
+    m = mask if mask is not None else cfg.mask()
+    proj = 2 * batch * (T * D * H * K + S_ * Dc * 2 * Hkv * K + T * H * K * D)
+    return proj + attention_flops(batch, H, K, K, m.pairs(T, S_))

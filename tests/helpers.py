@@ -1,0 +1,27 @@
+"""Test helpers: run a function forward and backward and compare against another."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def fwd_bwd(
+    fn: Callable[..., Tensor], inputs: Sequence[Tensor], grad: Tensor | None = None
+) -> list[Tensor]:
+    """Output and input gradients of ``fn(*inputs)`` for a fixed random output gradient."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    g = grad if grad is not None else torch.randn_like(out)
+    (out * g).sum().backward()
+    return [out.detach()] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
+
+
+def assert_all_close(
+    got: Sequence[Tensor], want: Sequence[Tensor], atol: float = 2e-5, rtol: float = 1e-5
+) -> None:
+    names = ["output"] + [f"grad[{i}]" for i in range(len(got) - 1)]
+    for name, a, b in zip(names, got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
