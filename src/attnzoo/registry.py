@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from attnzoo.mixers.base import Mixer
 
 PATTERNS = ("noncausal-self", "causal-self", "noncausal-cross", "causal-cross")
-FAMILIES = ("softmax", "linear", "sparse", "conv", "recurrent", "hybrid", "graph", "other")
+FAMILIES = ("softmax", "dense", "linear", "sparse", "conv", "recurrent", "hybrid", "graph", "other")
 STATES = ("none", "constant", "growing")
 
 # flops(config, batch, T, S, mask) -> FLOPs of one forward call; S is None for self patterns
@@ -37,7 +37,7 @@ class MixerSpec:
 
     Attributes:
         name: registry name (``build_mixer(name, ...)``).
-        family: one of ``FAMILIES``.
+        family: one of ``FAMILIES`` (``dense``: all pairs, no softmax normaliser, e.g. sigmoid).
         dims: 1 for sequences ``[B, T, D]``, 2 for channels-last images ``[B, h, w, C]``.
         patterns: subset of the four CAB patterns it supports.
         masks: mask kinds it accepts (``MASK_KINDS``).

@@ -64,7 +64,7 @@ class SigmoidConfig(AttentionConfig):
 @register_mixer(
     "sigmoid",
     config=SigmoidConfig,
-    family="softmax",
+    family="dense",
     dims=1,
     patterns=PATTERNS,
     masks=ATTENTION_MASKS,
@@ -72,7 +72,7 @@ class SigmoidConfig(AttentionConfig):
     exact=False,
     complexity="O(T·S·K) time; O(T·S) or O(T·block) memory",
     paper=PAPER,
-    peer="x-transformers Attend(sigmoid=True) semantics; explicit formula",
+    peer="x-transformers Attend(sigmoid=True), fwd+bwd",
     flops=attention_mixer_flops,
 )
 class SigmoidAttention(AttentionMixer):

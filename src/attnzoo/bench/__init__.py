@@ -1,0 +1,1 @@
+"""Benchmarks and correctness gates (public APIs only)."""

@@ -1,0 +1,92 @@
+"""Correctness gate: every fast ``impl`` of a mixer against its ``reference`` impl, fwd + bwd.
+
+The benchmark runs this before timing a (mixer, impl) and refuses to record a timing for a path
+that failed in the same run (DESIGN §4). ``attnzoo selfcheck`` prints it for the whole registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import torch
+
+from attnzoo.registry import MixerSpec, build_mixer
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    mixer: str
+    impl: str
+    pattern: str
+    max_abs_err: float  # over the output and every parameter/input gradient
+    ok: bool
+    detail: str = ""
+
+
+def impl_choices(spec: MixerSpec) -> tuple[str, ...]:
+    """The ``impl`` values a mixer's config accepts (empty when it has a single path)."""
+    hints = typing.get_type_hints(spec.config)
+    tp = hints.get("impl")
+    if tp is None or typing.get_origin(tp) is not typing.Literal:
+        return ()
+    return tuple(typing.get_args(tp))
+
+
+def _make_inputs(
+    spec: MixerSpec, d_model: int, length: int, pattern: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(0)
+    if spec.dims == 1:
+        x = torch.randn(2, length, d_model, generator=g)
+    else:
+        x = torch.randn(2, length, length, d_model, generator=g)
+    ctx = (
+        torch.randn(2, max(1, length // 2 + 3), d_model, generator=g)
+        if pattern.endswith("cross")
+        else None
+    )
+    return x, ctx
+
+
+def _fwd_bwd(m: torch.nn.Module, x: torch.Tensor, ctx: torch.Tensor | None) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    y = m(x, context=ctx) if ctx is not None else m(x)
+    g = torch.Generator().manual_seed(1)
+    (y * torch.randn(y.shape, generator=g)).sum().backward()
+    grads = [p.grad.detach().clone() for p in m.parameters() if p.grad is not None]
+    return [y.detach(), x.grad.detach()] + grads
+
+
+def check_mixer(
+    spec: MixerSpec, *, d_model: int = 32, length: int = 37, atol: float = 1e-4, rtol: float = 1e-4
+) -> list[CheckResult]:
+    """Compare each non-reference impl with ``reference`` on every supported pattern (fp32)."""
+    choices = impl_choices(spec)
+    results: list[CheckResult] = []
+    if "reference" not in choices:
+        return results
+    for pattern in spec.patterns:
+        causal = pattern.startswith("causal")
+        x, ctx = _make_inputs(spec, d_model, length, pattern)
+        ref = build_mixer(spec.name, d_model=d_model, causal=causal, impl="reference")
+        want = _fwd_bwd(ref, x, ctx)
+        for impl in choices:
+            if impl == "reference":
+                continue
+            m = build_mixer(spec.name, d_model=d_model, causal=causal, impl=impl)
+            m.load_state_dict(ref.state_dict())
+            try:
+                got = _fwd_bwd(m, x, ctx)
+            except Exception as e:  # recorded as a failed check, never hidden
+                results.append(CheckResult(spec.name, impl, pattern, float("inf"), False, repr(e)))
+                continue
+            err = max(
+                float((a - b).abs().max()) if a.numel() else 0.0
+                for a, b in zip(got, want, strict=True)
+            )
+            ok = all(
+                torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(got, want, strict=True)
+            )
+            results.append(CheckResult(spec.name, impl, pattern, err, ok))
+    return results

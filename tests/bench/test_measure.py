@@ -1,0 +1,47 @@
+"""Peak-memory and timing helpers, validated against known allocations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnzoo.bench.measure import interleaved_medians, median_seconds, peak_memory_bytes
+from attnzoo.ops import softmax_attention
+
+
+def test_peak_memory_of_known_allocations() -> None:
+    def f() -> torch.Tensor:
+        a = torch.empty(1000, 1000)  # 4 MB
+        b = torch.empty(500, 1000)  # 2 MB, live with a: 6 MB
+        del a
+        c = torch.empty(2000, 1000)  # 8 MB, live with b: 10 MB (the peak)
+        return b, c
+
+    peak = peak_memory_bytes(f)
+    assert 10_000_000 <= peak <= 10_000_000 + 4096
+
+
+def test_peak_memory_ignores_tensors_alive_before() -> None:
+    big = torch.randn(2000, 2000)  # 16 MB alive before the call
+    peak = peak_memory_bytes(lambda: big[:10].clone())
+    assert peak < 1_000_000
+
+
+def test_blocked_attention_peak_is_much_lower_than_reference() -> None:
+    q, k, v = (torch.randn(1, 1024, 2, 16) for _ in range(3))
+    ref = peak_memory_bytes(lambda: softmax_attention(q, k, v, impl="reference"))
+    blk = peak_memory_bytes(lambda: softmax_attention(q, k, v, impl="blocked"))
+    assert ref >= 2 * 1024 * 1024 * 4  # the [1, 2, 1024, 1024] scores exist in the reference
+    assert blk * 5 < ref
+
+
+def test_timing_helpers() -> None:
+    calls = []
+    assert median_seconds(lambda: calls.append(1), repeats=3, warmup=2) >= 0
+    assert len(calls) == 5
+    res = interleaved_medians({"a": lambda: None, "b": lambda: None}, repeats=2)
+    assert set(res) == {"a", "b"}
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        median_seconds(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="device must be cpu or cuda"):
+        peak_memory_bytes(lambda: None, device="meta")
