@@ -9,6 +9,7 @@ Measured in one run on this machine, fp32:
    ``raw / ours`` should be >= 0.95 (no wrapper overhead).
 2. Peak memory of the ``blocked`` path vs ``reference`` at T = 8k (forward, and forward+backward),
    from the profiler's allocator events (``attnzoo.bench.measure.peak_memory_bytes``).
+3. Speed of the pure-PyTorch ``blocked`` path against SDPA's fused kernel and ``reference``.
 
 Usage: ``.venv/bin/python benchmarks/softmax_overhead.py [--lengths 1024,4096,8192] [--repeats 5]``
 """
@@ -85,12 +86,30 @@ def memory(T: int) -> None:
         )
 
 
+def blocked_speed(lengths: list[int], repeats: int) -> None:
+    """The pure-PyTorch blocked path against SDPA's fused kernel and the reference, causal fwd."""
+    for T in lengths:
+        q, k, v = (torch.randn(1, T, H, K) for _ in range(3))
+        fns = {
+            impl: functools.partial(softmax_attention, q, k, v, mask="causal", impl=impl)
+            for impl in ("sdpa", "blocked", "reference")
+        }
+        with torch.no_grad():
+            times = interleaved_medians(fns, repeats=repeats)
+        print(
+            f"T={T:5d} causal fwd  sdpa {times['sdpa'] * 1e3:8.1f} ms  blocked {times['blocked'] * 1e3:8.1f} ms  "
+            f"reference {times['reference'] * 1e3:8.1f} ms  blocked/sdpa {times['blocked'] / times['sdpa']:.2f}x  "
+            f"reference/blocked {times['reference'] / times['blocked']:.2f}x",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--lengths", default="1024,4096,8192")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--memory-length", type=int, default=8192)
     args = ap.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]
@@ -103,6 +122,8 @@ def main() -> None:
     print(f"worst raw/ours ratio: {worst:.3f} (target >= 0.95)")
     print(f"peak memory, B=1 H={H} K={K} fp32")
     memory(args.memory_length)
+    print(f"blocked path speed, B=1 H={H} K={K} fp32, median of {args.repeats} (interleaved)")
+    blocked_speed(lengths, args.repeats)
 
 
 if __name__ == "__main__":

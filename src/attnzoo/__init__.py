@@ -5,6 +5,8 @@ az.list_mixers(dims=1, pattern="causal-self")
 m = az.build_mixer("softmax", d_model=256, num_heads=4, causal=True)
 """
 
+from importlib import metadata as _metadata
+
 from attnzoo.config import MixerConfig
 from attnzoo.mixers import Mixer
 from attnzoo.ops.masks import Mask
@@ -21,7 +23,7 @@ from attnzoo.registry import (
     register_mixer,
 )
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("attnzoo")
 
 __all__ = [
     "FAMILIES",

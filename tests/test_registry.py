@@ -1,0 +1,113 @@
+"""The registry and config layer: lookups, filters, registration and config validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+import attnzoo as az
+from attnzoo.config import MixerConfig
+from attnzoo.registry import register_mixer
+
+
+def test_list_filters() -> None:
+    names = [s.name for s in az.list_mixers()]
+    assert names == sorted(names) and {"softmax", "sigmoid"} <= set(names)
+    assert [s.name for s in az.list_mixers(family="dense")] == ["sigmoid"]
+    assert az.list_mixers(dims=2) == [s for s in az.list_mixers() if s.dims == 2]
+    assert {s.name for s in az.list_mixers(pattern="causal-cross", state="growing")} >= {"softmax", "sigmoid"}
+    assert {s.name for s in az.list_mixers(mask="prefix-lm")} >= {"softmax", "sigmoid"}
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dims": 3}, "dims must be one of"),
+        ({"pattern": "causal"}, "pattern must be one of"),
+        ({"family": "magic"}, "family must be one of"),
+        ({"state": "big"}, "state must be one of"),
+    ],
+)
+def test_list_filter_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        az.list_mixers(**kwargs)
+
+
+def test_get_spec_unknown_suggests() -> None:
+    with pytest.raises(ValueError, match="unknown mixer 'sigmod' \\(did you mean 'sigmoid'"):
+        az.get_spec("sigmod")
+    with pytest.raises(TypeError, match="mixer name must be a str"):
+        az.get_spec(3)  # type: ignore[arg-type]
+
+
+def test_spec_fields() -> None:
+    s = az.get_spec("softmax")
+    assert s.exact and s.state == "growing" and s.dims == 1 and set(s.patterns) == set(az.PATTERNS)
+    assert s.paper.year == 2017 and s.paper.url.startswith("https://")
+    d = s.to_dict()
+    assert d["name"] == "softmax" and "num_heads" in d["config_keys"]
+
+
+def test_register_rejects_bad_specs() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Cfg(MixerConfig):
+        pass
+
+    common = dict(config=Cfg, complexity="-", paper=az.Paper("t", 2026, "-"), peer="-", flops=lambda *a: 0)
+    with pytest.raises(ValueError, match="already registered"):
+        register_mixer("softmax", family="softmax", dims=1, patterns=("noncausal-self",), **common)
+    with pytest.raises(ValueError, match="family must be one of"):
+        register_mixer("x1", family="magic", dims=1, patterns=("noncausal-self",), **common)
+    with pytest.raises(ValueError, match="dims must be 1 or 2"):
+        register_mixer("x2", family="other", dims=3, patterns=("noncausal-self",), **common)
+    with pytest.raises(ValueError, match="patterns must be a non-empty subset"):
+        register_mixer("x3", family="other", dims=1, patterns=("self",), **common)
+    with pytest.raises(ValueError, match="unknown mask kinds"):
+        register_mixer("x4", family="other", dims=1, patterns=("noncausal-self",), masks=("diagonal",), **common)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg(MixerConfig):
+    width: int | None = None
+    ratio: float = 1.0
+    sizes: tuple[int, ...] = (1, 2)
+    mode: Literal["a", "b"] = "a"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"width": 2.5}, "'width' must be int \\| None, got 2.5"),
+        ({"width": True}, "'width' must be int \\| None, got True"),
+        ({"ratio": "1"}, "'ratio' must be float, got '1'"),
+        ({"sizes": (1, "2")}, "'sizes' must be tuple\\[int, ...\\]"),
+        ({"mode": "c"}, "'mode' must be 'a' \\| 'b', got 'c'"),
+        ({"causal": 1}, "'causal' must be bool, got 1"),
+        ({"d_model": "64"}, "'d_model' must be int"),
+    ],
+)
+def test_config_type_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        _Cfg(**{"d_model": 8, **kwargs})
+
+
+def test_config_values_and_round_trip() -> None:
+    with pytest.raises(ValueError, match="d_model must be >= 1, got 0"):
+        _Cfg(d_model=0)
+    c = _Cfg.from_kwargs(d_model=8, ratio=2, sizes=[3, 4])  # int -> float, list -> tuple
+    assert c.ratio == 2.0 and isinstance(c.ratio, float) and c.sizes == (3, 4)
+    assert _Cfg.from_json(c.to_json()) == c
+    assert c.replace(mode="b").mode == "b"
+    with pytest.raises(TypeError, match="unknown config key 'widht' \\(did you mean 'width'"):
+        _Cfg.from_kwargs(d_model=8, widht=3)
+
+
+def test_mixer_from_json_errors() -> None:
+    with pytest.raises(ValueError, match="must be an object with a 'mixer' key"):
+        az.mixer_from_json("[1, 2]")
+    text = az.build_mixer("softmax", d_model=32).cfg.to_json()
+    with pytest.raises(ValueError, match="config JSON is for mixer 'softmax', not 'sigmoid'"):
+        az.get_spec("sigmoid").config.from_json(text)
+
