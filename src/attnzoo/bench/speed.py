@@ -1,0 +1,348 @@
+"""``attnzoo bench speed``: latency, peak memory and FLOP rate of every (mixer, impl, pattern, mask).
+
+For each mixer the correctness gate runs first (:func:`attnzoo.bench.check.check_mixer`); a path
+that failed it, or was not checked, gets no timing, only a recorded failure. Then, per
+(impl, pattern, mask, mode), lengths are measured in increasing order. Before each length the
+peak memory and time are predicted from the lengths already measured (log-log extrapolation;
+with one point a quadratic is assumed; with none, two small unrecorded probe lengths are
+measured first) and work predicted to exceed ``memory_budget`` or ``time_cap`` is skipped and
+recorded with the reason. Every result is committed as it is measured; Ctrl-C marks the run
+interrupted and keeps what finished.
+
+FLOPs: ``spec.flops`` of the forward call; forward+backward counts 3x the forward (the usual
+convention: the backward pass costs about twice the forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from attnzoo.bench.check import check_mixer, impl_choices
+from attnzoo.bench.env import environment, gemm_gflops, git_sha
+from attnzoo.bench.measure import median_seconds, peak_memory_bytes
+from attnzoo.bench.suite import SpeedSuite, build_mask, masks_for
+from attnzoo.mixers.base import Mixer
+from attnzoo.ops.masks import Mask
+from attnzoo.ops.softmax import softmax_attention
+from attnzoo.registry import MixerSpec, build_mixer
+from attnzoo.store import Store
+
+PROBE_LENGTHS = (64, 128)
+
+
+@dataclasses.dataclass
+class Cell:
+    """One measured line: a (mixer, impl, pattern, mask kind, mode) over the suite's lengths."""
+
+    spec: MixerSpec
+    impl: str
+    pattern: str
+    mask: str
+    mode: str
+    history: list[tuple[int, float, int]] = dataclasses.field(
+        default_factory=list
+    )  # (T, s/call, bytes)
+    stopped: tuple[str, str] | None = None  # (kind, reason) recorded for every remaining length
+
+    @property
+    def causal(self) -> bool:
+        return self.pattern.startswith("causal")
+
+    @property
+    def cross(self) -> bool:
+        return self.pattern.endswith("cross")
+
+
+def _mixer_kwargs(spec: MixerSpec, impl: str, suite: SpeedSuite) -> dict[str, Any]:
+    fields = spec.config.field_names()
+    kw: dict[str, Any] = {}
+    if "num_heads" in fields:
+        kw["num_heads"] = suite.heads
+    if impl != "default":
+        kw["impl"] = impl
+    return kw
+
+
+def _inputs(
+    spec: MixerSpec, T: int, suite: SpeedSuite, cross: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Seeded inputs; returns (x, context, effective T). 2-D mixers get the nearest square grid."""
+    g = torch.Generator().manual_seed(T)
+    D = suite.d_model
+    if spec.dims == 1:
+        x = torch.randn(suite.batch, T, D, generator=g)
+        t_eff = T
+    else:
+        side = max(1, round(math.sqrt(T)))
+        x = torch.randn(suite.batch, side, side, D, generator=g)
+        t_eff = side * side
+    ctx = torch.randn(suite.batch, t_eff, D, generator=g) if cross else None
+    return x, ctx, t_eff
+
+
+def _call(
+    m: Mixer, cell: Cell, x: torch.Tensor, ctx: torch.Tensor | None, mask: Mask | None
+) -> Callable[[], Any]:
+    kwargs: dict[str, Any] = {}
+    if ctx is not None:
+        kwargs["context"] = ctx
+    if mask is not None:
+        kwargs["mask"] = mask
+    if cell.mode == "fwd":
+
+        def fwd() -> Any:
+            with torch.no_grad():
+                return m(x, **kwargs)
+
+        return fwd
+    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    params = list(m.parameters())
+
+    def fwdbwd() -> None:
+        for p in params:
+            p.grad = None
+        m(x, **kwargs).backward(gy)
+
+    return fwdbwd
+
+
+def measure(
+    cell: Cell, T: int, suite: SpeedSuite, *, repeats: int | None = None, warmup: int | None = None
+) -> dict[str, Any]:
+    """Time and peak memory of one (cell, T); returns a row for the ``speed`` table."""
+    spec = cell.spec
+    m = build_mixer(
+        spec.name,
+        d_model=suite.d_model,
+        causal=cell.causal,
+        **_mixer_kwargs(spec, cell.impl, suite),
+    )
+    x, ctx, t_eff = _inputs(spec, T, suite, cell.cross)
+    mask = (
+        None
+        if cell.mask in ("full", "causal")
+        else build_mask(cell.mask, cell.causal, t_eff, suite)
+    )
+    fn = _call(m, cell, x, ctx, mask)
+    reps = suite.repeats if repeats is None else repeats
+    times: list[float] = []
+
+    def timed() -> None:
+        t0 = timeit.default_timer()
+        fn()
+        times.append(timeit.default_timer() - t0)
+
+    for _ in range(suite.warmup if warmup is None else warmup):
+        fn()
+    median = median_seconds(timed, repeats=reps, warmup=0)
+    peak = peak_memory_bytes(fn)
+    full_mask = mask if mask is not None else Mask(causal=cell.causal)
+    flops = spec.flops(m.cfg, suite.batch, t_eff, t_eff if cell.cross else None, full_mask)
+    if cell.mode == "fwdbwd":
+        flops *= 3
+    return {
+        "mixer": spec.name, "impl": cell.impl, "pattern": cell.pattern, "mask": full_mask.name,
+        "mode": cell.mode, "batch": suite.batch, "seq_len": t_eff, "ctx_len": t_eff,
+        "d_model": suite.d_model, "heads": suite.heads if "num_heads" in spec.config.field_names() else None,
+        "head_dim": suite.head_dim if "num_heads" in spec.config.field_names() else None,
+        "repeats": reps, "median_s": median, "min_s": min(times), "peak_bytes": peak, "flops": flops,
+    }  # fmt: skip
+
+
+def predict(history: list[tuple[int, float, int]], T: int) -> tuple[float, float]:
+    """Extrapolated (seconds per call, peak bytes) at T from measured (T, s, bytes) points."""
+    if not history:
+        raise ValueError("predict: no measured lengths to extrapolate from")
+    (t1, s1, b1) = history[-1]
+    if len(history) == 1:
+        es = eb = 2.0
+    else:
+        (t0, s0, b0) = history[-2]
+        span = math.log(t1 / t0) if t1 != t0 else 1.0
+        es = math.log(max(s1, 1e-9) / max(s0, 1e-9)) / span
+        eb = math.log(max(b1, 1) / max(b0, 1)) / span
+        # never extrapolate more optimistically than linear, nor wilder than cubic
+        es, eb = min(max(es, 1.0), 3.0), min(max(eb, 1.0), 3.0)
+    r = T / t1
+    return s1 * r**es, b1 * r**eb
+
+
+def _skip_reason(cell: Cell, T: int, suite: SpeedSuite) -> str | None:
+    """Why (cell, T) is predicted to exceed the memory budget or time cap, or ``None``."""
+    if not cell.history:
+        return None
+    secs, mem = predict(cell.history, T)
+    calls = suite.warmup + suite.repeats + 1
+    src = ",".join(str(t) for t, _, _ in cell.history[-2:])
+    if mem > suite.memory_budget:
+        return (
+            f"predicted peak memory {mem / 2**30:.2f} GiB > budget {suite.memory_budget / 2**30:.2f} GiB "
+            f"(extrapolated from T={src})"
+        )
+    if secs * calls > suite.time_cap:
+        return (
+            f"predicted {secs * calls:.1f} s for {calls} calls > time cap {suite.time_cap:.0f} s "
+            f"(extrapolated from T={src})"
+        )
+    return None
+
+
+def harness_calibration(suite: SpeedSuite, T: int = 1024) -> dict[str, float]:
+    """How much the harness itself distorts, measured in this run.
+
+    - ``noop_s``: the harness's per-call cost on an empty op (``noop_fraction`` of the SDPA call);
+    - ``sdpa_harness_s`` vs ``sdpa_timeit_s``: raw causal SDPA on the same tensors timed by the
+      harness and by a hand-written ``timeit`` (their ratio should be ~1);
+    - ``sdpa_op_s``: the same call through ``attnzoo.ops.softmax_attention(impl="sdpa")``.
+    """
+    noop = median_seconds(lambda: None, repeats=1001, warmup=10)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(suite.batch, T, suite.heads, suite.head_dim, generator=g) for _ in range(3)
+    )
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+    def raw() -> torch.Tensor:
+        return F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+
+    with torch.no_grad():
+        raw()
+        by_timeit = statistics.median(timeit.repeat(raw, number=1, repeat=15))
+        by_harness = median_seconds(raw, repeats=15, warmup=1)
+        op = median_seconds(
+            lambda: softmax_attention(q, k, v, mask="causal", impl="sdpa"), repeats=15, warmup=1
+        )
+    return {
+        "T": T, "noop_s": noop, "noop_fraction": noop / by_harness, "sdpa_harness_s": by_harness,
+        "sdpa_timeit_s": by_timeit, "harness_vs_timeit": by_harness / by_timeit, "sdpa_op_s": op,
+    }  # fmt: skip
+
+
+def plan(suite: SpeedSuite) -> list[Cell]:
+    cells = []
+    for spec in suite.specs():
+        impls = [i for i in impl_choices(spec) if i != "auto"] or ["default"]
+        for impl in impls:
+            for pattern in spec.patterns:
+                if pattern not in suite.patterns:
+                    continue
+                for mask in masks_for(suite, spec, pattern):
+                    for mode in suite.modes:
+                        cells.append(Cell(spec, impl, pattern, mask, mode))
+    return cells
+
+
+def run_speed(
+    suite: SpeedSuite,
+    store: Store,
+    *,
+    command: str,
+    console: Console | None = None,
+    progress: bool = True,
+) -> int:
+    """Run ``suite`` into ``store``; returns the run id. Ctrl-C leaves the run 'interrupted'."""
+    console = console or Console(stderr=True)
+    cells = plan(suite)
+    specs = suite.specs()
+    env = environment()
+    console.print(
+        f"measuring this machine's fp32 GEMM rate and the harness overhead ({env['cpu']}) ..."
+    )
+    gemm = gemm_gflops()
+    env["harness"] = harness_calibration(suite)
+    run_id = store.begin_run(
+        kind="speed", suite=suite.name, command=command, config=suite.to_dict(), env=env, git_sha=git_sha(),
+        gemm_gflops=gemm,
+    )  # fmt: skip
+    store.add_specs(run_id, [s.to_dict() for s in specs])
+    try:
+        _run_cells(suite, store, run_id, specs, cells, gemm, console, progress)
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted", note="stopped by the user (Ctrl-C)")
+        raise
+    except BaseException as e:
+        store.finish_run(run_id, "failed", note=repr(e))
+        raise
+    store.finish_run(run_id, "complete")
+    return run_id
+
+
+def _run_cells(
+    suite: SpeedSuite, store: Store, run_id: int, specs: list[MixerSpec], cells: list[Cell], gemm: float,
+    console: Console, progress: bool,
+) -> None:  # fmt: skip
+    gate: dict[tuple[str, str, str], str] = {}
+    for spec in specs:
+        for r in check_mixer(spec):
+            store.add_check(run_id, dataclasses.asdict(r))
+            gate[(r.mixer, r.impl, r.pattern)] = (
+                ""
+                if r.ok
+                else f"correctness gate failed: max |err| {r.max_abs_err:.2e} {r.detail}".strip()
+            )
+    total = len(cells) * len(suite.seq_lens)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not progress,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("speed", total=total)
+        for cell in cells:
+            verdict = gate.get((cell.spec.name, cell.impl, cell.pattern))
+            if verdict is None:
+                cell.stopped = ("failed", "no correctness check ran for this path in this run")
+            elif verdict:
+                cell.stopped = ("failed", verdict)
+            for T in suite.seq_lens:
+                bar.update(
+                    task,
+                    description=f"{cell.spec.name}/{cell.impl} {cell.pattern} {cell.mask} {cell.mode} T={T}",
+                )
+                _one(suite, store, run_id, cell, T, gemm)
+                bar.advance(task)
+
+
+def _one(suite: SpeedSuite, store: Store, run_id: int, cell: Cell, T: int, gemm: float) -> None:
+    mask_name = (
+        cell.mask
+        if cell.mask in ("full", "causal")
+        else build_mask(cell.mask, cell.causal, T, suite).name
+    )
+    base = {"mixer": cell.spec.name, "impl": cell.impl, "pattern": cell.pattern, "mask": mask_name,
+            "mode": cell.mode, "seq_len": T}  # fmt: skip
+    if not cell.history and not cell.stopped and T > 2 * PROBE_LENGTHS[-1]:
+        try:  # two small unrecorded lengths give the extrapolation something to stand on
+            for probe in PROBE_LENGTHS:
+                r = measure(cell, probe, suite, repeats=1, warmup=1)
+                cell.history.append((probe, r["median_s"], r["peak_bytes"]))
+        except Exception as e:  # noqa: BLE001  (recorded; the run goes on)
+            cell.stopped = ("failed", f"failed at probe length {probe}: {e!r}")
+    if cell.stopped is None:
+        reason = _skip_reason(cell, T, suite)
+        if reason is not None:
+            store.add_skip(run_id, {**base, "kind": "skipped", "reason": reason})
+            cell.stopped = ("skipped", f"a shorter length was already skipped: {reason}")
+            return
+    if cell.stopped is not None:
+        store.add_skip(run_id, {**base, "kind": cell.stopped[0], "reason": cell.stopped[1]})
+        return
+    try:
+        row = measure(cell, T, suite)
+    except Exception as e:  # noqa: BLE001  (recorded; the run goes on)
+        store.add_skip(run_id, {**base, "kind": "failed", "reason": repr(e)})
+        cell.stopped = ("failed", f"failed at a shorter length: {e!r}")
+        return
+    cell.history.append((T, row["median_s"], row["peak_bytes"]))
+    rate = row["flops"] / row["median_s"] / 1e9 if row["median_s"] > 0 else None
+    row["gflops_per_s"] = rate
+    row["gemm_fraction"] = rate / gemm if rate is not None and gemm > 0 else None
+    store.add_speed(run_id, row)

@@ -1,0 +1,5 @@
+"""Results store (DuckDB). The only package that speaks SQL."""
+
+from attnzoo.store.store import DEFAULT_DB, ENV_DB, Store, StoreBusyError, StoreError, default_path
+
+__all__ = ["DEFAULT_DB", "ENV_DB", "Store", "StoreBusyError", "StoreError", "default_path"]

@@ -1,0 +1,89 @@
+"""The store's schema: one ordered list of migrations. This module owns every table definition.
+
+A store records its schema version in ``attnzoo_meta``. Opening a store applies the missing
+migrations in one transaction; a store written by a newer attnzoo is refused. Add a migration by
+appending to ``MIGRATIONS`` (never edit a released one).
+"""
+
+from __future__ import annotations
+
+APP_ID = "attnzoo-store"
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (
+        1,
+        "runs, mixer specs, correctness checks, speed results, skips and failures",
+        [
+            """CREATE TABLE attnzoo_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)""",
+            """CREATE SEQUENCE run_ids START 1""",
+            """CREATE TABLE runs (
+                run_id BIGINT PRIMARY KEY DEFAULT nextval('run_ids'),
+                kind VARCHAR NOT NULL,            -- 'speed' (later: 'quality', 'cp')
+                suite VARCHAR,
+                status VARCHAR NOT NULL,          -- running | complete | interrupted | failed
+                started_at TIMESTAMP NOT NULL,
+                finished_at TIMESTAMP,
+                command VARCHAR,
+                git_sha VARCHAR,
+                host VARCHAR,
+                pid INTEGER,
+                env VARCHAR NOT NULL,             -- JSON: versions, CPU, threads, GPU, ...
+                config VARCHAR NOT NULL,          -- JSON: the suite as run
+                gemm_gflops DOUBLE,               -- this machine's fp32 GEMM rate, same run
+                note VARCHAR
+            )""",
+            """CREATE TABLE mixer_specs (
+                run_id BIGINT NOT NULL,
+                name VARCHAR NOT NULL,
+                spec VARCHAR NOT NULL,            -- JSON of MixerSpec.to_dict()
+                PRIMARY KEY (run_id, name)
+            )""",
+            """CREATE TABLE checks (
+                run_id BIGINT NOT NULL,
+                mixer VARCHAR NOT NULL,
+                impl VARCHAR NOT NULL,
+                pattern VARCHAR NOT NULL,
+                max_abs_err DOUBLE,
+                ok BOOLEAN NOT NULL,
+                detail VARCHAR,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE speed (
+                run_id BIGINT NOT NULL,
+                mixer VARCHAR NOT NULL,
+                impl VARCHAR NOT NULL,
+                pattern VARCHAR NOT NULL,
+                mask VARCHAR NOT NULL,
+                mode VARCHAR NOT NULL,            -- fwd | fwdbwd
+                batch INTEGER NOT NULL,
+                seq_len INTEGER NOT NULL,
+                ctx_len INTEGER NOT NULL,
+                d_model INTEGER NOT NULL,
+                heads INTEGER,
+                head_dim INTEGER,
+                repeats INTEGER NOT NULL,
+                median_s DOUBLE NOT NULL,
+                min_s DOUBLE NOT NULL,
+                peak_bytes BIGINT,
+                flops BIGINT,
+                gflops_per_s DOUBLE,
+                gemm_fraction DOUBLE,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE skips (
+                run_id BIGINT NOT NULL,
+                mixer VARCHAR NOT NULL,
+                impl VARCHAR NOT NULL,
+                pattern VARCHAR NOT NULL,
+                mask VARCHAR NOT NULL,
+                mode VARCHAR NOT NULL,
+                seq_len INTEGER NOT NULL,
+                kind VARCHAR NOT NULL,            -- skipped | failed
+                reason VARCHAR NOT NULL,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
+]
+
+LATEST = MIGRATIONS[-1][0]

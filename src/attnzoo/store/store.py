@@ -1,0 +1,317 @@
+"""The DuckDB store: the only code in attnzoo that speaks SQL.
+
+Every write opens the file, writes in one transaction, commits and closes. So a measurement is
+durable the moment it is recorded (an interrupted run keeps everything it finished), the file is
+locked only for milliseconds, and a second process writing the same file waits for the lock (up
+to ``wait`` seconds) instead of corrupting anything; past that it gets :class:`StoreBusyError`.
+A file that is not a DuckDB database, or a DuckDB database that is not an attnzoo store, is
+refused with :class:`StoreError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from attnzoo.store.schema import APP_ID, LATEST, MIGRATIONS
+
+DEFAULT_DB = "attnzoo.duckdb"
+ENV_DB = "ATTNZOO_DB"
+
+SPEED_COLUMNS = (
+    "mixer", "impl", "pattern", "mask", "mode", "batch", "seq_len", "ctx_len", "d_model", "heads",
+    "head_dim", "repeats", "median_s", "min_s", "peak_bytes", "flops", "gflops_per_s", "gemm_fraction",
+)  # fmt: skip
+SKIP_COLUMNS = ("mixer", "impl", "pattern", "mask", "mode", "seq_len", "kind", "reason")
+CHECK_COLUMNS = ("mixer", "impl", "pattern", "max_abs_err", "ok", "detail")
+
+
+class StoreError(Exception):
+    """The file cannot be used as an attnzoo store (corrupt, foreign or too new)."""
+
+
+class StoreBusyError(StoreError):
+    """Another process held the store's lock for longer than the wait allowed."""
+
+
+def default_path(db: str | os.PathLike[str] | None = None) -> Path:
+    """``db`` if given, else ``$ATTNZOO_DB``, else ``attnzoo.duckdb`` in the working directory."""
+    return Path(db if db is not None else os.environ.get(ENV_DB) or DEFAULT_DB)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now()
+
+
+class Store:
+    """An attnzoo results store in one DuckDB file.
+
+    Args:
+        path: the database file (created, with the schema, if missing).
+        read_only: open without writing (the file must exist and be a current store).
+        wait: seconds to wait for another process's lock before :class:`StoreBusyError`.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, wait: float = 30.0
+    ) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self.wait = wait
+        if self.path.is_dir():
+            raise StoreError(
+                f"--db {self.path} is a directory; give a file path such as {self.path / DEFAULT_DB}"
+            )
+        if read_only and not self.path.exists():
+            raise StoreError(f"--db {self.path} does not exist; run `attnzoo bench speed` first")
+        if not read_only and not self.path.parent.exists():
+            raise StoreError(f"--db {self.path}: folder {self.path.parent} does not exist")
+        with self._connect() as con:
+            self._check_and_migrate(con)
+
+    # ---- connections --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.wait
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=self.read_only)
+                break
+            except duckdb.IOException as e:
+                msg = str(e)
+                if "lock" in msg.lower():
+                    if time.monotonic() >= deadline:
+                        raise StoreBusyError(
+                            f"store {self.path} is locked by another process and stayed locked for "
+                            f"{self.wait:.0f} s: {msg}"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                raise StoreError(
+                    f"--db {self.path} cannot be opened as an attnzoo store: {msg}"
+                ) from None
+            except duckdb.Error as e:
+                raise StoreError(
+                    f"--db {self.path} cannot be opened as an attnzoo store: {e}"
+                ) from None
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction: committed on success, rolled back on any error."""
+        if self.read_only:
+            raise StoreError(f"store {self.path} was opened read-only")
+        with self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _check_and_migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        tables = {
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+        if "attnzoo_meta" not in tables:
+            if tables:
+                raise StoreError(
+                    f"--db {self.path} is a DuckDB database but not an attnzoo store "
+                    f"(it has tables {sorted(tables)[:5]} and no attnzoo_meta); refusing to touch it"
+                )
+            version = 0
+        else:
+            meta = dict(con.execute("SELECT key, value FROM attnzoo_meta").fetchall())
+            if meta.get("app") != APP_ID:
+                raise StoreError(
+                    f"--db {self.path} has an attnzoo_meta table but is not an attnzoo store"
+                )
+            version = int(meta["schema_version"])
+        if version > LATEST:
+            raise StoreError(
+                f"--db {self.path} has schema v{version}, written by a newer attnzoo; this one knows "
+                f"up to v{LATEST}. Upgrade attnzoo or use another --db"
+            )
+        if version == LATEST:
+            return
+        if self.read_only:
+            raise StoreError(
+                f"--db {self.path} has schema v{version} and needs migrating; open it for writing once"
+            )
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for v, _, statements in MIGRATIONS:
+                if v <= version:
+                    continue
+                for sql in statements:
+                    con.execute(sql)
+            con.execute("DELETE FROM attnzoo_meta WHERE key IN ('app', 'schema_version')")
+            con.execute(
+                "INSERT INTO attnzoo_meta VALUES ('app', ?), ('schema_version', ?)",
+                [APP_ID, str(LATEST)],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        with self._connect() as con:
+            return int(
+                con.execute(
+                    "SELECT value FROM attnzoo_meta WHERE key = 'schema_version'"
+                ).fetchone()[0]
+            )
+
+    # ---- runs ---------------------------------------------------------------------------
+    def begin_run(
+        self, *, kind: str, suite: str | None, command: str, config: dict[str, Any], env: dict[str, Any],
+        git_sha: str | None = None, gemm_gflops: float | None = None,
+    ) -> int:  # fmt: skip
+        with self._write() as con:
+            self._mark_dead_runs(con)
+            row = con.execute(
+                """INSERT INTO runs (kind, suite, status, started_at, command, git_sha, host, pid, env,
+                   config, gemm_gflops) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id""",
+                [kind, suite, _now(), command, git_sha, socket.gethostname(), os.getpid(),
+                 json.dumps(env, sort_keys=True), json.dumps(config, sort_keys=True), gemm_gflops],
+            ).fetchone()  # fmt: skip
+        return int(row[0])
+
+    def finish_run(self, run_id: int, status: str, note: str | None = None) -> None:
+        if status not in ("complete", "interrupted", "failed"):
+            raise ValueError(
+                f"finish_run: status must be complete, interrupted or failed, got {status!r}"
+            )
+        with self._write() as con:
+            con.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, note = ? WHERE run_id = ?",
+                [status, _now(), note, run_id],
+            )
+
+    def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Runs left 'running' by a process of this host that no longer exists were interrupted."""
+        host = socket.gethostname()
+        for run_id, pid in con.execute(
+            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [host]
+        ).fetchall():
+            if pid is not None and not _pid_alive(int(pid)):
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', note = 'process ended without finishing the run' "
+                    "WHERE run_id = ?",
+                    [run_id],
+                )
+
+    # ---- records ------------------------------------------------------------------------
+    def add_specs(self, run_id: int, specs: Sequence[dict[str, Any]]) -> None:
+        with self._write() as con:
+            con.executemany(
+                "INSERT INTO mixer_specs VALUES (?, ?, ?)",
+                [[run_id, s["name"], json.dumps(s)] for s in specs],
+            )
+
+    def _insert(self, table: str, columns: Sequence[str], run_id: int, row: dict[str, Any]) -> None:
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"store: a {table} row needs {missing}")
+        cols = ", ".join(("run_id", *columns, "recorded_at"))
+        marks = ", ".join("?" for _ in range(len(columns) + 2))
+        with self._write() as con:
+            con.execute(
+                f"INSERT INTO {table} ({cols}) VALUES ({marks})",
+                [run_id, *(row[c] for c in columns), _now()],
+            )
+
+    def add_check(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("checks", CHECK_COLUMNS, run_id, row)
+
+    def add_speed(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("speed", SPEED_COLUMNS, run_id, row)
+
+    def add_skip(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("skips", SKIP_COLUMNS, run_id, row)
+
+    # ---- queries ------------------------------------------------------------------------
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._connect() as con:
+            cur = con.execute(sql, list(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def runs(self, kind: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM runs" + (" WHERE kind = ?" if kind else "") + " ORDER BY run_id"
+        rows = self._rows(sql, [kind] if kind else [])
+        for r in rows:
+            r["env"] = json.loads(r["env"])
+            r["config"] = json.loads(r["config"])
+        return rows
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        found = [r for r in self.runs() if r["run_id"] == run_id]
+        if not found:
+            ids = [r["run_id"] for r in self.runs()]
+            raise ValueError(f"--run {run_id}: no such run in {self.path}; runs: {ids or 'none'}")
+        return found[0]
+
+    def latest_run_id(self, kind: str = "speed") -> int | None:
+        """The newest run of ``kind`` that recorded anything (complete or not)."""
+        rows = self._rows("SELECT max(run_id) AS r FROM runs WHERE kind = ?", [kind])
+        return rows[0]["r"]
+
+    def specs(self, run_id: int) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT spec FROM mixer_specs WHERE run_id = ? ORDER BY name", [run_id])
+        return [json.loads(r["spec"]) for r in rows]
+
+    def _table(
+        self, table: str, run_ids: Sequence[int] | None, filters: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if run_ids is not None:
+            if not run_ids:
+                return []
+            where.append(f"run_id IN ({', '.join('?' for _ in run_ids)})")
+            params += list(run_ids)
+        for col, value in filters.items():
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._rows(sql + " ORDER BY run_id, recorded_at", params)
+
+    def speed(self, run_ids: Sequence[int] | None = None, **filters: Any) -> list[dict[str, Any]]:
+        bad = set(filters) - set(SPEED_COLUMNS)
+        if bad:
+            raise ValueError(f"speed filters must be speed columns, got {sorted(bad)}")
+        return self._table("speed", run_ids, filters)
+
+    def skips(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        return self._table("skips", run_ids, {})
+
+    def checks(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        return self._table("checks", run_ids, {})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
