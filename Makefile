@@ -5,21 +5,33 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint readme clean
+.PHONY: run test lint readme clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
+$(VENV)/.installed-run: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -e .
+	touch $@
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e '.[test]'
 	touch $@
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed-run
 	$(BIN)/attnzoo list
-	$(BIN)/attnzoo selfcheck
+	$(BIN)/attnzoo bench speed --suite quick
+	$(BIN)/attnzoo report
 
-test: $(VENV)/.installed
+# The report test drives Debian's Chromium (headless). Installed here when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report's browser test"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: $(VENV)/.installed chromium
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	@# pytest exits 5 when it collects no tests: that is a failure here, never a pass.
@@ -27,7 +39,7 @@ test: $(VENV)/.installed
 	  if [ $$rc -eq 5 ]; then echo 'pytest collected no tests: failing'; exit 1; fi; exit $$rc
 
 readme: $(VENV)/.installed
-	$(BIN)/python -m attnzoo.docs --write README.md
+	$(BIN)/python -m attnzoo.docs --write README.md --db attnzoo.duckdb
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .artifacts

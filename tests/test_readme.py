@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from attnzoo.docs import is_current, render, speed_column
 from attnzoo.docs import main as docs_main
-from attnzoo.docs import render
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_feature_table_is_current() -> None:
     text = README.read_text()
-    assert render(text) == text, "README feature table is stale: run `make readme`"
+    assert is_current(text), "README feature table is stale: run `make readme`"
     assert docs_main(["--check", str(README)]) == 0
 
 
@@ -35,3 +35,20 @@ def test_commands_named_in_readme_exist() -> None:
     makefile = (README.parent / "Makefile").read_text()
     assert re.search(r"^run:", makefile, flags=re.M) and re.search(r"^test:", makefile, flags=re.M)
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_speed_column_comes_from_the_store(tmp_path: Path) -> None:
+    from attnzoo.bench.speed import run_speed
+    from attnzoo.bench.suite import SpeedSuite
+    from attnzoo.store import Store
+
+    db = tmp_path / "s.duckdb"
+    suite = SpeedSuite(seq_lens=(1024,), patterns=("causal-self",), masks=(), modes=("fwd",), repeats=1,
+                       warmup=0, heads=2, head_dim=8)  # fmt: skip
+    run = run_speed(suite, Store(db), command="t", progress=False)
+    speed = speed_column(db)
+    assert set(speed) == {"softmax", "sigmoid"} and "1.00x softmax" in speed["softmax"]
+    assert f"run {run}" in speed["sigmoid"]
+    page = render(README.read_text(), speed)
+    assert is_current(page) and speed["sigmoid"] in page
+    assert speed_column(tmp_path / "missing.duckdb") == {}

@@ -17,7 +17,10 @@ def test_list_filters() -> None:
     assert names == sorted(names) and {"softmax", "sigmoid"} <= set(names)
     assert [s.name for s in az.list_mixers(family="dense")] == ["sigmoid"]
     assert az.list_mixers(dims=2) == [s for s in az.list_mixers() if s.dims == 2]
-    assert {s.name for s in az.list_mixers(pattern="causal-cross", state="growing")} >= {"softmax", "sigmoid"}
+    assert {s.name for s in az.list_mixers(pattern="causal-cross", state="growing")} >= {
+        "softmax",
+        "sigmoid",
+    }
     assert {s.name for s in az.list_mixers(mask="prefix-lm")} >= {"softmax", "sigmoid"}
 
 
@@ -55,7 +58,9 @@ def test_register_rejects_bad_specs() -> None:
     class Cfg(MixerConfig):
         pass
 
-    common = dict(config=Cfg, complexity="-", paper=az.Paper("t", 2026, "-"), peer="-", flops=lambda *a: 0)
+    common = dict(
+        config=Cfg, complexity="-", paper=az.Paper("t", 2026, "-"), peer="-", flops=lambda *a: 0
+    )
     with pytest.raises(ValueError, match="already registered"):
         register_mixer("softmax", family="softmax", dims=1, patterns=("noncausal-self",), **common)
     with pytest.raises(ValueError, match="family must be one of"):
@@ -65,7 +70,14 @@ def test_register_rejects_bad_specs() -> None:
     with pytest.raises(ValueError, match="patterns must be a non-empty subset"):
         register_mixer("x3", family="other", dims=1, patterns=("self",), **common)
     with pytest.raises(ValueError, match="unknown mask kinds"):
-        register_mixer("x4", family="other", dims=1, patterns=("noncausal-self",), masks=("diagonal",), **common)
+        register_mixer(
+            "x4",
+            family="other",
+            dims=1,
+            patterns=("noncausal-self",),
+            masks=("diagonal",),
+            **common,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,4 +122,3 @@ def test_mixer_from_json_errors() -> None:
     text = az.build_mixer("softmax", d_model=32).cfg.to_json()
     with pytest.raises(ValueError, match="config JSON is for mixer 'softmax', not 'sigmoid'"):
         az.get_spec("sigmoid").config.from_json(text)
-

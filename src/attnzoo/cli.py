@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +16,11 @@ from rich.table import Table
 
 import attnzoo as az
 from attnzoo.bench.check import check_mixer, impl_choices
+from attnzoo.bench.speed import run_speed
+from attnzoo.bench.suite import SUITES
 from attnzoo.config import suggest
+from attnzoo.report import write_report
+from attnzoo.store import DEFAULT_DB, ENV_DB, Store, StoreError, default_path
 
 app = typer.Typer(
     add_completion=False,
@@ -164,6 +172,212 @@ def selfcheck(
     )
     if failed:
         raise typer.Exit(code=1)
+
+
+# ---- bench / store / report ----------------------------------------------------------------
+bench_app = typer.Typer(no_args_is_help=True, help="Measure mechanisms into the store.")
+app.add_typer(bench_app, name="bench")
+
+DbOption = Annotated[
+    Path | None, typer.Option("--db", help=f"DuckDB store (default: ${ENV_DB} or ./{DEFAULT_DB}).")
+]
+
+
+def _open_store(db: Path | None, read_only: bool = False) -> Store:
+    try:
+        return Store(default_path(db), read_only=read_only)
+    except StoreError as e:
+        raise _fail(str(e)) from None
+
+
+def _ints(arg: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise _fail(
+            f"{arg}: expected comma-separated positive integers such as 256,1024,4096, got {text!r}"
+        ) from None
+    if not values or any(v < 1 for v in values):
+        raise _fail(
+            f"{arg}: expected comma-separated positive integers such as 256,1024,4096, got {text!r}"
+        )
+    return values
+
+
+def _words(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def parse_size(arg: str, text: str) -> int:
+    """``4GiB``, ``512MiB``, ``2G``, ``1e9`` or a plain byte count."""
+    units = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
+             "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9, "t": 1 << 40, "tib": 1 << 40}  # fmt: skip
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num) :]
+    try:
+        value = float(num) * units[unit]
+    except (ValueError, KeyError):
+        raise _fail(
+            f"{arg}: expected a size such as 4GiB, 512MiB or 2000000000, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise _fail(f"{arg}: expected a positive size, got {text!r}")
+    return int(value)
+
+
+@bench_app.command("speed")
+def bench_speed(
+    suite: Annotated[str, typer.Option(help="quick (minutes) or full (long sequences).")] = "quick",
+    mixers: Annotated[
+        str | None, typer.Option(help="Comma-separated mechanisms (default: all).")
+    ] = None,
+    seq_lens: Annotated[
+        str | None, typer.Option("--seq-lens", help="Comma-separated lengths, e.g. 256,1024,4096.")
+    ] = None,
+    patterns: Annotated[
+        str | None, typer.Option(help="Comma-separated CAB patterns (default: all).")
+    ] = None,
+    masks: Annotated[
+        str | None,
+        typer.Option(help="Extra mask kinds for self patterns, e.g. sliding-window,document."),
+    ] = None,
+    batch: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    heads: Annotated[
+        int | None, typer.Option(help="Attention heads (d_model = heads * head_dim).")
+    ] = None,
+    head_dim: Annotated[int | None, typer.Option("--head-dim", help="Per-head width.")] = None,
+    mode: Annotated[str | None, typer.Option(help="fwd, fwdbwd or fwd,fwdbwd.")] = None,
+    repeats: Annotated[
+        int | None, typer.Option(help="Timed calls per measurement (median).")
+    ] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed warm-up calls.")] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option("--memory-budget", help="Skip work predicted above this, e.g. 4GiB."),
+    ] = None,
+    time_cap: Annotated[
+        float | None,
+        typer.Option("--time-cap", help="Skip a measurement predicted to take longer (s)."),
+    ] = None,
+    db: DbOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Latency, peak memory and FLOP rate of every (mechanism, impl, pattern, mask, length)."""
+    if suite not in SUITES:
+        raise _fail(
+            f"--suite must be one of {', '.join(SUITES)}, got {suite!r}{suggest(suite, SUITES)}"
+        )
+    changes: dict = {}
+    lengths = _ints("--seq-lens", seq_lens)
+    for key, value in (
+        ("mixers", _words(mixers)), ("seq_lens", lengths), ("patterns", _words(patterns)),
+        ("masks", _words(masks)), ("batch", batch), ("heads", heads), ("head_dim", head_dim),
+        ("modes", _words(mode)), ("repeats", repeats), ("warmup", warmup), ("time_cap", time_cap),
+        ("memory_budget", parse_size("--memory-budget", memory_budget) if memory_budget else None),
+    ):  # fmt: skip
+        if value is not None:
+            changes[key] = value
+    changes["explicit_mixers"] = mixers is not None
+    changes["explicit_patterns"] = patterns is not None
+    try:
+        plan_ = SUITES[suite].replace(**changes)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    store = _open_store(db)
+    command = "attnzoo " + " ".join(sys.argv[1:])
+    try:
+        run_id = run_speed(plan_, store, command=command, console=err, progress=progress)
+    except KeyboardInterrupt:
+        run_id = store.latest_run_id("speed")
+        kept = len(store.speed([run_id])) if run_id is not None else 0
+        err.print(
+            f"interrupted: run {run_id} marked interrupted; {kept} measurements kept in {store.path}"
+        )
+        raise typer.Exit(code=130) from None
+    except StoreError as e:
+        raise _fail(str(e)) from None
+    n, skipped = len(store.speed([run_id])), store.skips([run_id])
+    failed = sum(1 for s in skipped if s["kind"] == "failed")
+    out.print(
+        f"run {run_id}: {n} measurements, {len(skipped) - failed} skipped, {failed} failed -> {store.path}"
+    )
+
+
+@app.command()
+def report(
+    db: DbOption = None,
+    run: Annotated[
+        list[int] | None,
+        typer.Option("--run", help="Run id(s) to show; repeat to compare. Default: latest."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
+) -> None:
+    """Write a self-contained offline HTML report (report/index.html)."""
+    store = _open_store(db, read_only=True)
+    try:
+        path = write_report(store, out_dir, run)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    out.print(f"report written: {path.resolve()}")
+
+
+@app.command()
+def results(
+    db: DbOption = None,
+    run: Annotated[int | None, typer.Option(help="Run id (default: latest speed run).")] = None,
+    mixer: Annotated[str | None, typer.Option(help="Only this mechanism.")] = None,
+    pattern: Annotated[str | None, typer.Option(help="Only this pattern.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Only fwd or fwdbwd.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Print stored speed results (filterable) as a table, CSV or JSON."""
+    _check_choice("--format", fmt, ("table", "csv", "json"))
+    _check_choice("--pattern", pattern, az.PATTERNS)
+    _check_choice("--mode", mode, ("fwd", "fwdbwd"))
+    store = _open_store(db, read_only=True)
+    run_id = run if run is not None else store.latest_run_id("speed")
+    if run_id is None:
+        raise _fail(f"{store.path} has no speed runs yet; run `attnzoo bench speed` first")
+    try:
+        store.run(run_id)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    rows = store.speed([run_id], mixer=mixer, pattern=pattern, mode=mode)
+    cols = [
+        "run_id",
+        "mixer",
+        "impl",
+        "pattern",
+        "mask",
+        "mode",
+        "seq_len",
+        "median_s",
+        "peak_bytes",
+        "gflops_per_s",
+        "gemm_fraction",
+    ]
+    if fmt == "json":
+        print(json.dumps([{c: r[c] for c in cols} for r in rows], indent=1))
+        return
+    if fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows([[r[c] for c in cols] for r in rows])
+        return
+    table = Table(title=f"run {run_id}: {len(rows)} measurements")
+    for c in ("mixer", "impl", "pattern", "mask", "mode", "T", "ms", "MiB", "GFLOP/s", "of GEMM"):
+        table.add_column(
+            c, justify="right" if c in ("T", "ms", "MiB", "GFLOP/s", "of GEMM") else "left"
+        )
+    for r in rows:
+        table.add_row(
+            r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"], str(r["seq_len"]), f"{r['median_s'] * 1e3:.3f}",
+            f"{(r['peak_bytes'] or 0) / 2**20:.1f}", f"{r['gflops_per_s'] or 0:.1f}", f"{r['gemm_fraction'] or 0:.3f}",
+        )  # fmt: skip
+    out.print(table)
 
 
 def main() -> None:

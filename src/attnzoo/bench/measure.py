@@ -9,9 +9,12 @@ known allocations.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,8 +33,14 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
         return int(torch.cuda.max_memory_allocated(device) - base)
     if device.type != "cpu":
         raise ValueError(f"peak_memory_bytes: device must be cpu or cuda, got {device}")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_stderr():  # the profiler's C++ side logs a line at every start and stop
+        prof.start()
+    try:
         fn()
+    finally:
+        with _quiet_stderr():
+            prof.stop()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     live = peak = 0
@@ -41,6 +50,21 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
         live += e.nbytes()
         peak = max(peak, live)
     return int(peak)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ logging included) for the duration of the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:

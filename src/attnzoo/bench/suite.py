@@ -93,7 +93,10 @@ class SpeedSuite:
         if self.mixers is not None:
             need(len(self.mixers) > 0, "--mixers", self.mixers, "at least one mechanism name")
             for name in self.mixers:
-                get_spec(name)  # raises ValueError with close matches
+                try:
+                    get_spec(name)
+                except ValueError as e:
+                    raise ValueError(f"--mixers: {e}") from None
             if self.explicit_mixers and self.explicit_patterns:
                 for name in self.mixers:
                     spec = get_spec(name)
@@ -122,7 +125,9 @@ class SpeedSuite:
 
 SUITES: dict[str, SpeedSuite] = {
     # every registered mechanism, all its patterns, three lengths: a few minutes on 2 CPU cores
-    "quick": SpeedSuite(name="quick", seq_lens=(256, 1024, 2048), repeats=5, time_cap=20.0),
+    "quick": SpeedSuite(
+        name="quick", seq_lens=(256, 512, 1024, 2048, 4096), repeats=5, time_cap=20.0
+    ),
     "full": SpeedSuite(
         name="full",
         seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384),

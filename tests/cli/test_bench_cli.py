@@ -1,0 +1,107 @@
+"""`attnzoo bench speed`, `results` and `report` from the command line: bad flags and outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnzoo.cli import app, parse_size
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--seq-lens", "abc"], "--seq-lens: expected comma-separated positive integers"),
+        (["--seq-lens", "256,-1"], "--seq-lens: expected comma-separated positive integers"),
+        (["--mixers", "softmx"], "--mixers: unknown mixer 'softmx' (did you mean 'softmax'?)"),
+        (["--patterns", "sideways"], "--patterns: expected one of noncausal-self"),
+        (["--mode", "backward"], "--mode: expected fwd or fwdbwd"),
+        (
+            ["--suite", "quik"],
+            "--suite must be one of quick, full, got 'quik' (did you mean 'quick'?)",
+        ),
+        (["--memory-budget", "lots"], "--memory-budget: expected a size such as 4GiB"),
+        (["--masks", "diagonal"], "--masks: expected mask kinds"),
+    ],
+)
+def test_bad_flags_are_clear(args: list[str], match: str, tmp_path: Path) -> None:
+    db = tmp_path / "x.duckdb"
+    r = runner.invoke(app, ["bench", "speed", "--db", str(db), *args])
+    assert r.exit_code == 2, r.stdout
+    assert match in " ".join(r.stderr.split())
+    assert not db.exists(), "a rejected command must not create the store"
+
+
+def test_unsupported_pattern_for_a_named_mixer(tmp_path: Path) -> None:
+    from tests.bench.fakes import fake_mixer
+
+    with fake_mixer("_cli_self_only") as name:
+        r = runner.invoke(
+            app,
+            [
+                "bench",
+                "speed",
+                "--db",
+                str(tmp_path / "x.duckdb"),
+                "--mixers",
+                name,
+                "--patterns",
+                "causal-cross",
+            ],
+        )
+    assert (
+        r.exit_code == 2
+        and "_cli_self_only does not support causal-cross; it supports noncausal-self" in r.stderr
+    )
+
+
+def test_bench_results_report_round_trip(tmp_path: Path) -> None:
+    db = str(tmp_path / "cli.duckdb")
+    r = runner.invoke(app, ["bench", "speed", "--db", db, "--mixers", "softmax", "--seq-lens", "32,64", "--patterns",
+                            "causal-self", "--masks", "", "--repeats", "1", "--mode", "fwd", "--heads", "2", "--head-dim", "8",
+                            "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    assert "run 1: 6 measurements, 0 skipped, 0 failed" in r.stdout
+    r = runner.invoke(app, ["results", "--db", db, "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 6 and {x["impl"] for x in rows} == {"reference", "sdpa", "blocked"}
+    r = runner.invoke(app, ["results", "--db", db, "--format", "json", "--mixer", "softmax"])
+    assert len(json.loads(r.stdout)) == 6
+    r = runner.invoke(app, ["results", "--db", db], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "run 1: 6 measurements" in r.stdout
+    out = tmp_path / "rep"
+    r = runner.invoke(app, ["report", "--db", db, "--out", str(out)])
+    assert r.exit_code == 0 and (out / "index.html").exists()
+    r = runner.invoke(app, ["report", "--db", db, "--run", "7"])
+    assert r.exit_code == 2 and "--run 7: no such run" in r.stderr
+    r = runner.invoke(app, ["results", "--db", db, "--format", "xml"])
+    assert r.exit_code == 2 and "--format must be one of table, csv, json" in r.stderr
+
+
+def test_report_and_results_on_missing_or_foreign_store(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["report", "--db", str(tmp_path / "none.duckdb")])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    bad = tmp_path / "bad.duckdb"
+    bad.write_text("not a database")
+    r = runner.invoke(app, ["results", "--db", str(bad)])
+    assert r.exit_code == 2 and "not a valid DuckDB database" in r.stderr
+
+
+def test_env_var_selects_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "env.duckdb"
+    r = runner.invoke(app, ["report"], env={"ATTNZOO_DB": str(db)})
+    assert r.exit_code == 2 and str(db) in " ".join(r.stderr.split())
+
+
+def test_parse_size() -> None:
+    assert parse_size("--memory-budget", "4GiB") == 4 << 30
+    assert parse_size("--memory-budget", "512MiB") == 512 << 20
+    assert parse_size("--memory-budget", "1000") == 1000
+    assert parse_size("--memory-budget", "2G") == 2 << 30
