@@ -16,7 +16,7 @@ from rich.table import Table
 
 import attnzoo as az
 from attnzoo.bench.check import check_mixer, impl_choices
-from attnzoo.bench.speed import run_speed
+from attnzoo.bench.speed import RunInterrupted, run_speed
 from attnzoo.bench.suite import SUITES
 from attnzoo.config import suggest
 from attnzoo.report import write_report
@@ -290,12 +290,14 @@ def bench_speed(
     command = "attnzoo " + " ".join(sys.argv[1:])
     try:
         run_id = run_speed(plan_, store, command=command, console=err, progress=progress)
-    except KeyboardInterrupt:
-        run_id = store.latest_run_id("speed")
-        kept = len(store.speed([run_id])) if run_id is not None else 0
+    except RunInterrupted as e:
+        kept = len(store.speed([e.run_id]))
         err.print(
-            f"interrupted: run {run_id} marked interrupted; {kept} measurements kept in {store.path}"
+            f"interrupted: run {e.run_id} marked interrupted; {kept} measurements kept in {store.path}"
         )
+        raise typer.Exit(code=130) from None
+    except KeyboardInterrupt:
+        err.print("interrupted before the run started; nothing was recorded")
         raise typer.Exit(code=130) from None
     except StoreError as e:
         raise _fail(str(e)) from None

@@ -40,6 +40,14 @@ from attnzoo.store import Store
 PROBE_LENGTHS = (64, 128)
 
 
+class RunInterrupted(Exception):
+    """Ctrl-C during a run: the run is marked interrupted and keeps what it finished."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"run {run_id} interrupted")
+        self.run_id = run_id
+
+
 @dataclasses.dataclass
 class Cell:
     """One measured line: a (mixer, impl, pattern, mask kind, mode) over the suite's lengths."""
@@ -250,13 +258,17 @@ def run_speed(
     console: Console | None = None,
     progress: bool = True,
 ) -> int:
-    """Run ``suite`` into ``store``; returns the run id. Ctrl-C leaves the run 'interrupted'."""
+    """Run ``suite`` into ``store``; returns the run id.
+
+    Ctrl-C marks the run 'interrupted' (everything measured stays) and raises :class:`RunInterrupted`.
+    """
     console = console or Console(stderr=True)
     cells = plan(suite)
     specs = suite.specs()
     env = environment()
     console.print(
-        f"measuring this machine's fp32 GEMM rate and the harness overhead ({env['cpu']}) ..."
+        f"measuring this machine's fp32 GEMM rate and the harness overhead ({env['cpu']}) ...",
+        soft_wrap=True,
     )
     gemm = gemm_gflops()
     env["harness"] = harness_calibration(suite)
@@ -269,7 +281,7 @@ def run_speed(
         _run_cells(suite, store, run_id, specs, cells, gemm, console, progress)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted", note="stopped by the user (Ctrl-C)")
-        raise
+        raise RunInterrupted(run_id) from None
     except BaseException as e:
         store.finish_run(run_id, "failed", note=repr(e))
         raise

@@ -1,0 +1,21 @@
+"""A small real store shared by the report tests (one tiny speed run, two for comparison)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnzoo.bench.speed import run_speed
+from attnzoo.bench.suite import SpeedSuite
+from attnzoo.store import Store
+
+
+@pytest.fixture(scope="session")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    db = tmp_path_factory.mktemp("report") / "r.duckdb"
+    store = Store(db)
+    suite = SpeedSuite(seq_lens=(32, 64, 512), repeats=1, warmup=0, heads=2, head_dim=8,
+                       memory_budget=1 << 20)  # fmt: skip
+    runs = [run_speed(suite, store, command="pytest", progress=False) for _ in range(2)]
+    return db, runs

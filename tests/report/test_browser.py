@@ -1,0 +1,47 @@
+"""The report in a real headless Chromium: no console errors, no external requests, screenshot."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+import attnzoo as az
+from attnzoo.report import write_report
+from attnzoo.store import Store
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def test_report_renders_offline_in_chromium(two_runs: tuple[Path, list[int]], tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is not installed: `make test` installs Debian's chromium package (apt-get install chromium)")
+    db, runs = two_runs
+    page_path = write_report(Store(db, read_only=True), tmp_path / "report", runs)
+    errors: list[str] = []
+    requests: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        shown = page.locator("#capability-table tbody tr td:first-child").all_inner_texts()
+        n_svg = page.locator("svg").count()
+        visible_w = page.locator("#latency svg").first.bounding_box()["width"]
+        page.screenshot(path=str(ARTIFACTS / "report.png"))
+        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert requests == [page_path.as_uri()], f"unexpected requests: {requests}"
+    assert sorted(shown) == sorted(s.name for s in az.list_mixers())
+    assert n_svg >= 16 and visible_w > 300
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
