@@ -18,9 +18,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def test_report_renders_offline_in_chromium(two_runs: tuple[Path, list[int]], tmp_path: Path) -> None:
+def test_report_renders_offline_in_chromium(
+    two_runs: tuple[Path, list[int]], tmp_path: Path
+) -> None:
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: `make test` installs Debian's chromium package (apt-get install chromium)")
+        pytest.fail(
+            "Chromium is not installed: `make test` installs Debian's chromium package (apt-get install chromium)"
+        )
     db, runs = two_runs
     page_path = write_report(Store(db, read_only=True), tmp_path / "report", runs)
     errors: list[str] = []

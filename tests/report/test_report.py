@@ -36,7 +36,9 @@ def test_key_tables_have_expected_rows(two_runs: tuple[Path, list[int]]) -> None
     assert len(rows_of(page, "scaling-table")) == len(keys)
     assert len(rows_of(page, "gemm-table")) == len(keys)
     assert len(rows_of(page, "runs-table")) == 1
-    assert len(rows_of(page, "skips-table")) == len(store.skips([runs[-1]])) > 0  # the 1 MiB budget skips
+    assert (
+        len(rows_of(page, "skips-table")) == len(store.skips([runs[-1]])) > 0
+    )  # the 1 MiB budget skips
     assert page.count("<svg") == 16  # latency and memory x 4 patterns x 2 modes
     for axis in ("sequence length T (tokens)", "latency (ms)", "peak memory (MiB)"):
         assert axis in page
@@ -55,7 +57,9 @@ def test_self_contained(two_runs: tuple[Path, list[int]], tmp_path: Path) -> Non
     path = write_report(Store(db, read_only=True), tmp_path / "out")
     page = path.read_text()
     assert path.name == "index.html" and not list(path.parent.glob("*.tmp"))
-    assert not re.search(r'(?:src|href)\s*=\s*"(?:https?:)?//', page), "external resource referenced"
+    assert not re.search(r'(?:src|href)\s*=\s*"(?:https?:)?//', page), (
+        "external resource referenced"
+    )
     assert "<script" not in page and "<link" not in page and "@import" not in page
 
 
@@ -68,7 +72,11 @@ def test_no_runs_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_report_and_analysis_never_import_torch() -> None:
-    for path in [*(SRC / "report").glob("*.py"), SRC / "analysis.py", *(SRC / "store").glob("*.py")]:
+    for path in [
+        *(SRC / "report").glob("*.py"),
+        SRC / "analysis.py",
+        *(SRC / "store").glob("*.py"),
+    ]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []
@@ -78,6 +86,6 @@ def test_report_and_analysis_never_import_torch() -> None:
                 names = [node.module or ""]
             for n in names:
                 assert not n.startswith("torch"), f"{path.name} imports {n}"
-                assert not n.startswith(("attnzoo.ops", "attnzoo.mixers", "attnzoo.bench", "attnzoo.registry")), (
-                    f"{path.name} imports {n}: the report reads the store only"
-                )
+                assert not n.startswith(
+                    ("attnzoo.ops", "attnzoo.mixers", "attnzoo.bench", "attnzoo.registry")
+                ), f"{path.name} imports {n}: the report reads the store only"

@@ -33,6 +33,7 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
         return int(torch.cuda.max_memory_allocated(device) - base)
     if device.type != "cpu":
         raise ValueError(f"peak_memory_bytes: device must be cpu or cuda, got {device}")
+    _prime_profiler()
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with _quiet_stderr():  # the profiler's C++ side logs a line at every start and stop
         prof.start()
@@ -50,6 +51,21 @@ def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu")
         live += e.nbytes()
         peak = max(peak, live)
     return int(peak)
+
+
+_PRIMED = []
+
+
+def _prime_profiler() -> None:
+    """Free a tensor allocated before profiling once, silently: torch warns about that once per
+    process ("Memory block of unknown size ..."), which says nothing about the measured call."""
+    if _PRIMED:
+        return
+    before = torch.empty(16)
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            del before
+    _PRIMED.append(True)
 
 
 @contextlib.contextmanager

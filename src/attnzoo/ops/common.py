@@ -10,7 +10,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from attnzoo.ops.masks import Mask
+from attnzoo.ops.masks import Mask, as_mask
 
 
 def check_impl(op: str, impl: str, choices: Sequence[str]) -> None:
@@ -141,3 +141,40 @@ def check_block(op: str, name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated attention call: sizes, the mask and the scale."""
+
+    B: int
+    T: int
+    S: int
+    H: int
+    Hkv: int
+    K: int
+    mask: Mask
+    scale: float
+
+
+def prepare(
+    op: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Mask | str | None,
+    scale: float | None,
+    impl: str,
+    impls: Sequence[str],
+    block_q: int,
+    block_k: int,
+) -> Problem:
+    """Every check an attention op makes before computing, with errors naming the argument."""
+    check_impl(op, impl, impls)
+    B, T, S, H, Hkv, K = check_qkv(op, q, k, v)
+    m = as_mask(mask)
+    m.validate(T, S)
+    check_block(op, "block_q", block_q)
+    check_block(op, "block_k", block_k)
+    return Problem(B, T, S, H, Hkv, K, m, resolve_scale(op, scale, K))

@@ -23,16 +23,13 @@ import torch
 from torch import Tensor
 
 from attnzoo.ops.common import (
-    check_block,
-    check_impl,
-    check_qkv,
     expand_kv,
     heads_first,
     heads_last,
-    resolve_scale,
+    prepare,
     tiles,
 )
-from attnzoo.ops.masks import Mask, as_mask
+from attnzoo.ops.masks import Mask
 
 IMPLS = ("auto", "reference", "blocked")
 OP = "sigmoid_attention"
@@ -71,24 +68,31 @@ def sigmoid_attention(
     Shapes:
         q ``[B, T, H, K]``, k ``[B, S, Hkv, K]``, v ``[B, S, Hkv, V]`` -> ``[B, T, H, V]``
     """
-    check_impl(OP, impl, IMPLS)
-    B, T, S, H, _, K = check_qkv(OP, q, k, v)
-    m = as_mask(mask)
-    m.validate(T, S)
-    sc = resolve_scale(OP, scale, K)
+    p = prepare(
+        OP,
+        q,
+        k,
+        v,
+        mask=mask,
+        scale=scale,
+        impl=impl,
+        impls=IMPLS,
+        block_q=block_q,
+        block_k=block_k,
+    )
     if bias is None:
-        b = default_bias(S)
+        b = default_bias(p.S)
     elif isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
         raise ValueError(f"{OP}: bias must be a finite float or None, got {bias!r}")
     else:
         b = float(bias)
     if impl == "auto":
-        impl = "reference" if B * H * T * S <= AUTO_REFERENCE_MAX_SCORES else "blocked"
-    if impl == "reference" or T == 0 or S == 0:
-        return _reference(q, k, v, m, sc, b)
-    check_block(OP, "block_q", block_q)
-    check_block(OP, "block_k", block_k)
-    return _Blocked.apply(q, expand_kv(k, H), expand_kv(v, H), m, sc, b, block_q, block_k)
+        impl = "reference" if p.B * p.H * p.T * p.S <= AUTO_REFERENCE_MAX_SCORES else "blocked"
+    if impl == "reference" or p.T == 0 or p.S == 0:
+        return _reference(q, k, v, p.mask, p.scale, b)
+    return _Blocked.apply(
+        q, expand_kv(k, p.H), expand_kv(v, p.H), p.mask, p.scale, b, block_q, block_k
+    )
 
 
 def _reference(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float, bias: float) -> Tensor:

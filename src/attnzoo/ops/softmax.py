@@ -25,16 +25,13 @@ from einops import rearrange
 from torch import Tensor
 
 from attnzoo.ops.common import (
-    check_block,
-    check_impl,
-    check_qkv,
     expand_kv,
     heads_first,
     heads_last,
-    resolve_scale,
+    prepare,
     tiles,
 )
-from attnzoo.ops.masks import Mask, as_mask
+from attnzoo.ops.masks import Mask
 
 IMPLS = ("auto", "reference", "sdpa", "blocked")
 OP = "softmax_attention"
@@ -63,20 +60,25 @@ def softmax_attention(
     Shapes:
         q ``[B, T, H, K]``, k ``[B, S, Hkv, K]``, v ``[B, S, Hkv, V]`` -> ``[B, T, H, V]``
     """
-    check_impl(OP, impl, IMPLS)
-    _, T, S, H, _, K = check_qkv(OP, q, k, v)
-    m = as_mask(mask)
-    m.validate(T, S)
-    sc = resolve_scale(OP, scale, K)
+    p = prepare(
+        OP,
+        q,
+        k,
+        v,
+        mask=mask,
+        scale=scale,
+        impl=impl,
+        impls=IMPLS,
+        block_q=block_q,
+        block_k=block_k,
+    )
     if impl in ("auto", "sdpa"):
-        return _sdpa(q, k, v, m, sc)
-    if impl == "reference":
-        return _reference(q, k, v, m, sc)
-    check_block(OP, "block_q", block_q)
-    check_block(OP, "block_k", block_k)
-    if T == 0 or S == 0:
-        return _reference(q, k, v, m, sc)
-    return _Blocked.apply(q, expand_kv(k, H), expand_kv(v, H), m, sc, block_q, block_k)
+        return _sdpa(q, k, v, p.mask, p.scale)
+    if impl == "reference" or p.T == 0 or p.S == 0:
+        return _reference(q, k, v, p.mask, p.scale)
+    return _Blocked.apply(
+        q, expand_kv(k, p.H), expand_kv(v, p.H), p.mask, p.scale, block_q, block_k
+    )
 
 
 def _reference(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float) -> Tensor:

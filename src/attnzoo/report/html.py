@@ -75,7 +75,9 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
     if not run_ids:
         latest = store.latest_run_id("speed")
         if latest is None:
-            raise ValueError(f"store {store.path} has no speed runs yet; run `attnzoo bench speed` first")
+            raise ValueError(
+                f"store {store.path} has no speed runs yet; run `attnzoo bench speed` first"
+            )
         run_ids = [latest]
     runs = [store.run(r) for r in run_ids]
     rows = store.speed(run_ids)
@@ -86,8 +88,16 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
     sections = [
         ("runs", "Runs and environment", _runs(runs)),
         ("capabilities", "Capability matrix", _capabilities(specs, checks)),
-        ("latency", "Latency vs sequence length", _plots(rows, "median_s", 1e3, "latency (ms)", multi)),
-        ("memory", "Peak memory vs sequence length", _plots(rows, "peak_bytes", 2**-20, "peak memory (MiB)", multi)),
+        (
+            "latency",
+            "Latency vs sequence length",
+            _plots(rows, "median_s", 1e3, "latency (ms)", multi),
+        ),
+        (
+            "memory",
+            "Peak memory vs sequence length",
+            _plots(rows, "peak_bytes", 2**-20, "peak memory (MiB)", multi),
+        ),
         ("scaling", "Scaling exponents and efficiency lengths", _scaling(rows)),
         ("gemm", "Fraction of the GEMM limit", _gemm(rows, runs)),
         ("masks", "Mask axis (self patterns)", _masks(rows)),
@@ -96,14 +106,17 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
     if multi:
         sections.insert(2, ("compare", "Run comparison", _compare(rows, run_ids)))
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
-    body = "\n".join(f'<section id="{sid}"><h2>{_e(title)}</h2>\n{content}</section>' for sid, title, content in sections)
+    body = "\n".join(
+        f'<section id="{sid}"><h2>{_e(title)}</h2>\n{content}</section>'
+        for sid, title, content in sections
+    )
     title = "attnzoo speed report: run " + ", ".join(str(r) for r in run_ids)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
-        f"<h1>{_e(title)}</h1><p class=\"muted\">generated {stamp} from {_e(store.path.name)}; "
+        f'<h1>{_e(title)}</h1><p class="muted">generated {stamp} from {_e(store.path.name)}; '
         f"{len(rows)} measurements, {len(skips)} skipped or failed, {len(specs)} mechanisms. "
         f"Times are medians after warm-up on a shared machine: compare ratios within a run.</p>"
         f"<nav>{nav}</nav>\n{body}\n</body></html>\n"
@@ -121,7 +134,20 @@ def write_report(store: Store, out_dir: Path, run_ids: Sequence[int] | None = No
 
 # ---- sections ---------------------------------------------------------------------------
 def _runs(runs: list[dict[str, Any]]) -> str:
-    head = ["run", "status", "suite", "started", "finished", "git", "CPU", "threads", "GPU", "torch", "GEMM GFLOP/s", "command"]
+    head = [
+        "run",
+        "status",
+        "suite",
+        "started",
+        "finished",
+        "git",
+        "CPU",
+        "threads",
+        "GPU",
+        "torch",
+        "GEMM GFLOP/s",
+        "command",
+    ]
     rows = []
     for r in runs:
         env = r["env"]
@@ -148,14 +174,16 @@ def _runs(runs: list[dict[str, Any]]) -> str:
             ]
         )  # fmt: skip
     if cal_rows:
-        out += "<h3>Harness calibration</h3><p class=\"muted\">The harness's own cost on an empty op, and raw causal SDPA timed by the harness vs a hand-written <code>timeit</code> in the same run.</p>"
+        out += '<h3>Harness calibration</h3><p class="muted">The harness\'s own cost on an empty op, and raw causal SDPA timed by the harness vs a hand-written <code>timeit</code> in the same run.</p>'
         out += _table(
             ["run", "T", "empty-op ns/call", "empty op % of SDPA", "SDPA harness ms", "SDPA timeit ms", "harness / timeit", "softmax_attention(sdpa) ms"],
             cal_rows, "harness-table",
         )  # fmt: skip
-    out += "<details><summary>full environment (JSON)</summary>" + "".join(
-        f"<pre>{_e(json.dumps(r['env'], indent=1, sort_keys=True))}</pre>" for r in runs
-    ) + "</details>"
+    out += (
+        "<details><summary>full environment (JSON)</summary>"
+        + "".join(f"<pre>{_e(json.dumps(r['env'], indent=1, sort_keys=True))}</pre>" for r in runs)
+        + "</details>"
+    )
     return out
 
 
@@ -164,7 +192,18 @@ def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]
     for c in checks:
         verdict[(c["mixer"], c["pattern"])].append(bool(c["ok"]))
     mask_kinds = sorted({m for s in specs.values() for m in s["masks"]})
-    head = ["mechanism", "family", "dims", *PATTERNS, *mask_kinds, "state", "exact", "complexity", "verified against", "paper"]
+    head = [
+        "mechanism",
+        "family",
+        "dims",
+        *PATTERNS,
+        *mask_kinds,
+        "state",
+        "exact",
+        "complexity",
+        "verified against",
+        "paper",
+    ]
     rows = []
     for name, s in sorted(specs.items()):
         cells = [_td(name), _td(s["family"]), _td(s["dims"])]
@@ -198,13 +237,25 @@ def _plots(rows: list[dict[str, Any]], key: str, scale: float, ylabel: str, mult
             base_mask = "causal" if pattern.startswith("causal") else "full"
             series: dict[str, list[tuple[float, float]]] = defaultdict(list)
             for r in rows:
-                if r["mode"] == mode and r["pattern"] == pattern and r["mask"] == base_mask and r[key] is not None:
+                if (
+                    r["mode"] == mode
+                    and r["pattern"] == pattern
+                    and r["mask"] == base_mask
+                    and r[key] is not None
+                ):
                     series[_label(r, multi)].append((r["seq_len"], r[key] * scale))
             if not series:
                 continue
             title = f"{pattern}, {MODES[mode]}"
-            svg = loglog_svg(f"{ylabel.split(' (')[0]}: {title}", "sequence length T (tokens)", ylabel, sorted(series.items()))
-            figs.append(f"<figure>{svg}<figcaption>{_e(title)}, mask {base_mask}; one line per mechanism/impl</figcaption></figure>")
+            svg = loglog_svg(
+                f"{ylabel.split(' (')[0]}: {title}",
+                "sequence length T (tokens)",
+                ylabel,
+                sorted(series.items()),
+            )
+            figs.append(
+                f"<figure>{svg}<figcaption>{_e(title)}, mask {base_mask}; one line per mechanism/impl</figcaption></figure>"
+            )
     return '<div class="grid">' + "\n".join(figs) + "</div>" if figs else "<p>No measurements.</p>"
 
 
@@ -235,7 +286,18 @@ def _gemm(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         k = (r["run_id"], r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"])
         if k not in longest or r["seq_len"] > longest[k]["seq_len"]:
             longest[k] = r
-    head = ["run", "mechanism", "impl", "pattern", "mask", "mode", "T", "GFLOP", "GFLOP/s", "fraction of GEMM"]
+    head = [
+        "run",
+        "mechanism",
+        "impl",
+        "pattern",
+        "mask",
+        "mode",
+        "T",
+        "GFLOP",
+        "GFLOP/s",
+        "fraction of GEMM",
+    ]
     body = [
         [
             _td(r["run_id"]), _td(r["mixer"]), _td(r["impl"]), _td(r["pattern"]), _td(r["mask"]), _td(r["mode"]),
@@ -244,7 +306,9 @@ def _gemm(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         ]
         for _, r in sorted(longest.items())
     ]  # fmt: skip
-    rates = ", ".join(f"run {r['run_id']}: {r['gemm_gflops']:.1f} GFLOP/s" for r in runs if r["gemm_gflops"])
+    rates = ", ".join(
+        f"run {r['run_id']}: {r['gemm_gflops']:.1f} GFLOP/s" for r in runs if r["gemm_gflops"]
+    )
     note = (
         f'<p class="muted">Analytic FLOPs (2 per multiply-add over the attended pairs; forward+backward = 3x forward) '
         f"divided by the median time, at the longest measured T, against this machine's fp32 GEMM rate measured in the same run ({_e(rates)}).</p>"
@@ -263,9 +327,19 @@ def _masks(rows: list[dict[str, Any]]) -> str:
         if r["seq_len"] == longest_t:
             cell[(r["mixer"], r["impl"], r["mode"], r["mask"])] = r["median_s"]
     keys = sorted({k[:3] for k in cell})
-    body = [[_td(m), _td(i), _td(mode)] + [_num(cell[(m, i, mode, mk)] * 1e3, ".2f") if (m, i, mode, mk) in cell else _td("-", "na") for mk in masks] for m, i, mode in keys]
-    return f'<p class="muted">Median latency (ms) at T = {longest_t} per mask (SYS-LCA\'s kernel x mask axis).</p>' + _table(
-        ["mechanism", "impl", "mode", *masks], body, "mask-table"
+    body = [
+        [_td(m), _td(i), _td(mode)]
+        + [
+            _num(cell[(m, i, mode, mk)] * 1e3, ".2f")
+            if (m, i, mode, mk) in cell
+            else _td("-", "na")
+            for mk in masks
+        ]
+        for m, i, mode in keys
+    ]
+    return (
+        f'<p class="muted">Median latency (ms) at T = {longest_t} per mask (SYS-LCA\'s kernel x mask axis).</p>'
+        + _table(["mechanism", "impl", "mode", *masks], body, "mask-table")
     )
 
 
@@ -285,11 +359,22 @@ def _compare(rows: list[dict[str, Any]], run_ids: Sequence[int]) -> str:
     first = run_ids[0]
     by_key: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        by_key[(r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"], r["seq_len"])][r["run_id"]] = r["median_s"]
-    head = ["mechanism", "impl", "pattern", "mask", "mode", "T", f"run {first} ms"] + [f"run {r} / run {first}" for r in run_ids[1:]]
+        by_key[(r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"], r["seq_len"])][
+            r["run_id"]
+        ] = r["median_s"]
+    head = ["mechanism", "impl", "pattern", "mask", "mode", "T", f"run {first} ms"] + [
+        f"run {r} / run {first}" for r in run_ids[1:]
+    ]
     body = []
     for k, v in sorted(by_key.items()):
         if first not in v:
             continue
-        body.append([_td(x) for x in k] + [_num(v[first] * 1e3, ".2f")] + [_num(v[r] / v[first] if r in v else None, ".3f") for r in run_ids[1:]])
-    return '<p class="muted">Latency ratio of each later run to the first, for matching measurements.</p>' + _table(head, body, "compare-table")
+        body.append(
+            [_td(x) for x in k]
+            + [_num(v[first] * 1e3, ".2f")]
+            + [_num(v[r] / v[first] if r in v else None, ".3f") for r in run_ids[1:]]
+        )
+    return (
+        '<p class="muted">Latency ratio of each later run to the first, for matching measurements.</p>'
+        + _table(head, body, "compare-table")
+    )
