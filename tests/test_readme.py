@@ -43,7 +43,7 @@ def test_speed_column_comes_from_the_store(tmp_path: Path) -> None:
     from attnzoo.store import Store
 
     db = tmp_path / "s.duckdb"
-    suite = SpeedSuite(seq_lens=(1024,), patterns=("causal-self",), masks=(), modes=("fwd",), repeats=1,
+    suite = SpeedSuite(mixers=("softmax", "sigmoid"), seq_lens=(1024,), patterns=("causal-self",), masks=(), modes=("fwd",), repeats=1,
                        warmup=0, heads=2, head_dim=8)  # fmt: skip
     run = run_speed(suite, Store(db), command="t", progress=False)
     speed = speed_column(db)

@@ -135,13 +135,15 @@ def test_stateless_mixers_refuse_step() -> None:
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)
 def test_config_json_round_trip(spec: az.MixerSpec) -> None:
-    m = az.build_mixer(spec.name, d_model=D_MODEL)
+    pattern = next((p for p in spec.patterns if p.endswith("self")), spec.patterns[0])
+    m = build(spec, pattern)
     text = m.cfg.to_json()
     again = az.mixer_from_json(text)
     assert type(again) is type(m) and again.cfg == m.cfg
     again.load_state_dict(m.state_dict())
     x = make_x(spec)
-    torch.testing.assert_close(again(x), m(x))
+    ctx = make_context(spec) if pattern.endswith("cross") else None
+    torch.testing.assert_close(again(x, context=ctx), m(x, context=ctx))
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)

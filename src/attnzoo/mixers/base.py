@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from attnzoo.config import MixerConfig
@@ -119,6 +120,37 @@ class Mixer(nn.Module):
         raise ValueError(
             f"{self.spec.name} has no streaming state (spec.state='none'); use forward() instead"
         )
+
+    def state_options(
+        self, batch_size: int, options: dict[str, Any]
+    ) -> tuple[torch.device, torch.dtype]:
+        """Check ``init_state(batch_size, **options)``; returns its ``(device, dtype)``, which
+        default to the mixer's parameters'."""
+        name = f"{self.spec.name}.init_state"
+        unknown = set(options) - {"device", "dtype"}
+        if unknown:
+            raise TypeError(f"{name}: unknown options {sorted(unknown)}; allowed: device, dtype")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{name}: batch_size must be a positive int, got {batch_size!r}")
+        ref = next(self.parameters(), None)
+        device = options.get("device", ref.device if ref is not None else torch.device("cpu"))
+        dtype = options.get("dtype", ref.dtype if ref is not None else torch.get_default_dtype())
+        return torch.device(device), dtype
+
+    def check_step(self, x_t: Tensor, state: Any, state_type: type, batch_field: str) -> None:
+        """Check ``step(x_t, state)``: the state's type, ``x_t [B, D]``, and that the batch
+        matches the state's tensor ``state.<batch_field>`` (batch first)."""
+        name = f"{self.spec.name}.step"
+        if not isinstance(state, state_type):
+            raise TypeError(
+                f"{name}: state must come from init_state(), got {type(state).__name__}"
+            )
+        batch = getattr(state, batch_field).shape[0]
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
+            raise ValueError(f"{name}: x_t must be [B, D], got {getattr(x_t, 'shape', x_t)}")
+        if x_t.shape[0] != batch:
+            raise ValueError(f"{name}: x_t batch {x_t.shape[0]} differs from the state's {batch}")
+        self.check_input(x_t[:, None])
 
     # ---- accounting -----------------------------------------------------------------------
     def flops(self, batch: int, T: int, S: int | None = None, mask: Mask | None = None) -> int:

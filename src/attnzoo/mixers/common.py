@@ -156,17 +156,7 @@ class AttentionMixer(Mixer):
     def init_state(self, batch_size: int, **kwargs: Any) -> KVCache:
         """Empty KV cache. Keyword options: ``device``, ``dtype``."""
         self._check_streamable()
-        unknown = set(kwargs) - {"device", "dtype"}
-        if unknown:
-            raise TypeError(
-                f"{self.spec.name}.init_state: unknown options {sorted(unknown)}; allowed: device, dtype"
-            )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f"{self.spec.name}.init_state: batch_size must be a positive int, got {batch_size!r}"
-            )
-        ref = self.q_proj.weight
-        device, dtype = kwargs.get("device", ref.device), kwargs.get("dtype", ref.dtype)
+        device, dtype = self.state_options(batch_size, kwargs)
         shape = (batch_size, 0, self.cfg.kv_heads, self.cfg.dim_head)
         return KVCache(
             torch.zeros(shape, device=device, dtype=dtype),
@@ -176,20 +166,8 @@ class AttentionMixer(Mixer):
     def step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
         self._check_streamable()
-        if not isinstance(state, KVCache):
-            raise TypeError(
-                f"{self.spec.name}.step: state must come from init_state(), got {type(state).__name__}"
-            )
-        if not isinstance(x_t, Tensor) or x_t.dim() != 2:
-            raise ValueError(
-                f"{self.spec.name}.step: x_t must be [B, D], got {getattr(x_t, 'shape', x_t)}"
-            )
-        if x_t.shape[0] != state.k.shape[0]:
-            raise ValueError(
-                f"{self.spec.name}.step: x_t batch {x_t.shape[0]} differs from the state's {state.k.shape[0]}"
-            )
+        self.check_step(x_t, state, KVCache, "k")
         x = x_t[:, None]  # [B, 1, D]
-        self.check_input(x)
         q, k, v = self._project(x, x)
         k = torch.cat([state.k, k], dim=1)  # [B, t+1, Hkv, K]
         v = torch.cat([state.v, v], dim=1)

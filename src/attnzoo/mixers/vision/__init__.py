@@ -1,1 +1,3 @@
-"""2-D mixers on channels-last ``[B, h, w, C]`` (issue 5 adds them here)."""
+"""2-D mixers on channels-last ``[B, h, w, C]``. Importing a module registers its mixer."""
+
+from attnzoo.mixers.vision import vig  # noqa: F401

@@ -1,0 +1,194 @@
+"""Lightning attention (S-LIGHTNING): linear attention with a fixed per-head exponential decay.
+
+Qin et al., "Various Lengths, Constant Speed: Efficient Language Modeling with Lightning
+Attention", 2024. https://arxiv.org/abs/2405.17381
+Code: https://github.com/OpenNLPLab/lightning-attention (kernel ``lightning_attn2``, module
+``examples/module/tnl_attn.py``); peer: fla-core's ``naive_recurrent_simple_gla`` with the decay
+broadcast over time.
+
+Per head ``h``, with ``q, k, v = SiLU(x W_q), SiLU(x W_k), SiLU(x W_v)`` and no score scale::
+
+    o_t = sum_{s <= t} lambda_h^(t - s) (q_t . k_s) v_s,    lambda_h = exp(-s_h)
+
+computed by :func:`attnzoo.ops.linear.linear_attention` (Lightning's tiling: quadratic inside a
+chunk, a decayed ``[B, H, K, V]`` state across chunks). Streaming keeps that state.
+
+Slopes are ALiBi's: ``s_h = 2^(-8(h+1)/H)`` for a power-of-two ``H``; for other ``H`` the slopes
+of the largest power of two ``P < H`` followed by every other slope of ``2P`` (the first
+``H - P`` of them), as in ALiBi and the official ``_build_slope_tensor``. With
+``num_layers > 1`` the slopes of layer ``layer_idx`` are multiplied by
+``1 - layer_idx / (num_layers - 1) + 1e-5`` (TransNormerLLM: later layers decay less).
+
+Causal self-attention only, as in the paper (it defines no non-causal or cross form).
+
+Left out of TNL's layer, to keep the mixer minimal: the LayerNorm on the attention output and the
+sigmoid output gate (low-rank ``d -> head_dim -> d``). Time ``O(T·C·K + T·K²)`` per head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers.base import Mixer
+from attnzoo.mixers.common import default_heads
+from attnzoo.ops.linear import linear_attention, linear_attention_flops, linear_attention_step
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import Paper, register_mixer
+
+PAPER = Paper(
+    title="Various Lengths, Constant Speed: Efficient Language Modeling with Lightning Attention",
+    year=2024,
+    url="https://arxiv.org/abs/2405.17381",
+    code="https://github.com/OpenNLPLab/lightning-attention",
+)
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi slopes: ``2^(-8(h+1)/H)`` for power-of-two ``H``, interleaved extension otherwise."""
+    if num_heads < 1:
+        raise ValueError(f"alibi_slopes: num_heads must be >= 1, got {num_heads}")
+    if num_heads & (num_heads - 1) == 0:
+        return [2.0 ** (-8.0 * (h + 1) / num_heads) for h in range(num_heads)]
+    p = 2 ** math.floor(math.log2(num_heads))
+    return alibi_slopes(p) + alibi_slopes(2 * p)[0::2][: num_heads - p]
+
+
+def lightning_slopes(num_heads: int, layer_idx: int = 0, num_layers: int = 1) -> Tensor:
+    """Decay rates ``s_h`` (``lambda_h = exp(-s_h)``) of one layer. Shapes: -> ``[H]``."""
+    slopes = torch.tensor(alibi_slopes(num_heads), dtype=torch.float64)
+    if num_layers > 1:
+        slopes = slopes * (1 - layer_idx / (num_layers - 1) + 1e-5)
+    return slopes
+
+
+@dataclasses.dataclass(frozen=True)
+class LightningConfig(MixerConfig):
+    """Lightning attention.
+
+    Attributes:
+        num_heads: heads; ``None`` means :func:`default_heads`. Head width ``d_model // num_heads``.
+        bias: bias on the q/k/v and output projections.
+        layer_idx, num_layers: the layer's depth factor on the slopes (only if ``num_layers > 1``).
+        impl: ``auto`` | ``reference`` | ``chunk`` | ``recurrent``.
+        chunk_size: tokens per chunk of the ``chunk`` path.
+    """
+
+    num_heads: int | None = None
+    bias: bool = False
+    layer_idx: int = 0
+    num_layers: int = 1
+    impl: Literal["auto", "reference", "chunk", "recurrent"] = "auto"
+    chunk_size: int = 64
+
+    def validate(self) -> None:
+        owner = self._owner()
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
+        if self.d_model % self.heads != 0:
+            raise ValueError(
+                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
+            )
+        if self.num_layers < 1:
+            raise ValueError(f"{owner}: num_layers must be >= 1, got {self.num_layers}")
+        if not 0 <= self.layer_idx < self.num_layers:
+            raise ValueError(
+                f"{owner}: layer_idx must be in [0, num_layers={self.num_layers}), "
+                f"got {self.layer_idx}"
+            )
+        if self.chunk_size < 1:
+            raise ValueError(f"{owner}: chunk_size must be >= 1, got {self.chunk_size}")
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
+
+    @property
+    def dim_head(self) -> int:
+        return self.d_model // self.heads
+
+
+@dataclasses.dataclass
+class LightningState:
+    """Streaming state: ``kv [B, H, K, K]`` (decayed sum of ``k^T v``); ``position`` counts tokens."""
+
+    kv: Tensor
+    position: int = 0
+
+
+def lightning_flops(
+    cfg: LightningConfig, batch: int, T: int, S: int | None, mask: Mask | None
+) -> int:
+    """q/k/v/out projections plus :func:`linear_attention_flops`."""
+    H, K, D = cfg.heads, cfg.dim_head, cfg.d_model
+    proj = 2 * batch * T * D * 4 * H * K
+    return proj + linear_attention_flops(batch, H, K, K, T, T, False)
+
+
+@register_mixer(
+    "lightning",
+    config=LightningConfig,
+    family="linear",
+    dims=1,
+    patterns=("causal-self",),
+    masks=("full", "causal"),
+    state="constant",
+    exact=False,
+    complexity="O(T·(C+K)·K) time; O(K²) state per head",
+    paper=PAPER,
+    peer="fla-core naive_recurrent_simple_gla (g = -slope broadcast over T), fwd+bwd",
+    flops=lightning_flops,
+)
+class LightningAttention(Mixer):
+    cfg: LightningConfig
+
+    def __init__(self, cfg: LightningConfig) -> None:
+        super().__init__(cfg)
+        H, K = cfg.heads, cfg.dim_head
+        self.qkv_proj = nn.Linear(cfg.d_model, 3 * H * K, bias=cfg.bias)
+        self.out_proj = nn.Linear(H * K, cfg.d_model, bias=cfg.bias)
+        slopes = lightning_slopes(H, cfg.layer_idx, cfg.num_layers)
+        self.register_buffer("slopes", slopes.to(torch.get_default_dtype()), persistent=False)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        qkv = F.silu(self.qkv_proj(x))
+        q, k, v = rearrange(qkv, "b t (three h k) -> three b t h k", three=3, h=self.cfg.heads)
+        return q, k, v  # [B, T, H, K] each
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        kw: dict[str, Any] = {"impl": self.cfg.impl, "chunk_size": self.cfg.chunk_size}
+        decay = -self.slopes  # [H] log(lambda)
+        return linear_attention(q, k, v, causal=True, decay=decay, **kw)  # [B, T, H, K]
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
+    ) -> Tensor:
+        """Shapes: x ``[B, T, D]`` -> ``[B, T, D]``."""
+        self.pattern_of(context)
+        self.check_input(x)
+        self.check_mask(mask)
+        o = self._attend(*self._project(x))
+        return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))
+
+    # ---- streaming ------------------------------------------------------------------------
+    def init_state(self, batch_size: int, **kwargs: Any) -> LightningState:
+        """Zero state. Keyword options: ``device``, ``dtype``."""
+        device, dtype = self.state_options(batch_size, kwargs)
+        H, K = self.cfg.heads, self.cfg.dim_head
+        return LightningState(torch.zeros(batch_size, H, K, K, device=device, dtype=dtype))
+
+    def step(self, x_t: Tensor, state: LightningState) -> tuple[Tensor, LightningState]:
+        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
+        self.check_step(x_t, state, LightningState, "kv")
+        q, k, v = self._project(x_t[:, None])  # [B, 1, H, K] each
+        decay = -self.slopes.to(state.kv.dtype)
+        o, kv, _ = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state.kv, decay=decay)
+        y = self.out_proj(rearrange(o, "b h k -> b (h k)"))  # [B, D]
+        return y, LightningState(kv, state.position + 1)

@@ -1,0 +1,178 @@
+"""Plain (kernelised) linear attention.
+
+Katharopoulos, Vyas, Pappas, Fleuret, "Transformers are RNNs: Fast Autoregressive Transformers
+with Linear Attention", 2020. https://arxiv.org/abs/2006.16236
+Code: https://github.com/idiap/fast-transformers ; peer: fla-core's
+``naive_recurrent_linear_attn`` / ``naive_chunk_linear_attn``.
+
+Per head, with a feature map ``phi`` (``elu(x) + 1`` by default)::
+
+    o_t = sum_s (phi(q_t) . phi(k_s)) v_s / (sum_s phi(q_t) . phi(k_s) + eps)
+
+summing over all keys (non-causal, self or cross) or over ``s <= t`` (causal). The score scale
+is 1 (it cancels in the normalised form); ``eps = 1e-6`` as in fast-transformers.
+``normalize=False`` drops the denominator. Causal streaming keeps the constant state
+``kv = sum_s phi(k_s)^T v_s`` ``[B, H, K, V]`` and, when normalising, ``z = sum_s phi(k_s)``
+``[B, H, K]``. Time ``O(T·K·V)`` per head; the ``chunk`` path adds ``O(T·C·(K+V))``.
+
+Projections, grouped-query heads and ``qk_norm`` come from :class:`AttentionMixer`; the only
+masks are full and causal (no windows, prefixes or documents); causal cross is not supported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from attnzoo.config import suggest
+from attnzoo.mixers.common import AttentionConfig, AttentionMixer
+from attnzoo.ops.common import expand_kv
+from attnzoo.ops.linear import (
+    EPS,
+    FEATURE_MAPS,
+    feature_map,
+    linear_attention,
+    linear_attention_flops,
+    linear_attention_step,
+)
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import Paper, register_mixer
+
+PAPER = Paper(
+    title="Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
+    year=2020,
+    url="https://arxiv.org/abs/2006.16236",
+    code="https://github.com/idiap/fast-transformers",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearConfig(AttentionConfig):
+    """:class:`AttentionConfig` (without ``window`` / ``prefix`` / ``block``) plus:
+
+    Attributes:
+        feature_map: ``"elu+1"`` (the paper's), ``"relu"`` or ``"identity"``.
+        normalize: divide by the summed scores (the paper's form); needs a non-negative map.
+        impl: ``auto`` | ``reference`` | ``chunk`` | ``recurrent``.
+        chunk_size: tokens per chunk of the ``chunk`` path.
+    """
+
+    feature_map: str = "elu+1"
+    normalize: bool = True
+    impl: Literal["auto", "reference", "chunk", "recurrent"] = "auto"
+    chunk_size: int = 64
+
+    def validate(self) -> None:
+        super().validate()
+        owner = self._owner()
+        for name in ("window", "prefix", "block"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{owner}: {name}={getattr(self, name)} is not supported; "
+                    "linear attention takes only the full and causal masks"
+                )
+        if self.feature_map not in FEATURE_MAPS:
+            raise ValueError(
+                f"{owner}: feature_map must be one of {', '.join(map(repr, FEATURE_MAPS))}, "
+                f"got {self.feature_map!r}{suggest(self.feature_map, FEATURE_MAPS)}"
+            )
+        if self.chunk_size < 1:
+            raise ValueError(f"{owner}: chunk_size must be >= 1, got {self.chunk_size}")
+
+
+@dataclasses.dataclass
+class LinearState:
+    """Streaming state of causal linear attention.
+
+    Shapes:
+        kv ``[B, H, K, V]`` (sum of ``k^T v``), z ``[B, H, K]`` (sum of ``k``) or ``None``
+        without normalisation; ``position`` counts tokens seen.
+    """
+
+    kv: Tensor
+    z: Tensor | None
+    position: int = 0
+
+
+def linear_mixer_flops(
+    cfg: LinearConfig, batch: int, T: int, S: int | None, mask: Mask | None
+) -> int:
+    """Projections plus :func:`linear_attention_flops`."""
+    S_ = T if S is None else S
+    H, Hkv, K, D = cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.d_model
+    Dc = cfg.context_dim or D
+    proj = 2 * batch * (T * D * H * K + S_ * Dc * 2 * Hkv * K + T * H * K * D)
+    return proj + linear_attention_flops(batch, H, K, K, T, S_, cfg.normalize)
+
+
+@register_mixer(
+    "linear",
+    config=LinearConfig,
+    family="linear",
+    dims=1,
+    patterns=("noncausal-self", "causal-self", "noncausal-cross"),
+    masks=("full", "causal"),
+    state="constant",
+    exact=False,
+    complexity="O((T+S)·K·V) time; O(K·V) state per head",
+    paper=PAPER,
+    peer="fla-core naive_recurrent_linear_attn / naive_chunk_linear_attn, fwd+bwd",
+    flops=linear_mixer_flops,
+)
+class LinearAttention(AttentionMixer):
+    cfg: LinearConfig
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
+        fm = self.cfg.feature_map
+        return linear_attention(
+            feature_map(q, fm),
+            feature_map(k, fm),
+            v,
+            causal=mask.causal,
+            normalize=self.cfg.normalize,
+            impl=self.cfg.impl,
+            chunk_size=self.cfg.chunk_size,
+        )  # [B, T, H, K]
+
+    # ---- streaming (causal-self): constant state ------------------------------------------
+    def _check_streamable(self) -> None:
+        if not self.cfg.causal:
+            raise ValueError(
+                "linear: step() streams the causal-self pattern; this mixer has causal=False"
+            )
+
+    def init_state(self, batch_size: int, **kwargs: Any) -> LinearState:
+        """Zero state. Keyword options: ``device``, ``dtype``."""
+        self._check_streamable()
+        device, dtype = self.state_options(batch_size, kwargs)
+        H, K = self.cfg.heads, self.cfg.dim_head
+        kv = torch.zeros(batch_size, H, K, K, device=device, dtype=dtype)
+        z = (
+            torch.zeros(batch_size, H, K, device=device, dtype=dtype)
+            if self.cfg.normalize
+            else None
+        )
+        return LinearState(kv, z)
+
+    def step(self, x_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
+        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
+        self._check_streamable()
+        self.check_step(x_t, state, LinearState, "kv")
+        x = x_t[:, None]  # [B, 1, D]
+        q, k, v = self._project(x, x)  # [B, 1, H, K], [B, 1, Hkv, K] x2
+        H, fm = self.cfg.heads, self.cfg.feature_map
+        k, v = expand_kv(k, H), expand_kv(v, H)
+        o, kv, z = linear_attention_step(
+            feature_map(q[:, 0], fm),
+            feature_map(k[:, 0], fm),
+            v[:, 0],
+            state.kv,
+            state.z,
+            eps=EPS,
+        )  # o: [B, H, K]
+        y = self.out_proj(rearrange(o, "b h k -> b (h k)"))
+        return y, LinearState(kv, z, state.position + 1)

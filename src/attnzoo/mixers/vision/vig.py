@@ -1,0 +1,167 @@
+"""ViG token mixer (V-VIG): 2-D locality injection + bidirectional gated linear attention.
+
+Liao et al., "ViG: Linear-complexity Visual Sequence Learning with Gated Linear Attention", 2024.
+https://arxiv.org/abs/2405.18425  Code: https://github.com/hustvl/ViG
+(``classification/models/vig.py::GatedLinearAttention``). GLA: Yang et al., 2023,
+https://arxiv.org/abs/2312.06635, https://github.com/fla-org/flash-linear-attention.
+
+The mixer of a ViG block, in the order of the official ``GatedLinearAttention.forward``:
+
+1. ``xs = SiLU(DWConv3x3(x))`` on the ``h x w`` grid (depthwise, no bias): the "2D locality
+   injection" input; everything below reads ``xs``.
+2. Flatten the grid row-major to ``T = h*w`` tokens. ``q, k, v = xs W_qkv`` (no bias; key width
+   ``int(C * expand_k)``, value width ``C``).
+3. ``gk = logsigmoid(W2 W1 xs + b2) / 16`` with ``2 * key_dim`` outputs: forward and backward
+   gates ("direction-wise gating"); q/k/v are shared by both directions.
+4. ``o = (GLA_fwd + GLA_bwd) / 2``: a left-to-right and a right-to-left scan over the tokens
+   (ViG batches ``[x, flip(x)]`` into one causal call; :func:`attnzoo.ops.gla.bidirectional_gla`
+   does the same).
+5. "2D gating locality injection": ``g = sigmoid(xs W_g + b_g)``,
+   ``o = RMSNorm_head(o) * g + RMSNorm_head(xs) * (1 - g)`` (two per-head RMSNorms with weights).
+6. ``o_proj`` (no bias).
+
+``expand_v`` is fixed at 1: the local branch ``xs`` (width C) is mixed head by head with the
+attention output, so the value width must equal C, as in every ViG config. Weights follow ViG's
+``reset_parameters`` (Xavier-uniform, gain ``2**-2.5``). Left out: the class token handling,
+RoPE variants (off by default in ViG) and the block around the mixer (norms, MLP, drop path).
+Works on any grid ``h x w``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers.base import Mixer
+from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.seq.gla import check_gla_config
+from attnzoo.ops.gla import bidirectional_gla, gla_flops
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import Paper, register_mixer
+
+PAPER = Paper(
+    title="ViG: Linear-complexity Visual Sequence Learning with Gated Linear Attention",
+    year=2024,
+    url="https://arxiv.org/abs/2405.18425",
+    code="https://github.com/hustvl/ViG",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViGConfig(MixerConfig):
+    """ViG mixer. ``d_model`` is the channel count C.
+
+    Attributes:
+        num_heads: heads; ``None`` means :func:`~attnzoo.mixers.common.default_heads`
+            (3 heads at ViG-T's C=192).
+        expand_k: ``key_dim = int(C * expand_k)``; the value width is C.
+        gate_low_rank_dim: inner width of the low-rank gate projection.
+        gate_logit_normalizer: ``gk = logsigmoid(.) / gate_logit_normalizer``.
+        norm_eps: epsilon of the two per-head RMSNorms.
+        conv_bias: bias on the depthwise 3x3 convolution (ViG's default: off).
+        impl: op path, ``auto`` | ``reference`` | ``chunk`` | ``recurrent``.
+        chunk_size: chunk length of the ``chunk`` path.
+    """
+
+    num_heads: int | None = None
+    expand_k: float = 0.5
+    gate_low_rank_dim: int = 16
+    gate_logit_normalizer: float = 16.0
+    norm_eps: float = 1e-5
+    conv_bias: bool = False
+    impl: Literal["auto", "reference", "chunk", "recurrent"] = "auto"
+    chunk_size: int = 64
+
+    def validate(self) -> None:
+        check_gla_config(self, self._owner())
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.d_model * self.expand_k)
+
+    @property
+    def value_dim(self) -> int:
+        return self.d_model
+
+
+def vig_flops(cfg: ViGConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
+    """``T`` is the token count ``h*w``. Depthwise conv, projections and two GLA scans."""
+    C, Kd, r, H = cfg.d_model, cfg.key_dim, cfg.gate_low_rank_dim, cfg.heads
+    conv = 2 * batch * T * C * 9
+    proj = 2 * batch * T * (C * (2 * Kd + C) + C * r + r * 2 * Kd + C * C + C * C)
+    return conv + proj + 2 * gla_flops(batch, T, H, Kd // H, C // H)
+
+
+@register_mixer(
+    "vig",
+    config=ViGConfig,
+    family="linear",
+    dims=2,
+    patterns=("noncausal-self",),
+    masks=("full",),
+    state="none",
+    exact=False,
+    complexity="O(h·w·(c·K + K·V)) time with chunk length c; O(h·w·(K + c)) memory",
+    paper=PAPER,
+    peer="bidirectional scan = independent forward + reverse scans (ops tests)",
+    flops=vig_flops,
+)
+class ViGMixer(Mixer):
+    cfg: ViGConfig
+
+    def __init__(self, cfg: ViGConfig) -> None:
+        super().__init__(cfg)
+        C, Kd, H = cfg.d_model, cfg.key_dim, cfg.heads
+        self.dwconv = nn.Conv2d(C, C, kernel_size=3, padding=1, groups=C, bias=cfg.conv_bias)
+        self.qkv_proj = nn.Linear(C, 2 * Kd + C, bias=False)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(C, cfg.gate_low_rank_dim, bias=False),
+            nn.Linear(cfg.gate_low_rank_dim, 2 * Kd, bias=True),
+        )
+        self.g_proj = nn.Linear(C, C, bias=True)
+        self.g_norm = nn.RMSNorm(C // H, eps=cfg.norm_eps)  # attention branch
+        self.l_norm = nn.RMSNorm(C // H, eps=cfg.norm_eps)  # local (conv) branch
+        self.o_proj = nn.Linear(C, C, bias=False)
+        gain = 2**-2.5
+        for w in (
+            self.qkv_proj.weight,
+            self.dwconv.weight,
+            self.g_proj.weight,
+            self.o_proj.weight,
+            self.gk_proj[0].weight,
+            self.gk_proj[1].weight,
+        ):
+            nn.init.xavier_uniform_(w, gain=gain)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
+    ) -> Tensor:
+        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
+        self.pattern_of(context)
+        self.check_input(x)
+        self.check_mask(mask)
+        cfg = self.cfg
+        H, Kd, w = cfg.heads, cfg.key_dim, x.shape[2]
+        conv = self.dwconv(rearrange(x, "b h w c -> b c h w"))  # [B, C, h, w]
+        xs = rearrange(F.silu(conv), "b c h w -> b (h w) c")  # [B, T, C], row-major tokens
+        q, k, v = self.qkv_proj(xs).split([Kd, Kd, cfg.d_model], dim=-1)
+        q, k, v = (rearrange(t, "b t (n d) -> b t n d", n=H) for t in (q, k, v))  # [B, T, H, *]
+        gk = F.logsigmoid(self.gk_proj(xs)) / cfg.gate_logit_normalizer  # [B, T, 2*Kd]
+        g_fwd, g_bwd = (rearrange(g, "b t (n d) -> b t n d", n=H) for g in gk.chunk(2, dim=-1))
+        o = bidirectional_gla(
+            q, k, v, g_fwd, g_bwd, impl=cfg.impl, chunk_size=cfg.chunk_size
+        )  # [B, T, H, C/H]
+        g = rearrange(self.g_proj(xs).sigmoid(), "b t (n d) -> b t n d", n=H)
+        loc = self.l_norm(rearrange(xs, "b t (n d) -> b t n d", n=H))  # [B, T, H, C/H]
+        o = self.g_norm(o) * g + loc * (1 - g)
+        y = self.o_proj(rearrange(o, "b t n d -> b t (n d)"))  # [B, T, C]
+        return rearrange(y, "b (h w) c -> b h w c", w=w)

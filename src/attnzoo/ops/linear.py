@@ -1,0 +1,279 @@
+"""Linear attention (optionally with a per-head scalar decay): reference, chunked and recurrent paths.
+
+Causal, with ``lambda_h = exp(decay_h)`` (``lambda = 1`` when ``decay`` is ``None``)::
+
+    o_t = scale * sum_{s <= t} lambda_h^(t - s) (q_t . k_s) v_s
+
+Non-causal (``decay`` must be ``None``; ``k``/``v`` may have ``S != T`` keys, i.e. cross)::
+
+    o_t = scale * sum_s (q_t . k_s) v_s
+
+``normalize=True`` divides by the same weighted sum of scores,
+``z_t = scale * sum_s lambda^(t-s) (q_t . k_s)``: ``o_t <- o_t / (z_t + eps)`` (Katharopoulos et
+al.'s normaliser; ``eps = 1e-6`` as in fast-transformers). It assumes non-negative feature maps
+(``elu+1``, ``relu``) so that ``z_t >= 0``; with signed ``q``/``k`` the denominator can cross zero.
+Feature maps are applied by the caller, see :func:`feature_map`.
+
+The default ``scale`` is ``1`` (not ``1/sqrt(K)``): Lightning attention has no score scale and
+with ``normalize=True`` the scale cancels (up to ``eps``).
+
+- ``reference`` materialises the ``[B, H, T, S]`` decayed score matrix: the spec.
+- ``chunk`` (Lightning attention's tiling): chunks of ``chunk_size`` tokens; inside a chunk the
+  quadratic form with the mask ``lambda^(i-j)``, across chunks a ``[B, H, K, V]`` state decayed by
+  ``lambda^chunk_size``. Only ``exp`` of non-positive log-decays is ever taken. ``T`` need not be
+  a multiple of ``chunk_size`` (the last chunk is zero-padded). Time and memory ``O(T·C·(K+V))``.
+- ``recurrent`` runs :func:`linear_attention_step` token by token:
+  ``S_t = lambda S_{t-1} + k_t^T v_t``, ``o_t = scale * q_t S_t``.
+
+Non-causal ``chunk`` and ``recurrent`` both use the global state ``o = scale * q (K^T V)``.
+Causal cross attention (``S != T`` with ``causal=True``) is not supported.
+
+Katharopoulos et al., "Transformers are RNNs", 2020, https://arxiv.org/abs/2006.16236
+(code: https://github.com/idiap/fast-transformers). Qin et al., "Various Lengths, Constant Speed:
+Efficient Language Modeling with Lightning Attention", 2024, https://arxiv.org/abs/2405.17381
+(code: https://github.com/OpenNLPLab/lightning-attention).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+from attnzoo.config import suggest
+from attnzoo.ops.common import check_block, check_impl, check_qkv, expand_kv, resolve_scale
+
+IMPLS = ("auto", "reference", "chunk", "recurrent")
+FEATURE_MAPS = ("elu+1", "relu", "identity")
+OP = "linear_attention"
+EPS = 1e-6
+
+
+def feature_map(x: Tensor, kind: str) -> Tensor:
+    """Apply a linear-attention feature map elementwise: ``"elu+1"``, ``"relu"`` or ``"identity"``."""
+    if kind == "elu+1":
+        return F.elu(x) + 1.0
+    if kind == "relu":
+        return F.relu(x)
+    if kind == "identity":
+        return x
+    raise ValueError(
+        f"feature_map: kind must be one of {', '.join(map(repr, FEATURE_MAPS))}, "
+        f"got {kind!r}{suggest(str(kind), FEATURE_MAPS)}"
+    )
+
+
+def linear_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool,
+    decay: Tensor | None = None,
+    scale: float | None = None,
+    normalize: bool = False,
+    eps: float = EPS,
+    impl: str = "auto",
+    chunk_size: int = 64,
+) -> Tensor:
+    """Linear attention over ``[B, T, H, K]`` tensors (see the module docstring for the formulas).
+
+    Args:
+        q, k, v: queries, keys, values (feature maps already applied). ``k``/``v`` may have
+            fewer heads (grouped-query attention).
+        causal: causal self attention (needs ``S == T``) or non-causal (any ``S``).
+        decay: per-head log-decay ``log(lambda_h) <= 0``, shape ``[H]``; causal only.
+        scale: score scale; ``None`` means ``1``.
+        normalize: divide by the summed scores plus ``eps`` (non-negative features assumed).
+        eps: the normaliser's epsilon.
+        impl: ``"auto"`` (``chunk``), ``"reference"``, ``"chunk"`` or ``"recurrent"``.
+        chunk_size: tokens per chunk of the ``chunk`` path.
+
+    Shapes:
+        q ``[B, T, H, K]``, k ``[B, S, Hkv, K]``, v ``[B, S, Hkv, V]``, decay ``[H]``
+        -> ``[B, T, H, V]``
+    """
+    check_impl(OP, impl, IMPLS)
+    B, T, S, H, _, K = check_qkv(OP, q, k, v)
+    if not isinstance(causal, bool):
+        raise TypeError(f"{OP}: causal must be a bool, got {causal!r}")
+    if not isinstance(normalize, bool):
+        raise TypeError(f"{OP}: normalize must be a bool, got {normalize!r}")
+    if causal and S != T:
+        raise ValueError(
+            f"{OP}: causal=True needs as many keys as queries (self attention), got T={T}, S={S}; "
+            "causal cross attention is not supported"
+        )
+    scale = resolve_scale(OP, 1.0 if scale is None else scale, K)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < math.inf):
+        raise ValueError(f"{OP}: eps must be a finite float >= 0, got {eps!r}")
+    check_block(OP, "chunk_size", chunk_size)
+    g = _check_decay(decay, causal, H, q)
+    k, v = expand_kv(k, H), expand_kv(v, H)  # [B, S, H, K], [B, S, H, V]
+    if impl == "reference":
+        return _reference(q, k, v, g, causal, scale, normalize, eps)
+    if impl == "recurrent" and causal:
+        return _recurrent(q, k, v, g, scale, normalize, eps)
+    V = v.shape[-1]
+    if normalize:  # the normaliser is the same attention applied to a column of ones
+        v = torch.cat([v, v.new_ones(B, S, H, 1)], dim=-1)  # [B, S, H, V + 1]
+    if causal:
+        o = _chunk_causal(q, k, v, g, scale, chunk_size)
+    else:
+        o = _global(q, k, v, scale)
+    if normalize:
+        return o[..., :V] / (o[..., V:] + eps)
+    return o  # [B, T, H, V]
+
+
+def linear_attention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kv: Tensor,
+    z: Tensor | None = None,
+    *,
+    decay: Tensor | None = None,
+    scale: float = 1.0,
+    eps: float = EPS,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One causal token: ``kv <- lambda kv + k^T v``, ``z <- lambda z + k``, ``o = scale q kv``
+    (divided by ``scale q . z + eps`` when the normaliser state ``z`` is given).
+
+    Shapes:
+        q, k ``[B, H, K]``, v ``[B, H, V]``, kv ``[B, H, K, V]``, z ``[B, H, K]`` or ``None``,
+        decay ``[H]`` -> o ``[B, H, V]``, kv, z
+    """
+    kv_new = torch.einsum("bhk,bhv->bhkv", k, v)  # [B, H, K, V]
+    if decay is not None:
+        lam = torch.exp(decay).to(kv.dtype)  # [H]
+        kv = kv * lam[:, None, None] + kv_new
+        z = None if z is None else z * lam[:, None] + k
+    else:
+        kv = kv + kv_new
+        z = None if z is None else z + k
+    o = torch.einsum("bhk,bhkv->bhv", q, kv) * scale  # [B, H, V]
+    if z is not None:
+        o = o / ((q * z).sum(-1, keepdim=True) * scale + eps)
+    return o, kv, z
+
+
+def linear_attention_flops(B: int, H: int, K: int, V: int, T: int, S: int, normalize: bool) -> int:
+    """FLOPs of the state form: every key adds ``k^T v`` once, every query reads ``q S`` once.
+
+    (The causal ``chunk`` path additionally spends ``~2·B·H·T·C·(K+V)/2`` on its intra-chunk
+    quadratic blocks; this count is the algorithm's, not one path's.)
+    """
+    width = V + (1 if normalize else 0)
+    return 2 * B * H * (T + S) * K * width
+
+
+# ---- checks ---------------------------------------------------------------------------------
+def _check_decay(decay: Tensor | None, causal: bool, H: int, q: Tensor) -> Tensor | None:
+    if decay is None:
+        return None
+    if not isinstance(decay, Tensor):
+        raise TypeError(f"{OP}: decay must be a torch.Tensor of shape [H] or None, got {decay!r}")
+    if not causal:
+        raise ValueError(
+            f"{OP}: decay requires causal=True (a decay lambda^(t-s) needs an order), "
+            "got causal=False with a decay"
+        )
+    if tuple(decay.shape) != (H,):
+        raise ValueError(f"{OP}: decay must have shape [H]=[{H}], got {tuple(decay.shape)}")
+    if not decay.is_floating_point():
+        raise TypeError(f"{OP}: decay must be floating point, got dtype {decay.dtype}")
+    if not torch.compiler.is_compiling() and bool((decay > 0).any()):
+        raise ValueError(
+            f"{OP}: decay is log(lambda) and must be <= 0 (0 < lambda <= 1), "
+            f"got max {float(decay.max()):.4g}"
+        )
+    return decay.to(device=q.device, dtype=q.dtype)
+
+
+# ---- paths ----------------------------------------------------------------------------------
+def _reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    causal: bool,
+    scale: float,
+    normalize: bool,
+    eps: float,
+) -> Tensor:
+    T = q.shape[1]
+    a = torch.einsum("bthk,bshk->bhts", q, k) * scale  # [B, H, T, S]
+    if causal:
+        t = torch.arange(T, device=q.device)
+        dist = t[:, None] - t[None, :]  # [T, T] = t - s
+        if g is None:
+            w = (dist >= 0).to(q.dtype)  # [T, T]
+        else:
+            w = torch.exp(g[:, None, None] * dist.clamp(min=0))  # [H, T, T]
+            w = torch.where(dist >= 0, w, torch.zeros_like(w))
+        a = a * w
+    o = torch.einsum("bhts,bshv->bthv", a, v)  # [B, T, H, V]
+    if normalize:
+        z = rearrange(a.sum(-1), "b h t -> b t h 1")  # [B, T, H, 1]
+        o = o / (z + eps)
+    return o
+
+
+def _global(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    kv = torch.einsum("bshk,bshv->bhkv", k, v)  # [B, H, K, V]
+    return torch.einsum("bthk,bhkv->bthv", q, kv) * scale  # [B, T, H, V]
+
+
+def _recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, normalize: bool, eps: float
+) -> Tensor:
+    B, T, H, K = q.shape
+    kv = q.new_zeros(B, H, K, v.shape[-1])  # [B, H, K, V]
+    z = q.new_zeros(B, H, K) if normalize else None  # [B, H, K]
+    outs = []
+    for t in range(T):
+        o_t, kv, z = linear_attention_step(
+            q[:, t], k[:, t], v[:, t], kv, z, decay=g, scale=scale, eps=eps
+        )
+        outs.append(o_t)
+    if not outs:
+        return q.new_zeros(B, 0, H, v.shape[-1])
+    return torch.stack(outs, dim=1)  # [B, T, H, V]
+
+
+def _chunk_causal(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, C: int
+) -> Tensor:
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T == 0:
+        return q.new_zeros(B, 0, H, V)
+    N = -(-T // C)
+    pad = N * C - T  # zero keys/values in the padded tail add nothing to any state
+    q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+    qc, kc, vc = (rearrange(x, "b (n c) h d -> b h n c d", c=C) for x in (q, k, v))
+    gh = g if g is not None else q.new_zeros(H)  # [H] log-decay, <= 0
+    i = torch.arange(C, device=q.device)
+    dist = i[:, None] - i[None, :]  # [C, C] = i - j
+    intra = torch.exp(gh[:, None, None] * dist.clamp(min=0))  # [H, C, C]
+    intra = torch.where(dist >= 0, intra, torch.zeros_like(intra))
+    a = torch.einsum("bhnik,bhnjk->bhnij", qc, kc) * intra[:, None]  # [B, H, N, C, C]
+    o = torch.einsum("bhnij,bhnjv->bhniv", a, vc)  # [B, H, N, C, V]
+    # inter-chunk: state before chunk n, S_n = lambda^C S_{n-1} + sum_j lambda^(C-1-j) k_j^T v_j
+    q_decay = torch.exp(gh[:, None] * (i + 1))  # [H, C]: lambda^(i+1)
+    k_decay = torch.exp(gh[:, None] * (C - 1 - i))  # [H, C]: lambda^(C-1-j)
+    chunk_decay = torch.exp(gh * C)[:, None, None]  # [H, 1, 1]
+    kv_chunk = torch.einsum("bhnck,bhncv->bhnkv", kc * k_decay[:, None, :, None], vc)
+    state = q.new_zeros(B, H, K, V)
+    states = []
+    for n in range(N):
+        states.append(state)
+        state = state * chunk_decay + kv_chunk[:, :, n]  # [B, H, K, V]
+    before = torch.stack(states, dim=2)  # [B, H, N, K, V]
+    o = o + torch.einsum("bhnck,bhnkv->bhncv", qc * q_decay[:, None, :, None], before)
+    o = rearrange(o * scale, "b h n c v -> b (n c) h v")
+    return o[:, :T]  # [B, T, H, V]
