@@ -109,7 +109,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--lengths", default="1024,4096,8192")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--memory-length", type=int, default=8192)
     args = ap.parse_args()
     lengths = [int(t) for t in args.lengths.split(",")]

@@ -61,7 +61,8 @@ def feature_table(speed: dict[str, str] | None = None) -> str:
         marks = ["yes" if p in s.patterns else "-" for p in PATTERNS]
         cells = [
             f"`{s.name}`", s.family, str(s.dims), *marks, ", ".join(s.masks), s.state,
-            "yes" if s.exact else "no", s.peer, speed.get(s.name, "not measured yet"),
+            "yes" if s.exact else "no", s.peer,
+            speed.get(s.name, "not measured yet" if "causal-self" in s.patterns else "- (no causal-self)"),
             f"[{s.paper.year}]({s.paper.url})",
         ]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")

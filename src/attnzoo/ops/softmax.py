@@ -3,6 +3,12 @@
 ``o_i = sum_j softmax_j(scale * q_i . k_j + mask_ij) v_j``, with ``scale = 1/sqrt(K)`` by default.
 Fully masked rows give ``o_i = 0`` in every path (see :mod:`attnzoo.ops.masks`).
 
+NaN in the inputs never raises. It propagates to the outputs, with one exception inherited from
+torch's SDPA kernels: with ``impl="sdpa"`` a query whose *every* score is NaN (a NaN in ``q``)
+yields a zero row, as torch treats it like a fully masked row; ``reference`` and ``blocked`` give
+NaN. (Screening ``q`` for NaN would cost ~3% of the call at T = 1k; NaN in ``k``/``v`` propagates
+in every path, and a NaN token in a mixer's input reaches ``k``/``v`` too.)
+
 - ``reference`` materialises the ``[B, H, T, S]`` scores: the spec, obviously correct.
 - ``sdpa`` calls :func:`torch.nn.functional.scaled_dot_product_attention` (plain causal with
   ``S == T`` uses ``is_causal``; other masks pass a dense boolean mask).
@@ -112,12 +118,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float) -> Tensor:
             empty_rows = ~has_key
             allowed = allowed | empty_rows[:, None]
         kwargs["attn_mask"] = allowed
-    # torch's kernels turn a query row of NaN scores into zeros; we propagate NaN like the other
-    # paths. A sum over q is a cheap screen (~20x cheaper than isnan().any()).
-    q_finite = bool(torch.isfinite(q.sum()))
     o = F.scaled_dot_product_attention(qh, kh, vh, **kwargs)  # [B, H, T, V]
-    if not q_finite:
-        o = o.masked_fill(torch.isnan(qh).any(-1, keepdim=True), float("nan"))
     if empty_rows is not None:
         o = o.masked_fill(empty_rows[None, None, :, None], 0.0)
     return rearrange(o, "b h t v -> b t h v")

@@ -33,7 +33,7 @@ table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
 th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#0a6b2f;font-weight:600} .bad{color:#b00020;font-weight:600} .na{color:#888}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:1rem}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1rem}
 figure{margin:0} figcaption{font-size:.8rem;color:#555}
 svg{max-width:100%;height:auto} .muted{color:#666;font-size:.85rem} .scroll{overflow-x:auto}
 """

@@ -21,7 +21,7 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 def loglog_svg(title: str, xlabel: str, ylabel: str, series: Sequence[Series]) -> str:
     """An SVG ``<svg>`` element: one line per series, both axes logarithmic, with a legend."""
-    fig, ax = plt.subplots(figsize=(6.2, 3.9), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.4, 3.9), dpi=100)
     plotted = 0
     for i, (label, pts) in enumerate(series):
         pts = sorted((x, y) for x, y in pts if x and y and x > 0 and y > 0)
@@ -35,7 +35,13 @@ def loglog_svg(title: str, xlabel: str, ylabel: str, series: Sequence[Series]) -
         plotted += 1
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    xs_all = sorted({x for _, pts in series for x, y in pts if x and y and x > 0 and y > 0})
+    xs_all: list[float] = []
+    measured = {x for _, pts in series for x, y in pts if x and y and x > 0 and y > 0}
+    for x in sorted(measured, reverse=True):
+        # 2-D grids give near-duplicate lengths (2025 next to 2048): label the rounder, larger one
+        if not xs_all or x * 1.1 < xs_all[-1]:
+            xs_all.append(x)
+    xs_all.reverse()
     if xs_all:  # ticks at the measured lengths, written as plain numbers
         ax.xaxis.set_major_locator(FixedLocator(xs_all))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _short(v)))
@@ -49,7 +55,7 @@ def loglog_svg(title: str, xlabel: str, ylabel: str, series: Sequence[Series]) -
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     if plotted:
-        ax.legend(fontsize=7, loc="upper left", frameon=False)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
         ax.text(0.5, 0.5, "no measurements", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
