@@ -262,6 +262,13 @@ def bench_speed(
         float | None,
         typer.Option("--time-cap", help="Skip a measurement predicted to take longer (s)."),
     ] = None,
+    skip_impls: Annotated[
+        str | None,
+        typer.Option(
+            "--skip-impls",
+            help="Impls not timed (still checked), e.g. reference,recurrent; '' times all.",
+        ),
+    ] = None,
     db: DbOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -276,6 +283,7 @@ def bench_speed(
         ("mixers", _words(mixers)), ("seq_lens", lengths), ("patterns", _words(patterns)),
         ("masks", _words(masks)), ("batch", batch), ("heads", heads), ("head_dim", head_dim),
         ("modes", _words(mode)), ("repeats", repeats), ("warmup", warmup), ("time_cap", time_cap),
+        ("skip_impls", _words(skip_impls)),
         ("memory_budget", parse_size("--memory-budget", memory_budget) if memory_budget else None),
     ):  # fmt: skip
         if value is not None:

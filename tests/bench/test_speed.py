@@ -191,3 +191,16 @@ def test_env_is_recorded_without_gpu_assumptions() -> None:
     env = environment()
     assert env["versions"]["torch"] and env["torch_threads"] >= 1 and "cpu" in env
     assert os.cpu_count() == env["cpu_count"]
+
+
+def test_skip_impls_are_checked_but_not_timed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    suite = SpeedSuite(mixers=("softmax",), patterns=("causal-self",), masks=(), skip_impls=("reference",), **{
+        k: v for k, v in TINY.items()
+    })  # fmt: skip
+    run = run_speed(suite, store, command="t", progress=False)
+    assert {r["impl"] for r in store.speed([run])} == {"sdpa", "blocked"}
+    assert "reference" in {c["impl"] for c in store.checks([run])}
+    assert (
+        SUITES["quick"].skip_impls == ("reference", "recurrent") and SUITES["full"].skip_impls == ()
+    )

@@ -30,6 +30,8 @@ class SpeedSuite:
         repeats, warmup: timed calls and untimed warm-up calls per measurement.
         memory_budget: bytes; work predicted to need more is skipped and recorded.
         time_cap: seconds for one measurement (warm-up + repeats); predicted to exceed: skipped.
+        skip_impls: implementations not timed (they are still correctness-checked), e.g. the
+            ``reference`` and token-loop ``recurrent`` paths that exist to verify the fast ones.
         window, documents, block: parameters of the extra masks (prefix-LM uses T // 4).
     """
 
@@ -46,6 +48,7 @@ class SpeedSuite:
     warmup: int = 1
     memory_budget: int = 2 * GiB
     time_cap: float = 30.0
+    skip_impls: tuple[str, ...] = ()
     window: int = 256
     documents: int = 4
     block: int = 128
@@ -124,8 +127,14 @@ class SpeedSuite:
 
 
 SUITES: dict[str, SpeedSuite] = {
-    # every registered mechanism, all its patterns, three lengths: a few minutes on 2 CPU cores
-    "quick": SpeedSuite(name="quick", seq_lens=(256, 1024, 2048, 4096), repeats=3, time_cap=20.0),
+    # every registered mechanism's fast paths on all its patterns at four lengths: minutes on 2 cores
+    "quick": SpeedSuite(
+        name="quick",
+        seq_lens=(256, 1024, 2048, 4096),
+        repeats=3,
+        time_cap=20.0,
+        skip_impls=("reference", "recurrent"),
+    ),  # fmt: skip
     "full": SpeedSuite(
         name="full",
         seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384),
