@@ -1,0 +1,195 @@
+"""L2ViT token mixer (S-L2VIT): clamped ReLU linear attention + local concentration module.
+
+Zheng, "The Linear Attention Resurrection in Vision Transformer", 2025.
+https://arxiv.org/abs/2501.16182  Code: https://github.com/ChuanyangZheng/L2ViT
+(``classification/models/l2vit.py``: ``LinearAttention``, ``LCM``, ``LGABlock``).
+
+On channels-last ``x [B, h, w, C]``, tokens flattened row-major (``N = h*w``), per head
+(``C = H * d``):
+
+1. ``q, k = ReLU(x W_q + b_q), ReLU(x W_k + b_k)``, ``v = x W_v + b_v`` (one ``qkv`` linear,
+   bias on by default as in ``LGABlock``).
+2. ``o_i = tau_h * q_i (sum_j k_j^T v_j) / max(q_i . sum_j k_j, clamp_min)``: the official
+   kv-first path, ``O(N·d^2)`` per head. ``tau_h`` is a learnable per-head temperature
+   initialised to ``d**-0.5``; ``clamp_min = 100`` as in the official code (the commented
+   qk-first variant there uses 1.0 and the fixed scale instead of ``tau``; not offered).
+   Numerator and denominator come from :func:`attnzoo.ops.linear.linear_attention` in one call,
+   with a column of ones appended to ``v`` (``impl="reference"`` materialises the ``[N, N]``
+   score matrix, ``"auto"`` uses the global ``k^T v`` state).
+3. ``a = concat_heads(o) W_o + b_o`` (``LinearAttention.proj``).
+4. LCM (``enhanced=True`` in the official block), a separate residual branch on the stream
+   after attention: ``u = x + a``, ``LCM(u) = DWConv7x7(BN(GELU(DWConv7x7(u))))`` (depthwise,
+   biased convolutions, ``BatchNorm2d(C)``).
+
+The mixer returns ``y = a + LCM(x + a)`` (``y = a`` when ``lcm=False``), so that a residual
+wrapper ``x + y`` equals the official ``LGABlock.forward`` up to its MLP branch::
+
+    x = x + attn(norm1(x));  x = x + LCM(norm3(x))
+
+with ``norm1 = norm3 = identity``, no drop path. Left out (they belong to the surrounding
+block): the CPE 3x3 depthwise positional conv before attention, ``norm1``/``norm3``/``norm2``,
+the MLP branch, drop path, and dropout (0 in the official configs). The LWA (window softmax)
+blocks that L2ViT alternates with are a different mixer.
+
+BatchNorm: in ``train()`` mode LCM normalises with the statistics of the current batch
+(over ``B, h, w`` per channel; PyTorch then needs more than one value per channel, so a
+``1 x 1`` grid with batch 1 raises) and updates its running statistics; in ``eval()`` mode it
+uses the running statistics and the mixer is a deterministic per-sample function. Compare
+numbers in eval mode. Works on any grid ``h x w``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers.base import Mixer
+from attnzoo.mixers.common import default_heads
+from attnzoo.ops.linear import linear_attention, linear_attention_flops
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import Paper, register_mixer
+
+PAPER = Paper(
+    title="The Linear Attention Resurrection in Vision Transformer",
+    year=2025,
+    url="https://arxiv.org/abs/2501.16182",
+    code="https://github.com/ChuanyangZheng/L2ViT",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class L2ViTConfig(MixerConfig):
+    """L2ViT LGA mixer. ``d_model`` is the channel count C.
+
+    Attributes:
+        num_heads: heads; ``None`` means :func:`~attnzoo.mixers.common.default_heads`
+            (L2ViT itself uses head width 32, e.g. 3 heads at C=96).
+        qkv_bias: bias on the q/k/v projection (official ``LGABlock`` default: on).
+        clamp_min: lower clamp of the denominator ``q . sum_j k_j`` (official: 100); > 0.
+        lcm: add the local concentration module branch (official ``enhanced=True``).
+        lcm_kernel_size: kernel of both depthwise LCM convolutions (official: 7); odd.
+        bn_eps: epsilon of the LCM BatchNorm.
+        impl: ``auto`` (kv-first global state) | ``reference`` (materialised ``[N, N]`` scores).
+    """
+
+    num_heads: int | None = None
+    qkv_bias: bool = True
+    clamp_min: float = 100.0
+    lcm: bool = True
+    lcm_kernel_size: int = 7
+    bn_eps: float = 1e-5
+    impl: Literal["auto", "reference"] = "auto"
+
+    def validate(self) -> None:
+        owner = self._owner()
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
+        if self.d_model % self.heads != 0:
+            raise ValueError(
+                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
+            )
+        if not 0 < self.clamp_min < float("inf"):
+            raise ValueError(
+                f"{owner}: clamp_min must be a finite float > 0 (the denominator's floor; "
+                f"0 divides by zero when a ReLU query is all zeros), got {self.clamp_min}"
+            )
+        if self.lcm_kernel_size < 1 or self.lcm_kernel_size % 2 == 0:
+            raise ValueError(
+                f"{owner}: lcm_kernel_size must be a positive odd int (same-size padding), "
+                f"got {self.lcm_kernel_size}"
+            )
+        if not self.bn_eps > 0:
+            raise ValueError(f"{owner}: bn_eps must be > 0, got {self.bn_eps}")
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
+
+    @property
+    def dim_head(self) -> int:
+        return self.d_model // self.heads
+
+
+def l2vit_flops(cfg: L2ViTConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
+    """``T`` is the token count ``h*w``: q/k/v and output projections, the kv-first linear
+    attention with its denominator, and the two depthwise LCM convolutions (elementwise GELU,
+    BatchNorm, clamp and division not counted)."""
+    C, H, d = cfg.d_model, cfg.heads, cfg.dim_head
+    proj = 2 * batch * T * (C * 3 * C + C * C)
+    attn = linear_attention_flops(batch, H, d, d, T, T, normalize=True)
+    lcm = 2 * (2 * batch * T * C * cfg.lcm_kernel_size**2) if cfg.lcm else 0
+    return proj + attn + lcm
+
+
+class LocalConcentration(nn.Module):
+    """LCM: ``DWConv -> GELU -> BatchNorm2d -> DWConv`` on ``[B, C, h, w]`` (same size)."""
+
+    def __init__(self, channels: int, kernel_size: int, bn_eps: float) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size, padding=pad, groups=channels)
+        self.bn = nn.BatchNorm2d(channels, eps=bn_eps)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size, padding=pad, groups=channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.bn(F.gelu(self.conv1(x))))  # [B, C, h, w]
+
+
+@register_mixer(
+    "l2vit",
+    config=L2ViTConfig,
+    family="linear",
+    dims=2,
+    patterns=("noncausal-self",),
+    masks=("full",),
+    state="none",
+    exact=False,
+    complexity="O(h·w·C·(d + k²)) time with head width d, LCM kernel k; O(H·d²) attention state",
+    paper=PAPER,
+    peer="explicit [h*w, h*w] clamped ReLU score matrix + F.conv2d/batch_norm by hand (tests)",
+    flops=l2vit_flops,
+)
+class L2ViTMixer(Mixer):
+    cfg: L2ViTConfig
+
+    def __init__(self, cfg: L2ViTConfig) -> None:
+        super().__init__(cfg)
+        C, H = cfg.d_model, cfg.heads
+        self.qkv = nn.Linear(C, 3 * C, bias=cfg.qkv_bias)
+        self.temperature = nn.Parameter(torch.full((H,), cfg.dim_head**-0.5))
+        self.proj = nn.Linear(C, C)
+        self.lcm = LocalConcentration(C, cfg.lcm_kernel_size, cfg.bn_eps) if cfg.lcm else None
+
+    def attention(self, x: Tensor) -> Tensor:
+        """The clamped ReLU linear attention with output projection.
+
+        Shapes: x ``[B, N, C]`` -> ``[B, N, C]``."""
+        H = self.cfg.heads
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b n h d", three=3, h=H)
+        q, k = F.relu(q), F.relu(k)  # [B, N, H, d]
+        v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, N, H, d + 1]
+        o = linear_attention(q, k, v1, causal=False, scale=1.0, impl=self.cfg.impl)
+        num, den = o[..., :-1], o[..., -1:]  # q (k^T v) [B, N, H, d]; q . sum_j k_j [B, N, H, 1]
+        o = num * self.temperature[:, None] / den.clamp(min=self.cfg.clamp_min)
+        return self.proj(rearrange(o, "b n h d -> b n (h d)"))  # [B, N, C]
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
+    ) -> Tensor:
+        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
+        self.pattern_of(context)
+        self.check_input(x)
+        self.check_mask(mask)
+        w = x.shape[2]
+        a = self.attention(rearrange(x, "b h w c -> b (h w) c"))  # [B, N, C]
+        a = rearrange(a, "b (h w) c -> b h w c", w=w)
+        if self.lcm is None:
+            return a
+        u = rearrange(x + a, "b h w c -> b c h w")  # the stream after the attention residual
+        return a + rearrange(self.lcm(u), "b c h w -> b h w c")
