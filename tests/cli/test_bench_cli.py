@@ -66,7 +66,7 @@ def test_bench_results_report_round_trip(tmp_path: Path) -> None:
     db = str(tmp_path / "cli.duckdb")
     r = runner.invoke(app, ["bench", "speed", "--db", db, "--mixers", "softmax", "--seq-lens", "32,64", "--patterns",
                             "causal-self", "--masks", "", "--repeats", "1", "--mode", "fwd", "--heads", "2", "--head-dim", "8",
-                            "--no-progress"])  # fmt: skip
+                            "--no-progress", "--skip-impls", ""])  # fmt: skip
     assert r.exit_code == 0, r.stderr
     assert "run 1: 6 measurements, 0 skipped, 0 failed" in r.stdout
     r = runner.invoke(app, ["results", "--db", db, "--format", "csv"])
