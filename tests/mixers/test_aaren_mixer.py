@@ -104,7 +104,7 @@ def test_unsupported_patterns() -> None:
         ({"num_heads": 5}, ValueError, "d_model=32 is not divisible by num_heads=5"),
         ({"head_dim": 0}, ValueError, "head_dim must be >= 1"),
         ({"scale": float("inf")}, ValueError, "scale must be a finite"),
-        ({"impl": "fast"}, TypeError, "'impl' must be 'auto' | 'reference'"),
+        ({"impl": "fast"}, TypeError, "'impl' must be 'auto' \\| 'reference'"),
         ({"num_head": 2}, TypeError, "did you mean 'num_heads'"),
     ],
 )

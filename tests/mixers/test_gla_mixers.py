@@ -172,7 +172,7 @@ def test_flops_grow_linearly() -> None:
         ("gla", {"gate_low_rank_dim": 0}, ValueError, "gate_low_rank_dim must be >= 1, got 0"),
         ("gla", {"chunk_size": 0}, ValueError, "chunk_size must be >= 1, got 0"),
         ("gla", {"gate_logit_normalizer": 0}, ValueError, "gate_logit_normalizer must be > 0"),
-        ("gla", {"impl": "fast"}, TypeError, "config 'impl' must be 'auto' | 'reference'"),
+        ("gla", {"impl": "fast"}, TypeError, "config 'impl' must be 'auto' \\| 'reference'"),
         ("vig", {"num_heads": 5}, ValueError, "vig: key_dim=32 .*num_heads=5"),
         ("vig", {"norm_eps": -1.0}, ValueError, "norm_eps must be > 0"),
         ("vig", {"expand_v": 1.0}, TypeError, "unknown config key 'expand_v'"),

@@ -71,7 +71,7 @@ def grads(y: torch.Tensor, g: torch.Tensor, leaves: list[torch.Tensor]) -> list[
     return list(torch.autograd.grad((y * g).sum(), leaves))
 
 
-@pytest.mark.parametrize("impl", ["auto", "reference"])
+@pytest.mark.parametrize("impl", ["auto", "reference", "chunk"])
 @pytest.mark.parametrize("clamp_min", [100.0, 1e-3])
 @pytest.mark.parametrize("grid", [(7, 13), (5, 4), (1, 1)])
 def test_attention_matches_explicit_score_matrix(
@@ -195,7 +195,7 @@ def test_flops() -> None:
         ({"lcm_kernel_size": 4}, ValueError, "lcm_kernel_size must be a positive odd int.*got 4"),
         ({"lcm_kernel_size": 0}, ValueError, "lcm_kernel_size must be .*got 0"),
         ({"bn_eps": 0.0}, ValueError, "bn_eps must be > 0, got 0.0"),
-        ({"impl": "chunk"}, TypeError, "config 'impl' must be 'auto' | 'reference'"),
+        ({"impl": "fused"}, TypeError, "config 'impl' must be 'auto' \\| 'reference' \\| 'chunk'"),
         ({"clamp_min": "100"}, TypeError, "config 'clamp_min' must be float"),
         ({"causal": True}, ValueError, "l2vit does not support causal=True"),
         ({"clamp": 1.0}, TypeError, "unknown config key 'clamp' \\(did you mean 'clamp_min'"),

@@ -75,7 +75,8 @@ class L2ViTConfig(MixerConfig):
         lcm: add the local concentration module branch (official ``enhanced=True``).
         lcm_kernel_size: kernel of both depthwise LCM convolutions (official: 7); odd.
         bn_eps: epsilon of the LCM BatchNorm.
-        impl: ``auto`` (kv-first global state) | ``reference`` (materialised ``[N, N]`` scores).
+        impl: ``auto`` or ``chunk`` (kv-first global state) | ``reference`` (materialised
+            ``[N, N]`` scores).
     """
 
     num_heads: int | None = None
@@ -84,7 +85,7 @@ class L2ViTConfig(MixerConfig):
     lcm: bool = True
     lcm_kernel_size: int = 7
     bn_eps: float = 1e-5
-    impl: Literal["auto", "reference"] = "auto"
+    impl: Literal["auto", "reference", "chunk"] = "auto"
 
     def validate(self) -> None:
         owner = self._owner()
