@@ -183,8 +183,15 @@ def attention_mixer_flops(
 ) -> int:
     """Projections plus ``attention_flops`` over the mask's attended pairs."""
     S_ = T if S is None else S
+    m = mask if mask is not None else cfg.mask()
+    return projection_flops(cfg, batch, T, S) + attention_flops(
+        batch, cfg.heads, cfg.dim_head, cfg.dim_head, m.pairs(T, S_)
+    )
+
+
+def projection_flops(cfg: AttentionConfig, batch: int, T: int, S: int | None) -> int:
+    """The q, k/v and output projections of an :class:`AttentionMixer` (2 FLOPs per MAC)."""
+    S_ = T if S is None else S
     H, Hkv, K, D = cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.d_model
     Dc = cfg.context_dim or D
-    m = mask if mask is not None else cfg.mask()
-    proj = 2 * batch * (T * D * H * K + S_ * Dc * 2 * Hkv * K + T * H * K * D)
-    return proj + attention_flops(batch, H, K, K, m.pairs(T, S_))
+    return 2 * batch * (T * D * H * K + S_ * Dc * 2 * Hkv * K + T * H * K * D)

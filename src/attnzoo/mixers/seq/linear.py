@@ -29,7 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 from attnzoo.config import suggest
-from attnzoo.mixers.common import AttentionConfig, AttentionMixer
+from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_flops
 from attnzoo.ops.common import expand_kv
 from attnzoo.ops.linear import (
     EPS,
@@ -103,9 +103,8 @@ def linear_mixer_flops(
 ) -> int:
     """Projections plus :func:`linear_attention_flops`."""
     S_ = T if S is None else S
-    H, Hkv, K, D = cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.d_model
-    Dc = cfg.context_dim or D
-    proj = 2 * batch * (T * D * H * K + S_ * Dc * 2 * Hkv * K + T * H * K * D)
+    H, K = cfg.heads, cfg.dim_head
+    proj = projection_flops(cfg, batch, T, S)
     return proj + linear_attention_flops(batch, H, K, K, T, S_, cfg.normalize)
 
 

@@ -27,7 +27,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from attnzoo.mixers.common import AttentionConfig, AttentionMixer
+from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_flops
 from attnzoo.ops.lla import lla_flops, local_linear_attention
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
@@ -76,10 +76,9 @@ class LLAConfig(AttentionConfig):
 def lla_mixer_flops(cfg: LLAConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
     """Projections plus :func:`attnzoo.ops.lla.lla_flops`."""
     S_ = T if S is None else S
-    H, Hkv, K, D = cfg.heads, cfg.kv_heads, cfg.dim_head, cfg.d_model
-    Dc = cfg.context_dim or D
+    H, K = cfg.heads, cfg.dim_head
     causal = mask.causal if mask is not None else cfg.causal
-    proj = 2 * batch * (T * D * H * K + S_ * Dc * 2 * Hkv * K + T * H * K * D)
+    proj = projection_flops(cfg, batch, T, S)
     return proj + lla_flops(batch, H, K, K, T, S_, causal)
 
 
