@@ -249,7 +249,7 @@ def bench_speed(
         int | None, typer.Option(help="Attention heads (d_model = heads * head_dim).")
     ] = None,
     head_dim: Annotated[int | None, typer.Option("--head-dim", help="Per-head width.")] = None,
-    mode: Annotated[str | None, typer.Option(help="fwd, fwdbwd or fwd,fwdbwd.")] = None,
+    mode: Annotated[str | None, typer.Option(help="fwd, fwdbwd, step (comma-separated).")] = None,
     repeats: Annotated[
         int | None, typer.Option(help="Timed calls per measurement (median).")
     ] = None,
@@ -340,13 +340,13 @@ def results(
     run: Annotated[int | None, typer.Option(help="Run id (default: latest speed run).")] = None,
     mixer: Annotated[str | None, typer.Option(help="Only this mechanism.")] = None,
     pattern: Annotated[str | None, typer.Option(help="Only this pattern.")] = None,
-    mode: Annotated[str | None, typer.Option(help="Only fwd or fwdbwd.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Only fwd, fwdbwd or step.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """Print stored speed results (filterable) as a table, CSV or JSON."""
     _check_choice("--format", fmt, ("table", "csv", "json"))
     _check_choice("--pattern", pattern, az.PATTERNS)
-    _check_choice("--mode", mode, ("fwd", "fwdbwd"))
+    _check_choice("--mode", mode, ("fwd", "fwdbwd", "step"))
     store = _open_store(db, read_only=True)
     run_id = run if run is not None else store.latest_run_id("speed")
     if run_id is None:

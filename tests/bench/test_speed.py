@@ -164,7 +164,7 @@ def test_suites_and_masks() -> None:
         ({"seq_lens": (0,)}, "--seq-lens"),
         ({"patterns": ("causal",)}, "--patterns: expected one of"),
         ({"masks": ("diag",)}, "--masks: expected mask kinds"),
-        ({"modes": ("bwd",)}, "--mode: expected fwd or fwdbwd"),
+        ({"modes": ("bwd",)}, "--mode: expected fwd, fwdbwd or step"),
         ({"mixers": ("softmx",)}, "--mixers: unknown mixer 'softmx' \\(did you mean 'softmax'"),
         ({"heads": 0}, "--heads: expected an integer >= 1"),
         ({"memory_budget": 0}, "--memory-budget"),
@@ -203,4 +203,34 @@ def test_skip_impls_are_checked_but_not_timed(tmp_path: Path) -> None:
     assert "reference" in {c["impl"] for c in store.checks([run])}
     assert (
         SUITES["quick"].skip_impls == ("reference", "recurrent") and SUITES["full"].skip_impls == ()
+    )
+
+
+def test_step_mode_is_gated_by_step_equals_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = SpeedSuite(mixers=("softmax",), patterns=("causal-self",), masks=(), modes=("step",),
+                       seq_lens=(16, 32), repeats=1, warmup=0, heads=2, head_dim=8)  # fmt: skip
+    store = Store(tmp_path / "ok.duckdb")
+    run = run_speed(suite, store, command="t", progress=False)
+    assert any(c["impl"] == "step" and c["ok"] for c in store.checks([run]))
+    rows = store.speed([run])
+    assert {(r["mode"], r["seq_len"]) for r in rows} == {("step", 16), ("step", 32)}
+    assert all(r["flops"] is None for r in rows)
+
+    from attnzoo.mixers.common import AttentionMixer
+
+    right = AttentionMixer.step
+    monkeypatch.setattr(
+        AttentionMixer,
+        "step",
+        lambda self, x_t, s: (lambda y, st: (y * 1.01, st))(*right(self, x_t, s)),
+    )
+    store = Store(tmp_path / "broken.duckdb")
+    run = run_speed(suite, store, command="t", progress=False)
+    assert not next(c for c in store.checks([run]) if c["impl"] == "step")["ok"]
+    assert store.speed([run]) == []
+    assert all(
+        s["kind"] == "failed" and "correctness gate failed" in s["reason"]
+        for s in store.skips([run])
     )

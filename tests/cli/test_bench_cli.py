@@ -22,7 +22,7 @@ runner = CliRunner()
         (["--seq-lens", "256,-1"], "--seq-lens: expected comma-separated positive integers"),
         (["--mixers", "softmx"], "--mixers: unknown mixer 'softmx' (did you mean 'softmax'?)"),
         (["--patterns", "sideways"], "--patterns: expected one of noncausal-self"),
-        (["--mode", "backward"], "--mode: expected fwd or fwdbwd"),
+        (["--mode", "backward"], "--mode: expected fwd, fwdbwd or step"),
         (
             ["--suite", "quik"],
             "--suite must be one of quick, full, got 'quik' (did you mean 'quick'?)",

@@ -47,5 +47,5 @@ def test_report_renders_offline_in_chromium(
     assert errors == []
     assert requests == [page_path.as_uri()], f"unexpected requests: {requests}"
     assert sorted(shown) == sorted(s.name for s in az.list_mixers())
-    assert n_svg >= 16 and visible_w > 300
+    assert n_svg >= 18 and visible_w > 300
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000

@@ -39,7 +39,14 @@ def test_key_tables_have_expected_rows(two_runs: tuple[Path, list[int]]) -> None
     assert (
         len(rows_of(page, "skips-table")) == len(store.skips([runs[-1]])) > 0
     )  # the 1 MiB budget skips
-    assert page.count("<svg") == 16  # latency and memory x 4 patterns x 2 modes
+    # latency and memory x (4 patterns x fwd, fwdbwd + causal-self step)
+    assert page.count("<svg") == 2 * (4 * 2 + 1)
+    assert {r["mode"] for r in speed} == {"fwd", "fwdbwd", "step"}
+    assert all(
+        r["pattern"] == "causal-self" and r["mask"] == "causal"
+        for r in speed
+        if r["mode"] == "step"
+    )
     for axis in ("sequence length T (tokens)", "latency (ms)", "peak memory (MiB)"):
         assert axis in page
 

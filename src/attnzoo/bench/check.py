@@ -69,6 +69,31 @@ def _sane(
     )
 
 
+def _check_step(
+    spec: MixerSpec,
+    m: torch.nn.Module,
+    x: torch.Tensor,
+    want: torch.Tensor,
+    atol: float,
+    rtol: float,
+) -> CheckResult:
+    """Streaming: ``step()`` token by token equals the parallel forward (recorded as impl ``step``)."""
+    try:
+        with torch.no_grad():
+            state = m.init_state(batch_size=x.shape[0])
+            outs = []
+            for t in range(x.shape[1]):
+                y_t, state = m.step(x[:, t], state)
+                outs.append(y_t)
+            got = torch.stack(outs, dim=1)
+    except Exception as e:  # recorded as a failed check, never hidden
+        return CheckResult(spec.name, "step", "causal-self", float("inf"), False, repr(e))
+    err = float((got - want).abs().max()) if got.numel() else 0.0
+    return CheckResult(
+        spec.name, "step", "causal-self", err, torch.allclose(got, want, atol=atol, rtol=rtol)
+    )
+
+
 def check_mixer(
     spec: MixerSpec, *, d_model: int = 32, length: int = 37, atol: float = 1e-4, rtol: float = 1e-4
 ) -> list[CheckResult]:
@@ -92,6 +117,8 @@ def check_mixer(
             results.append(CheckResult(spec.name, base_impl, pattern, float("inf"), False, repr(e)))
             continue
         results.append(_sane(spec, pattern, base_impl, want, x))
+        if spec.state != "none" and pattern == "causal-self":
+            results.append(_check_step(spec, ref, x, want[0], atol, rtol))
         for impl in choices:
             if impl in ("reference", "auto"):
                 continue

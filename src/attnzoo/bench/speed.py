@@ -106,6 +106,8 @@ def _call(
         kwargs["context"] = ctx
     if mask is not None:
         kwargs["mask"] = mask
+    if cell.mode == "step":
+        return _step_call(m, x)
     if cell.mode == "fwd":
 
         def fwd() -> Any:
@@ -122,6 +124,21 @@ def _call(
         m(x, **kwargs).backward(gy)
 
     return fwdbwd
+
+
+def _step_call(m: Mixer, x: torch.Tensor) -> Callable[[], Any]:
+    """One streaming step at position T: the state is built by T untimed steps over ``x``."""
+    with torch.no_grad():
+        state = m.init_state(batch_size=x.shape[0])
+        for t in range(x.shape[1]):
+            _, state = m.step(x[:, t], state)
+    x_next = torch.randn(x.shape[0], x.shape[-1], generator=torch.Generator().manual_seed(11))
+
+    def step() -> Any:
+        with torch.no_grad():
+            return m.step(x_next, state)
+
+    return step
 
 
 def measure(
@@ -155,9 +172,13 @@ def measure(
     median = median_seconds(timed, repeats=reps, warmup=0)
     peak = peak_memory_bytes(fn)
     full_mask = mask if mask is not None else Mask(causal=cell.causal)
-    flops = spec.flops(m.cfg, suite.batch, t_eff, t_eff if cell.cross else None, full_mask)
+    flops: int | None = spec.flops(
+        m.cfg, suite.batch, t_eff, t_eff if cell.cross else None, full_mask
+    )
     if cell.mode == "fwdbwd":
         flops *= 3
+    elif cell.mode == "step":
+        flops = None  # one token's cost depends on the state kind; not defined by spec.flops
     return {
         "mixer": spec.name, "impl": cell.impl, "pattern": cell.pattern, "mask": full_mask.name,
         "mode": cell.mode, "batch": suite.batch, "seq_len": t_eff, "ctx_len": t_eff,
@@ -248,6 +269,9 @@ def plan(suite: SpeedSuite) -> list[Cell]:
                     continue
                 for mask in masks_for(suite, spec, pattern):
                     for mode in suite.modes:
+                        streamable = spec.state != "none" and pattern == "causal-self"
+                        if mode == "step" and not (streamable and mask == "causal"):
+                            continue
                         cells.append(Cell(spec, impl, pattern, mask, mode))
     return cells
 
@@ -312,6 +336,8 @@ def _run_cells(
         task = bar.add_task("speed", total=total)
         for cell in cells:
             verdict = gate.get((cell.spec.name, cell.impl, cell.pattern))
+            if cell.mode == "step" and verdict == "":
+                verdict = gate.get((cell.spec.name, "step", cell.pattern))
             if verdict is None:
                 cell.stopped = ("failed", "no correctness check ran for this path in this run")
             elif verdict:
@@ -356,7 +382,7 @@ def _one(suite: SpeedSuite, store: Store, run_id: int, cell: Cell, T: int, gemm:
         cell.stopped = ("failed", f"failed at a shorter length: {e!r}")
         return
     cell.history.append((T, row["median_s"], row["peak_bytes"]))
-    rate = row["flops"] / row["median_s"] / 1e9 if row["median_s"] > 0 else None
+    rate = row["flops"] / row["median_s"] / 1e9 if row["flops"] and row["median_s"] > 0 else None
     row["gflops_per_s"] = rate
     row["gemm_fraction"] = rate / gemm if rate is not None and gemm > 0 else None
     store.add_speed(run_id, row)

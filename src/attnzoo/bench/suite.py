@@ -9,7 +9,7 @@ from attnzoo.config import suggest
 from attnzoo.ops.masks import MASK_KINDS, Mask
 from attnzoo.registry import PATTERNS, MixerSpec, get_spec, list_mixers
 
-MODES = ("fwd", "fwdbwd")
+MODES = ("fwd", "fwdbwd", "step")
 # masks beyond the pattern's own full / causal; measured on self patterns only
 EXTRA_MASKS = ("sliding-window", "document", "prefix-lm", "block-causal")
 GiB = 1 << 30
@@ -26,7 +26,8 @@ class SpeedSuite:
         patterns: CAB patterns to measure (each mixer measures those it supports).
         masks: extra mask kinds (beyond full / causal) for self patterns.
         batch, heads, head_dim: shape; ``d_model = heads * head_dim``.
-        modes: ``fwd`` and/or ``fwdbwd``.
+        modes: ``fwd``, ``fwdbwd`` and/or ``step`` (one streaming step at position T, for
+            mixers with a state, causal-self pattern, after T untimed steps).
         repeats, warmup: timed calls and untimed warm-up calls per measurement.
         memory_budget: bytes; work predicted to need more is skipped and recorded.
         time_cap: seconds for one measurement (warm-up + repeats); predicted to exceed: skipped.
@@ -79,8 +80,8 @@ class SpeedSuite:
                 f"mask kinds from {', '.join(MASK_KINDS)}{suggest(m, MASK_KINDS)}",
             )
         for mode in self.modes:
-            need(mode in MODES, "--mode", mode, f"fwd or fwdbwd{suggest(mode, MODES)}")
-        need(len(self.modes) > 0, "--mode", self.modes, "fwd and/or fwdbwd")
+            need(mode in MODES, "--mode", mode, f"fwd, fwdbwd or step{suggest(mode, MODES)}")
+        need(len(self.modes) > 0, "--mode", self.modes, "fwd, fwdbwd and/or step")
         for arg, value in (("--batch", self.batch), ("--heads", self.heads), ("--head-dim", self.head_dim),
                            ("--repeats", self.repeats), ("--documents", self.documents),
                            ("--window", self.window), ("--block", self.block)):  # fmt: skip

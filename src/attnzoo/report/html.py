@@ -22,7 +22,11 @@ from attnzoo.report.plots import loglog_svg
 from attnzoo.store import Store
 
 PATTERNS = ("noncausal-self", "causal-self", "noncausal-cross", "causal-cross")
-MODES = {"fwd": "forward", "fwdbwd": "forward + backward"}
+MODES = {
+    "fwd": "forward",
+    "fwdbwd": "forward + backward",
+    "step": "one streaming step at position T",
+}
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1280px;
