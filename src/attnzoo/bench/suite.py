@@ -135,7 +135,8 @@ SUITES: dict[str, SpeedSuite] = {
         repeats=3,
         time_cap=20.0,
         skip_impls=("reference", "recurrent"),
-    ),  # fmt: skip
+        modes=("fwd", "fwdbwd"),
+    ),  # fmt: skip  (step mode's T-step prefill would triple the quick suite: --mode step)
     "full": SpeedSuite(
         name="full",
         seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384),
