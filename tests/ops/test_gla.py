@@ -219,3 +219,19 @@ def test_bidirectional_checks_backward_gate() -> None:
     q, k, v, g = inputs(9)
     with pytest.raises(ValueError, match="gk_bwd must have the shape of k"):
         bidirectional_gla(q, k, v, g, g[:, :3])
+
+
+def test_chunks_with_mild_and_strong_decay_mixed() -> None:
+    """The one-GEMM intra-chunk form covers chunks whose decay span is at most SPAN_LIMIT; the
+    others are recomputed with the sub-chunk form. A sequence with mild gates in its first half
+    and strong ones in its second takes both, per chunk, and must equal the step loop."""
+    from attnzoo.ops.gla import SPAN_LIMIT
+
+    q, k, v, gk = inputs(256, "normal", b=1)
+    gk = torch.cat([gk[:, :128] / 16, -5.0 * torch.rand_like(gk[:, 128:])], dim=1)
+    spans = -gk.view(1, 4, 64, H, K).sum(2).amin(-1)  # [1, chunks, H]
+    assert bool((spans <= SPAN_LIMIT).any()) and bool((spans > SPAN_LIMIT).any())
+    x, g = [q, k, v, gk], torch.randn(1, 256, H, V)
+    want = fwd_bwd(op("recurrent"), x, g)
+    got = fwd_bwd(op("chunk", chunk_size=64), x, g)
+    assert_all_close(got, want, atol=1e-4, rtol=1e-4)

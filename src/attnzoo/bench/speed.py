@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnzoo.bench.check import check_mixer, impl_choices
-from attnzoo.bench.env import environment, gemm_gflops, git_sha
+from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
 from attnzoo.bench.measure import median_seconds, peak_memory_bytes
 from attnzoo.bench.suite import SpeedSuite, build_mask, masks_for
 from attnzoo.mixers.base import Mixer
@@ -291,6 +291,7 @@ def run_speed(
     console = console or Console(stderr=True)
     cells = plan(suite)
     specs = suite.specs()
+    keep_freed_memory()  # before timing: see its docstring (recorded in env["allocator"])
     env = environment()
     console.print(
         f"measuring this machine's fp32 GEMM rate and the harness overhead ({env['cpu']}) ...",

@@ -37,11 +37,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from attnzoo.ops.chunks import decay_exp, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, resolve_scale
 
 IMPLS = ("auto", "reference", "chunk", "recurrent")
 OP = "gated_linear_attention"
 SUB = 16  # sub-chunk length inside a chunk (see _intra_scores)
+SPAN_LIMIT = 30.0  # largest within-chunk log decay the one-GEMM intra form takes (e^30 ~ 1e13)
 
 
 def gated_linear_attention(
@@ -208,30 +210,60 @@ def _chunk(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, scale: float, C: int) ->
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = min(C, T)
-    N = -(-T // C)
-    pad = N * C - T
-    if pad:  # zero keys/values and zero gates after the end change nothing before it
-        q, k, v, gk = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v, gk))
-    q, k, v, gk = (rearrange(t, "b (n c) h d -> b h n c d", c=C) for t in (q, k, v, gk))
-    q = q * scale
-    b = gk.cumsum(dim=3)  # [B, H, N, C, K] log decay from the chunk start to each position
-    total = b[:, :, :, -1:]  # [B, H, N, 1, K] whole-chunk log decay
-
-    scores = _intra_scores(q, k, b)  # [B, H, N, C, C]
-    o = scores @ v  # [B, H, N, C, V]
-
+    # zero keys/values and zero gates after the end change nothing before it
+    qc, kc, vc, gc = (to_chunks(t, C) for t in (q, k, v, gk))  # [B·H, N, C, D] contiguous
+    R, N = qc.shape[:2]
+    b = gc.cumsum(dim=2)  # [B·H, N, C, K] log decay from the chunk start to each position
+    total = b[:, :, -1:]  # [B·H, N, 1, K] whole-chunk log decay
+    q_in = qc * (decay_exp(b) * scale)  # [B·H, N, C, K]: q_t e^{b_t} (b <= 0)
+    scores = _intra_fast(qc, q_in, kc, b, total, scale)  # [B·H, N, C, C]
+    o = torch.matmul(scores, vc)  # [B·H, N, C, V]
+    if N == 1:
+        return from_chunks(o, B, T)
     # each chunk's own contribution to the state at its end, then a scan over chunks
-    k_end = k * torch.exp(total - b)  # [B, H, N, C, K]  (total - b <= 0)
-    local = k_end.transpose(-1, -2) @ v  # [B, H, N, K, V]
-    carry = torch.exp(total)[:, :, :, 0, :, None]  # [B, H, N, K, 1]
-    state = q.new_zeros(B, H, K, V)
+    k_end = kc * decay_exp(total - b)  # [B·H, N, C, K]  (total - b <= 0)
+    local = torch.bmm(k_end.view(R * N, C, K).transpose(1, 2), vc.view(R * N, C, V))
+    carry = decay_exp(total)[:, :, 0, :, None]  # [B·H, N, K, 1]
+    local = local.view(R, N, K, V)
+    state = q.new_zeros(R, K, V)
     before = []  # state entering each chunk
-    for carry_n, local_n in zip(carry.unbind(2), local.unbind(2), strict=True):
+    for carry_n, local_n in zip(carry.unbind(1), local.unbind(1), strict=True):
         before.append(state)
         state = carry_n * state + local_n
-    entering = torch.stack(before, dim=2)  # [B, H, N, K, V]
-    o = o + (q * torch.exp(b)) @ entering  # inter-chunk part (b <= 0)
-    return rearrange(o, "b h n c d -> b (n c) h d")[:, :T]  # [B, T, H, V]
+    entering = torch.stack(before, dim=1)  # [B·H, N, K, V]
+    # inter-chunk part, accumulated in place (matmul's backward keeps its inputs, not o)
+    o.view(R * N, C, V).baddbmm_(q_in.view(R * N, C, K), entering.view(R * N, K, V))
+    return from_chunks(o, B, T)  # [B, T, H, V] (a view)
+
+
+def _intra_fast(
+    q: Tensor, q_in: Tensor, k: Tensor, b: Tensor, total: Tensor, scale: float
+) -> Tensor:
+    """Intra-chunk scores ``(q_t e^{b_t}) . (k_s e^{-b_s})`` for ``s <= t``: one GEMM per chunk.
+
+    ``e^{-b_s}`` grows with the chunk's total decay, so chunks whose decay span (the most negative
+    channel of ``total``) exceeds ``SPAN_LIMIT`` are recomputed with the sub-chunk form
+    (:func:`_intra_scores`, only non-positive exponents). Typical gates (``logsigmoid / 16``) stay
+    far below the limit; very strong gates take the exact slow form chunk by chunk. Under
+    ``torch.compile`` the check would be a data-dependent branch, so every chunk takes the
+    sub-chunk form there.
+
+    Shapes: q (unscaled), q_in (``scale·q·e^b``), k, b ``[R, N, C, K]``, total ``[R, N, 1, K]``
+        -> ``[R, N, C(t), C(s)]``
+    """
+    C = k.shape[-2]
+    if torch.compiler.is_compiling():
+        return _intra_scores(q * scale, k, b)
+    k_in = k * torch.exp((-b).clamp(max=SPAN_LIMIT))  # [R, N, C, K]
+    scores = torch.matmul(q_in, k_in.transpose(-1, -2))  # [R, N, C, C]
+    upper = torch.ones(C, C, dtype=torch.bool, device=k.device).triu(1)
+    scores.masked_fill_(upper, 0.0)  # in place: matmul keeps its inputs for backward
+    span = -total.amin(dim=-1)[..., 0]  # [R, N]
+    slow = span > SPAN_LIMIT
+    if bool(slow.any()):  # recompute those chunks with only non-positive exponents
+        idx = slow.nonzero(as_tuple=True)
+        scores = scores.index_put(idx, _intra_scores(q[idx] * scale, k[idx], b[idx]))
+    return scores
 
 
 def _pairwise_scores(q: Tensor, k: Tensor, b: Tensor) -> Tensor:

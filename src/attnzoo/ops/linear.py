@@ -44,6 +44,7 @@ from einops import rearrange
 from torch import Tensor
 
 from attnzoo.config import suggest
+from attnzoo.ops.chunks import decay_exp, exclusive_scan, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, expand_kv, resolve_scale
 
 IMPLS = ("auto", "reference", "chunk", "recurrent")
@@ -252,28 +253,30 @@ def _chunk_causal(
     V = v.shape[-1]
     if T == 0:
         return q.new_zeros(B, 0, H, V)
-    N = -(-T // C)
-    pad = N * C - T  # zero keys/values in the padded tail add nothing to any state
-    q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-    qc, kc, vc = (rearrange(x, "b (n c) h d -> b h n c d", c=C) for x in (q, k, v))
-    gh = g if g is not None else q.new_zeros(H)  # [H] log-decay, <= 0
+    C = min(C, T)
+    qc, kc, vc = (to_chunks(x, C) for x in (q, k, v))  # [B·H, N, C, D] contiguous
+    R, N = qc.shape[:2]
+    gr = (g if g is not None else q.new_zeros(H)).repeat(B)  # [B·H] log-decay, <= 0
     i = torch.arange(C, device=q.device)
     dist = i[:, None] - i[None, :]  # [C, C] = i - j
-    intra = torch.exp(gh[:, None, None] * dist.clamp(min=0))  # [H, C, C]
+    # intra-chunk: scale * lambda^(i-j) on and below the diagonal (scale folded into the mask)
+    intra = decay_exp(gr[:, None, None] * dist.clamp(min=0)) * scale  # [B·H, C, C]
     intra = torch.where(dist >= 0, intra, torch.zeros_like(intra))
-    a = torch.einsum("bhnik,bhnjk->bhnij", qc, kc) * intra[:, None]  # [B, H, N, C, C]
-    o = torch.einsum("bhnij,bhnjv->bhniv", a, vc)  # [B, H, N, C, V]
-    # inter-chunk: state before chunk n, S_n = lambda^C S_{n-1} + sum_j lambda^(C-1-j) k_j^T v_j
-    q_decay = torch.exp(gh[:, None] * (i + 1))  # [H, C]: lambda^(i+1)
-    k_decay = torch.exp(gh[:, None] * (C - 1 - i))  # [H, C]: lambda^(C-1-j)
-    chunk_decay = torch.exp(gh * C)[:, None, None]  # [H, 1, 1]
-    kv_chunk = torch.einsum("bhnck,bhncv->bhnkv", kc * k_decay[:, None, :, None], vc)
-    state = q.new_zeros(B, H, K, V)
-    states = []
-    for n in range(N):
-        states.append(state)
-        state = state * chunk_decay + kv_chunk[:, :, n]  # [B, H, K, V]
-    before = torch.stack(states, dim=2)  # [B, H, N, K, V]
-    o = o + torch.einsum("bhnck,bhnkv->bhncv", qc * q_decay[:, None, :, None], before)
-    o = rearrange(o * scale, "b h n c v -> b (n c) h v")
-    return o[:, :T]  # [B, T, H, V]
+    a = torch.matmul(qc, kc.transpose(-1, -2))  # [B·H, N, C, C]
+    a.mul_(intra[:, None])  # in place: matmul's backward keeps q and k, not a
+    o = torch.matmul(a, vc)  # [B·H, N, C, V]
+    if N == 1:
+        return from_chunks(o, B, T)
+    # inter-chunk: state entering chunk n, S_n = lambda^C S_{n-1} + sum_j lambda^(C-1-j) k_j^T v_j
+    if g is None:
+        kv = torch.bmm(kc.view(R * N, C, K).transpose(1, 2), vc.view(R * N, C, V))  # [B·H·N, K, V]
+        entering = exclusive_scan(kv.view(R, N, K * V), None).reshape(R * N, K, V)
+        o.view(R * N, C, V).baddbmm_(qc.view(R * N, C, K), entering, alpha=scale)
+    else:
+        k_decay = decay_exp(gr[:, None] * (C - 1 - i))[:, None, :, None]  # [B·H, 1, C, 1]
+        q_decay = decay_exp(gr[:, None] * (i + 1))[:, None, :, None] * scale  # lambda^(i+1)
+        kd = (kc * k_decay).view(R * N, C, K)
+        kv = torch.bmm(kd.transpose(1, 2), vc.view(R * N, C, V))  # [B·H·N, K, V]
+        entering = exclusive_scan(kv.view(R, N, K * V), gr * C).reshape(R * N, K, V)
+        o.view(R * N, C, V).baddbmm_((qc * q_decay).view(R * N, C, K), entering)
+    return from_chunks(o, B, T)  # [B, T, H, V] (a view)
