@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip
 
 $(VENV)/.installed-run: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e .
+	$(BIN)/pip install -e '.[peers]'
 	touch $@
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
@@ -22,6 +22,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 run: $(VENV)/.installed-run
 	$(BIN)/attnzoo list
 	$(BIN)/attnzoo bench speed --suite quick
+	$(BIN)/attnzoo bench peers --suite quick
 	$(BIN)/attnzoo report
 
 # The report test drives Debian's Chromium (headless). Installed here when missing.

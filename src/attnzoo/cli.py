@@ -16,6 +16,7 @@ from rich.table import Table
 
 import attnzoo as az
 from attnzoo.bench.check import check_mixer, impl_choices
+from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
 from attnzoo.bench.speed import RunInterrupted, run_speed
 from attnzoo.bench.suite import SUITES
 from attnzoo.config import suggest
@@ -314,6 +315,63 @@ def bench_speed(
     out.print(
         f"run {run_id}: {n} measurements, {len(skipped) - failed} skipped, {failed} failed -> {store.path}"
     )
+
+
+@bench_app.command("peers")
+def bench_peers(
+    suite: Annotated[
+        str, typer.Option(help="quick (minutes) or full (the issues' sizes).")
+    ] = "quick",
+    cases: Annotated[
+        str | None, typer.Option(help="Comma-separated peer cases (default: all; see --list).")
+    ] = None,
+    sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated sizes (T, or image side) for every case.")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed calls per side (median).")] = 5,
+    memory: Annotated[bool, typer.Option(help="Also record each side's peak memory.")] = True,
+    list_: Annotated[bool, typer.Option("--list", help="List the peer cases and exit.")] = False,
+    db: DbOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Ours vs a peer implementation of the same math (fla-core, timm): equal outputs, then
+    interleaved timing in one run; stores peer time / our time (> 1: ours is faster)."""
+    from attnzoo.bench.peers import get_cases
+
+    if list_:
+        for c in get_cases(None):
+            miss = c.missing()
+            state = f"needs {', '.join(miss)}" if miss else "ready"
+            out.print(f"{c.name} ({c.mechanism} vs {c.peer}): {state}", soft_wrap=True)
+        return
+    try:
+        plan = PeerPlan(name=suite if sizes is None else "custom", cases=_words(cases),
+                        sizes=_ints("--sizes", sizes), repeats=repeats, memory=memory)  # fmt: skip
+        if suite not in ("quick", "full"):
+            raise ValueError(f"--suite must be quick or full, got {suite!r}")
+        get_cases(plan.cases)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    store = _open_store(db)
+    command = "attnzoo " + " ".join(sys.argv[1:])
+    try:
+        run_id = run_peers(plan, store, command=command, console=err, progress=progress)
+    except RunInterrupted as e:
+        err.print(f"interrupted: run {e.run_id} marked interrupted; measurements kept")
+        raise typer.Exit(code=130) from None
+    except StoreError as e:
+        raise _fail(str(e)) from None
+    table = Table(title=f"run {run_id}: ours vs peers (ratio = peer time / our time)")
+    for col in ("case", "n", "ours ms", "peer ms", "ratio", "GEMM frac", "rel diff", "equal"):
+        table.add_column(col, no_wrap=col == "case")
+    for r in store.peers([run_id]):
+        frac = "-" if r["gemm_fraction"] is None else f"{r['gemm_fraction']:.2f}"
+        table.add_row(r["case_name"], str(r["n"]), f"{r['ours_s'] * 1e3:.1f}",
+                      f"{r['peer_s'] * 1e3:.1f}", fmt_ratio(r["ratio"]), frac,
+                      f"{r['rel_diff']:.1e}", "yes" if r["ok"] else "NO")  # fmt: skip
+    out.print(table)
+    for s_ in store.skips([run_id]):
+        err.print(f"{s_['kind']}: {s_['impl']} n={s_['seq_len']}: {s_['reason']}")
 
 
 @app.command()

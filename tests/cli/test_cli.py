@@ -22,7 +22,7 @@ def test_list_shows_builtins_with_patterns() -> None:
     r = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
     for name in ("softmax", "sigmoid"):
-        line = next(ln for ln in r.stdout.splitlines() if f" {name} " in ln)
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"│ {name} "))
         assert line.count("yes") >= 4  # all four patterns
 
 

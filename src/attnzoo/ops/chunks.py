@@ -90,3 +90,12 @@ def exclusive_scan(x: Tensor, log_decay: Tensor | None) -> Tensor:
     else:
         y.addcmul_(carry_w[:, None], start)
     return y.view(R, Ng * G, Fd)[:, :N]
+
+
+def chunk_flops(B: int, H: int, K: int, V: int, T: int, C: int) -> int:
+    """FLOPs (2 per multiply-add) the chunked path performs: per token and head, ``C·K`` for
+    ``q k^T`` and ``C·V`` for ``scores @ v`` over its whole (padded, half-masked) chunk, ``K·V``
+    for the chunk state ``k^T v`` and ``K·V`` for reading it, ``q S``. Elementwise work (decays,
+    masks, the scan's additions) is not counted."""
+    N = -(-T // C) if T else 0
+    return 2 * B * H * N * C * (C * K + C * V + 2 * K * V)

@@ -107,6 +107,11 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
         ("masks", "Mask axis (self patterns)", _masks(rows)),
         ("skips", "Skipped and failed work", _skips(skips)),
     ]
+    peer_run = store.latest_run_id("peers")
+    if peer_run is not None:
+        peer_skips = store.skips([peer_run])
+        section = _peers(store.run(peer_run), store.peers([peer_run]), peer_skips)
+        sections.insert(-1, ("peers", "Against peers (same math, one run)", section))
     if multi:
         sections.insert(2, ("compare", "Run comparison", _compare(rows, run_ids)))
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
@@ -318,6 +323,39 @@ def _gemm(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
         f"divided by the median time, at the longest measured T, against this machine's fp32 GEMM rate measured in the same run ({_e(rates)}).</p>"
     )
     return note + _table(head, body, "gemm-table")
+
+
+def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str, Any]]) -> str:
+    head = ["case", "mechanism", "peer", "size", "ours ms", "peer ms", "peer / ours",
+            "ours GFLOP/s", "fraction of GEMM", "ours peak MiB", "peer peak MiB", "max rel diff",
+            "equal"]  # fmt: skip
+    mib = 2**-20
+    body = [
+        [
+            _td(r["case_name"]), _td(r["mechanism"]), _td(r["peer"]), _td(r["size"]),
+            _num(r["ours_s"] * 1e3, ".2f"), _num(r["peer_s"] * 1e3, ".2f"),
+            _td(f"{r['ratio']:.2f}x", "ok" if r["ratio"] >= 1 else "bad"),
+            _num(r["ours_gflops"], ".1f"), _num(r["gemm_fraction"], ".3f"),
+            _num(r["ours_peak_bytes"] * mib if r["ours_peak_bytes"] is not None else None, ".1f"),
+            _num(r["peer_peak_bytes"] * mib if r["peer_peak_bytes"] is not None else None, ".1f"),
+            _num(r["rel_diff"], ".1e"), _td("yes" if r["ok"] else "NO", "" if r["ok"] else "bad"),
+        ]
+        for r in rows
+    ]  # fmt: skip
+    missing = "".join(
+        f"<li>{_e(s['impl'])} (n={s['seq_len']}): {_e(s['kind'])}, {_e(s['reason'])}</li>"
+        for s in skips
+    )
+    note = (
+        f'<p class="muted">Run {run["run_id"]} ({_e(run["status"])}, {_e(_when(run["started_at"]))}): '
+        "each row builds ours and the peer on the same inputs and weights, checks the outputs agree "
+        "(max |ours - peer| / max |peer| within the case's tolerance), then times both "
+        f"interleaved, median of {rows[0]['repeats'] if rows else '-'} calls. Our FLOPs count the "
+        "work our path does; the GEMM rate is this machine's, measured in the same run "
+        f"({run['gemm_gflops'] or 0:.1f} GFLOP/s).</p>"
+    )
+    table = _table(head, body, "peers-table") if rows else "<p>No peer rows recorded.</p>"
+    return note + table + (f"<ul>{missing}</ul>" if missing else "")
 
 
 def _masks(rows: list[dict[str, Any]]) -> str:

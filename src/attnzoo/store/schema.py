@@ -84,6 +84,34 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        "peer comparisons: ours vs a peer implementation of the same math, one run",
+        [
+            """CREATE TABLE peers (
+                run_id BIGINT NOT NULL,
+                case_name VARCHAR NOT NULL,
+                mechanism VARCHAR NOT NULL,
+                peer VARCHAR NOT NULL,
+                size VARCHAR NOT NULL,            -- human label of the shape
+                n INTEGER NOT NULL,               -- the size parameter (T, or image side)
+                ours_s DOUBLE NOT NULL,
+                peer_s DOUBLE NOT NULL,
+                ratio DOUBLE NOT NULL,            -- peer_s / ours_s: > 1 means ours is faster
+                ours_flops BIGINT,
+                ours_gflops DOUBLE,
+                gemm_fraction DOUBLE,
+                ours_peak_bytes BIGINT,
+                peer_peak_bytes BIGINT,
+                max_abs_diff DOUBLE NOT NULL,
+                rel_diff DOUBLE NOT NULL,
+                ok BOOLEAN NOT NULL,              -- rel_diff within the case's tolerance
+                repeats INTEGER NOT NULL,
+                detail VARCHAR,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

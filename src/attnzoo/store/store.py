@@ -33,6 +33,11 @@ SPEED_COLUMNS = (
 )  # fmt: skip
 SKIP_COLUMNS = ("mixer", "impl", "pattern", "mask", "mode", "seq_len", "kind", "reason")
 CHECK_COLUMNS = ("mixer", "impl", "pattern", "max_abs_err", "ok", "detail")
+PEER_COLUMNS = (
+    "case_name", "mechanism", "peer", "size", "n", "ours_s", "peer_s", "ratio", "ours_flops",
+    "ours_gflops", "gemm_fraction", "ours_peak_bytes", "peer_peak_bytes", "max_abs_diff",
+    "rel_diff", "ok", "repeats", "detail",
+)  # fmt: skip
 
 
 class StoreError(Exception):
@@ -247,6 +252,9 @@ class Store:
     def add_skip(self, run_id: int, row: dict[str, Any]) -> None:
         self._insert("skips", SKIP_COLUMNS, run_id, row)
 
+    def add_peer(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("peers", PEER_COLUMNS, run_id, row)
+
     # ---- queries ------------------------------------------------------------------------
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._connect() as con:
@@ -299,6 +307,9 @@ class Store:
         if bad:
             raise ValueError(f"speed filters must be speed columns, got {sorted(bad)}")
         return self._table("speed", run_ids, filters)
+
+    def peers(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        return self._table("peers", run_ids, {})
 
     def skips(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         return self._table("skips", run_ids, {})

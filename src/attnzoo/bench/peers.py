@@ -1,0 +1,217 @@
+"""Ours against a peer implementation of the same math, measured in one run (``attnzoo bench peers``).
+
+A :class:`PeerCase` names a mechanism, the peer (a package nobody here wrote: fla-core's
+pure-PyTorch references, timm's blocks) and how to build, at one size, the two callables with
+the *same inputs and weights*. The runner checks they agree (max abs difference against a
+tolerance relative to the output's scale), then times them interleaved (so machine noise hits
+both alike), records each one's peak memory, and stores ``ratio = peer time / our time``
+(> 1: ours is faster) with our FLOP rate as a fraction of this machine's GEMM rate measured in
+the same run. A case whose peer package is not installed is recorded as skipped, never faked.
+
+Peers are optional packages: ``pip install -e '.[peers]'`` (``make run`` does).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
+from attnzoo.bench.measure import interleaved_medians, peak_memory_bytes
+from attnzoo.bench.speed import RunInterrupted
+from attnzoo.config import suggest
+from attnzoo.store import Store
+
+
+@dataclass(frozen=True)
+class PeerPair:
+    """Two zero-argument callables computing the same output, and what ours costs.
+
+    ``ours``/``peer`` return the output tensor (a peer's extra outputs already dropped);
+    ``flops`` counts the multiply-adds (x2) our path performs; ``size`` labels the shape.
+    """
+
+    ours: Callable[[], torch.Tensor]
+    peer: Callable[[], torch.Tensor]
+    flops: int
+    size: str
+
+
+@dataclass(frozen=True)
+class PeerCase:
+    """One comparison. ``build(n, generator)`` returns the pair at size ``n`` (a length T for
+    sequence ops, an image side for vision blocks); ``requires`` lists the peer's modules."""
+
+    name: str
+    mechanism: str
+    peer: str
+    requires: tuple[str, ...]
+    build: Callable[[int, torch.Generator], PeerPair]
+    sizes: tuple[int, ...]  # default sizes (the issue's targets)
+    quick_sizes: tuple[int, ...]
+    rtol: float = 1e-4  # allowed max |ours - peer| / max |peer|
+    notes: str = ""
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+CASES: dict[str, PeerCase] = {}
+
+
+def register_case(case: PeerCase) -> PeerCase:
+    if case.name in CASES:
+        raise ValueError(f"peer case {case.name!r} is already registered")
+    CASES[case.name] = case
+    return case
+
+
+def get_cases(names: Sequence[str] | None) -> list[PeerCase]:
+    _load_cases()
+    if names is None:
+        return list(CASES.values())
+    out = []
+    for n in names:
+        if n not in CASES:
+            raise ValueError(
+                f"--cases: unknown peer case {n!r}{suggest(n, list(CASES))}; known: "
+                + ", ".join(CASES)
+            )
+        out.append(CASES[n])
+    return out
+
+
+def _load_cases() -> None:
+    from attnzoo.bench import peer_cases  # noqa: F401  (registers the cases)
+
+
+@dataclass(frozen=True)
+class PeerPlan:
+    """What ``attnzoo bench peers`` runs: cases, sizes per case (``None``: the case's own), repeats."""
+
+    name: str = "quick"
+    cases: tuple[str, ...] | None = None
+    sizes: tuple[int, ...] | None = None
+    repeats: int = 5
+    warmup: int = 1
+    memory: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("quick", "full", "custom"):
+            raise ValueError(f"--suite must be quick or full, got {self.name!r}")
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be >= 1, got {self.repeats}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.sizes is not None and any(s < 1 for s in self.sizes):
+            raise ValueError(f"--sizes must be positive, got {self.sizes}")
+
+    def sizes_of(self, case: PeerCase) -> tuple[int, ...]:
+        if self.sizes is not None:
+            return self.sizes
+        return case.quick_sizes if self.name == "quick" else case.sizes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "cases": self.cases, "sizes": self.sizes,
+                "repeats": self.repeats, "warmup": self.warmup, "memory": self.memory}  # fmt: skip
+
+
+def compare(ours: torch.Tensor, peer: torch.Tensor) -> tuple[float, float]:
+    """(max abs difference, that difference relative to max |peer|)."""
+    if ours.shape != peer.shape:
+        raise ValueError(f"ours has shape {tuple(ours.shape)}, the peer {tuple(peer.shape)}")
+    diff = float((ours.double() - peer.double()).abs().max()) if ours.numel() else 0.0
+    scale = float(peer.double().abs().max()) if peer.numel() else 0.0
+    return diff, diff / scale if scale > 0 else diff
+
+
+def run_peers(
+    plan: PeerPlan,
+    store: Store,
+    *,
+    command: str = "attnzoo bench peers",
+    console: Console | None = None,
+    progress: bool = True,
+) -> int:
+    """Run ``plan`` into ``store``; returns the run id (Ctrl-C keeps what was measured)."""
+    console = console or Console(stderr=True)
+    cases = get_cases(plan.cases)
+    keep_freed_memory()
+    env = environment()
+    gemm = gemm_gflops()
+    run_id = store.begin_run(
+        kind="peers", suite=plan.name, command=command, config=plan.to_dict(), env=env,
+        git_sha=git_sha(), gemm_gflops=gemm,
+    )  # fmt: skip
+    work = [(c, n) for c in cases for n in plan.sizes_of(c)]
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, disable=not progress, transient=True,
+    )  # fmt: skip
+    try:
+        with torch.no_grad(), bar:
+            task = bar.add_task("peers", total=len(work))
+            for case, n in work:
+                bar.update(task, description=f"{case.name} n={n}")
+                _one(store, run_id, case, n, plan, gemm)
+                bar.advance(task)
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted", note="Ctrl-C")
+        raise RunInterrupted(run_id) from None
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "complete")
+    return run_id
+
+
+def _skip(store: Store, run_id: int, case: PeerCase, n: int, kind: str, reason: str) -> None:
+    store.add_skip(run_id, {"mixer": case.mechanism, "impl": f"peer:{case.name}", "pattern": "-",
+                            "mask": "-", "mode": "fwd", "seq_len": n, "kind": kind,
+                            "reason": reason})  # fmt: skip
+
+
+def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan, gemm: float) -> None:
+    missing = case.missing()
+    if missing:
+        _skip(store, run_id, case, n, "skipped",
+              f"peer package(s) {', '.join(missing)} not installed (pip install -e '.[peers]')")  # fmt: skip
+        return
+    try:
+        pair = case.build(n, torch.Generator().manual_seed(n))
+        diff, rel = compare(pair.ours(), pair.peer())
+    except Exception as e:  # a broken case is recorded, the run goes on
+        _skip(store, run_id, case, n, "failed", f"{type(e).__name__}: {e}")
+        return
+    ok = rel <= case.rtol
+    t0 = time.perf_counter()
+    t = interleaved_medians({"ours": pair.ours, "peer": pair.peer}, repeats=plan.repeats,
+                            warmup=plan.warmup)  # fmt: skip
+    mem = (
+        (peak_memory_bytes(pair.ours), peak_memory_bytes(pair.peer))
+        if plan.memory
+        else (None, None)
+    )
+    rate = pair.flops / t["ours"] / 1e9 if pair.flops and t["ours"] > 0 else None
+    store.add_peer(run_id, {
+        "case_name": case.name, "mechanism": case.mechanism, "peer": case.peer, "size": pair.size,
+        "n": n, "ours_s": t["ours"], "peer_s": t["peer"], "ratio": t["peer"] / t["ours"],
+        "ours_flops": pair.flops, "ours_gflops": rate,
+        "gemm_fraction": rate / gemm if rate and gemm else None,
+        "ours_peak_bytes": mem[0], "peer_peak_bytes": mem[1], "max_abs_diff": diff,
+        "rel_diff": rel, "ok": ok, "repeats": plan.repeats,
+        "detail": f"{case.notes} (timed {time.perf_counter() - t0:.1f}s)".strip(),
+    })  # fmt: skip
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"

@@ -1,0 +1,113 @@
+"""`attnzoo bench peers`: the runner records agreement, ratios, skips and failures honestly; the
+registered linear-family cases agree with fla-core; the report and the CLI show them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnzoo.bench import peers as P
+from attnzoo.cli import app
+from attnzoo.report.html import build_report
+from attnzoo.store import Store
+from attnzoo.store.schema import LATEST, MIGRATIONS
+
+
+def _case(name: str, peer_delta: float = 0.0, requires: tuple[str, ...] = (), fail: bool = False):
+    def build(n: int, g: torch.Generator) -> P.PeerPair:
+        if fail:
+            raise RuntimeError("cannot build")
+        x = torch.randn(n, generator=g)
+        return P.PeerPair(ours=lambda: x * 2, peer=lambda: x * 2 + peer_delta, flops=2 * n,
+                          size=f"n={n}")  # fmt: skip
+
+    return P.PeerCase(name, "softmax", "fake", requires, build, (8,), (8,))
+
+
+@pytest.fixture
+def fake_cases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    P._load_cases()
+    cases = [_case("same"), _case("differs", peer_delta=1.0), _case("absent",
+             requires=("no_such_module_xyz",)), _case("broken", fail=True)]  # fmt: skip
+    for c in cases:
+        monkeypatch.setitem(P.CASES, c.name, c)
+    return [c.name for c in cases]
+
+
+def test_runner_records_agreement_skips_and_failures(tmp_path: Path, fake_cases: list[str]) -> None:
+    store = Store(tmp_path / "p.duckdb")
+    plan = P.PeerPlan(cases=tuple(fake_cases), repeats=2, warmup=0, memory=False)
+    run = P.run_peers(plan, store, progress=False)
+    rows = {r["case_name"]: r for r in store.peers([run])}
+    assert set(rows) == {"same", "differs"}
+    assert rows["same"]["ok"] and rows["same"]["max_abs_diff"] == 0.0
+    assert not rows["differs"]["ok"] and rows["differs"]["max_abs_diff"] == pytest.approx(1.0)
+    assert all(r["ratio"] > 0 and r["ours_flops"] == 16 for r in rows.values())
+    skips = {s["impl"]: s for s in store.skips([run])}
+    assert skips["peer:absent"]["kind"] == "skipped"
+    assert "no_such_module_xyz not installed" in skips["peer:absent"]["reason"]
+    assert skips["peer:broken"]["kind"] == "failed"
+    assert "RuntimeError: cannot build" in skips["peer:broken"]["reason"]
+    assert store.run(run)["status"] == "complete" and store.run(run)["kind"] == "peers"
+
+
+def test_compare_rejects_shape_mismatch() -> None:
+    with pytest.raises(ValueError, match=r"ours has shape \(2,\), the peer \(3,\)"):
+        P.compare(torch.zeros(2), torch.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["linear/fla-naive-chunk", "lightning/fla-naive-chunk-simple-gla",
+                                  "gla/fla-naive-recurrent"])  # fmt: skip
+def test_registered_linear_cases_agree_with_fla(name: str) -> None:
+    case = P.get_cases([name])[0]
+    assert case.missing() == []  # fla-core is a pinned test dependency
+    pair = case.build(192, torch.Generator().manual_seed(0))  # fla's naive chunk needs T % 64 == 0
+    _, rel = P.compare(pair.ours(), pair.peer())
+    assert rel <= case.rtol
+
+
+def test_unknown_case_suggests() -> None:
+    with pytest.raises(
+        ValueError, match="unknown peer case 'linear/fla-naive-chnk' .*did you mean"
+    ):
+        P.get_cases(["linear/fla-naive-chnk"])
+
+
+def test_cli_list_run_and_report(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "peers", "--list"])
+    assert res.exit_code == 0 and "linear/fla-naive-chunk" in res.output and "ready" in res.output
+    db = tmp_path / "c.duckdb"
+    res = runner.invoke(app, ["bench", "peers", "--db", str(db), "--cases",
+                              "linear/fla-naive-chunk", "--sizes", "64", "--repeats", "1",
+                              "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "linear/fla-naive-chunk" in res.output and "yes" in res.output
+    bad = runner.invoke(app, ["bench", "peers", "--db", str(db), "--cases", "nope"])
+    assert bad.exit_code != 0 and "unknown peer case 'nope'" in bad.output
+    store = Store(db)
+    run = store.begin_run(kind="speed", suite="t", command="t", config={}, env={})
+    store.finish_run(run, "complete")
+    html = build_report(store, [run])
+    assert 'id="peers-table"' in html and "fla naive_chunk_linear_attn" in html
+
+
+def test_v1_store_migrates_to_latest_keeping_rows(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    for sql in MIGRATIONS[0][2]:
+        con.execute(sql)
+    con.execute("INSERT INTO attnzoo_meta VALUES ('app', 'attnzoo-store'), ('schema_version', '1')")
+    con.execute(
+        "INSERT INTO runs (kind, status, started_at, env, config) "
+        "VALUES ('speed', 'complete', now(), '{}', '{}')"
+    )
+    con.close()
+    store = Store(path)
+    assert store.schema_version == LATEST >= 2
+    assert [r["kind"] for r in store.runs()] == ["speed"]
+    assert store.peers() == []
