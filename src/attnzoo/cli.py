@@ -238,6 +238,10 @@ def bench_speed(
     seq_lens: Annotated[
         str | None, typer.Option("--seq-lens", help="Comma-separated lengths, e.g. 256,1024,4096.")
     ] = None,
+    image_sizes: Annotated[
+        str | None,
+        typer.Option("--image-sizes", help="Grid sides for 2-D mixers, e.g. 32,64,128 (h = w)."),
+    ] = None,
     patterns: Annotated[
         str | None, typer.Option(help="Comma-separated CAB patterns (default: all).")
     ] = None,
@@ -282,6 +286,7 @@ def bench_speed(
     lengths = _ints("--seq-lens", seq_lens)
     for key, value in (
         ("mixers", _words(mixers)), ("seq_lens", lengths), ("patterns", _words(patterns)),
+        ("image_sizes", _ints("--image-sizes", image_sizes)),
         ("masks", _words(masks)), ("batch", batch), ("heads", heads), ("head_dim", head_dim),
         ("modes", _words(mode)), ("repeats", repeats), ("warmup", warmup), ("time_cap", time_cap),
         ("skip_impls", _words(skip_impls)),

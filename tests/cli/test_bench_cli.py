@@ -25,7 +25,7 @@ runner = CliRunner()
         (["--mode", "backward"], "--mode: expected fwd, fwdbwd or step"),
         (
             ["--suite", "quik"],
-            "--suite must be one of quick, full, got 'quik' (did you mean 'quick'?)",
+            "--suite must be one of quick, linear, full, got 'quik' (did you mean 'quick'?)",
         ),
         (["--memory-budget", "lots"], "--memory-budget: expected a size such as 4GiB"),
         (["--masks", "diagonal"], "--masks: expected mask kinds"),
@@ -83,6 +83,20 @@ def test_bench_results_report_round_trip(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--run 7: no such run" in r.stderr
     r = runner.invoke(app, ["results", "--db", db, "--format", "xml"])
     assert r.exit_code == 2 and "--format must be one of table, csv, json" in r.stderr
+
+
+def test_image_sizes_set_the_grid_of_2d_mixers(tmp_path: Path) -> None:
+    db = str(tmp_path / "img.duckdb")
+    r = runner.invoke(app, ["bench", "speed", "--db", db, "--mixers", "lka,softmax", "--seq-lens", "16",
+                            "--image-sizes", "8,12", "--patterns", "noncausal-self", "--masks", "",
+                            "--repeats", "1", "--mode", "fwd", "--heads", "2", "--head-dim", "8",
+                            "--no-progress", "--skip-impls", "reference,blocked"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["results", "--db", db, "--format", "json"])
+    lengths = {(x["mixer"], x["seq_len"]) for x in json.loads(r.stdout)}
+    assert lengths == {("lka", 64), ("lka", 144), ("softmax", 16)}  # 1-D mixers keep --seq-lens
+    bad = runner.invoke(app, ["bench", "speed", "--db", db, "--image-sizes", "0"])
+    assert bad.exit_code == 2 and "--image-sizes: expected comma-separated positive" in bad.stderr
 
 
 def test_report_and_results_on_missing_or_foreign_store(tmp_path: Path) -> None:

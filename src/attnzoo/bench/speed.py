@@ -329,7 +329,7 @@ def _run_cells(
                 if r.ok
                 else f"correctness gate failed: max |err| {r.max_abs_err:.2e} {r.detail}".strip()
             )
-    total = len(cells) * len(suite.seq_lens)
+    total = sum(len(suite.lengths_for(cell.spec)) for cell in cells)
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not progress,
@@ -343,7 +343,7 @@ def _run_cells(
                 cell.stopped = ("failed", "no correctness check ran for this path in this run")
             elif verdict:
                 cell.stopped = ("failed", verdict)
-            for T in suite.seq_lens:
+            for T in suite.lengths_for(cell.spec):
                 bar.update(
                     task,
                     description=f"{cell.spec.name}/{cell.impl} {cell.pattern} {cell.mask} {cell.mode} T={T}",

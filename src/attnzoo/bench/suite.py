@@ -23,6 +23,8 @@ class SpeedSuite:
         name: suite name recorded with the run (``quick``, ``full`` or ``custom``).
         mixers: mechanism names, or ``None`` for every registered one.
         seq_lens: sequence lengths T (for 2-D mixers the nearest square grid h = w = round(sqrt(T))).
+        image_sizes: grid sides for 2-D mixers (``h = w = s``, recorded as ``T = s*s``); ``None``
+            means the squares nearest to ``seq_lens``.
         patterns: CAB patterns to measure (each mixer measures those it supports).
         masks: extra mask kinds (beyond full / causal) for self patterns.
         batch, heads, head_dim: shape; ``d_model = heads * head_dim``.
@@ -39,6 +41,7 @@ class SpeedSuite:
     name: str = "custom"
     mixers: tuple[str, ...] | None = None
     seq_lens: tuple[int, ...] = (256, 1024, 2048)
+    image_sizes: tuple[int, ...] | None = None
     patterns: tuple[str, ...] = PATTERNS
     masks: tuple[str, ...] = ("sliding-window", "document")
     batch: int = 1
@@ -64,6 +67,10 @@ class SpeedSuite:
         need(len(self.seq_lens) > 0 and all(isinstance(t, int) and t >= 1 for t in self.seq_lens),
              "--seq-lens", self.seq_lens, "positive integers such as 256,1024,4096")  # fmt: skip
         object.__setattr__(self, "seq_lens", tuple(sorted(set(self.seq_lens))))
+        if self.image_sizes is not None:
+            need(len(self.image_sizes) > 0 and all(isinstance(s, int) and s >= 1 for s in self.image_sizes),
+                 "--image-sizes", self.image_sizes, "positive grid sides such as 32,64,128")  # fmt: skip
+            object.__setattr__(self, "image_sizes", tuple(sorted(set(self.image_sizes))))
         for p in self.patterns:
             need(
                 p in PATTERNS,
@@ -111,6 +118,12 @@ class SpeedSuite:
                             f"it supports {', '.join(spec.patterns)}"
                         )
 
+    def lengths_for(self, spec: MixerSpec) -> tuple[int, ...]:
+        """The token counts measured for ``spec``: ``seq_lens``, or ``s*s`` per image size (2-D)."""
+        if spec.dims == 2 and self.image_sizes is not None:
+            return tuple(s * s for s in self.image_sizes)
+        return self.seq_lens
+
     @property
     def d_model(self) -> int:
         return self.heads * self.head_dim
@@ -137,6 +150,22 @@ SUITES: dict[str, SpeedSuite] = {
         skip_impls=("reference", "recurrent"),
         modes=("fwd", "fwdbwd"),
     ),  # fmt: skip  (step mode's T-step prefill would triple the quick suite: --mode step)
+    # issue 4's scaling claims: linear family vs softmax, forward and one streaming step, B=1,
+    # H=8, K=V=64, T from 2k to 32k (time/memory exponents; step latency flat vs KV-cache growth)
+    "linear": SpeedSuite(
+        name="linear",
+        mixers=("softmax", "linear", "lightning", "gla"),
+        seq_lens=(2048, 8192, 32768),
+        patterns=("causal-self",),
+        masks=(),
+        heads=8,
+        modes=("fwd", "step"),
+        repeats=3,
+        memory_budget=8 * GiB,
+        time_cap=120.0,
+        skip_impls=("reference", "recurrent"),
+        explicit_mixers=True,
+    ),  # fmt: skip
     "full": SpeedSuite(
         name="full",
         seq_lens=(256, 512, 1024, 2048, 4096, 8192, 16384),
