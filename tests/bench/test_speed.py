@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from attnzoo.bench.speed import plan, predict, run_speed
+import attnzoo as az
+from attnzoo.bench.speed import Cell, _skip_reason, plan, predict, run_speed
 from attnzoo.bench.suite import SUITES, SpeedSuite, build_mask, masks_for
 from attnzoo.registry import get_spec
 from attnzoo.store import Store
@@ -73,6 +74,23 @@ def test_time_cap_skips(tmp_path: Path) -> None:
     run = run_speed(suite, store, command="pytest", progress=False)
     reasons = [s["reason"] for s in store.skips([run]) if s["seq_len"] == 8192]
     assert reasons and all("time cap" in r for r in reasons)
+
+
+def test_step_time_cap_counts_the_prefill(tmp_path: Path) -> None:
+    """One step at T=2048 is cheap, but building its state takes 2048 steps: the prediction must
+    count them (a KV-cache prefill at T=32k would otherwise run for an hour under a 2-minute cap)."""
+
+    suite = SpeedSuite(mixers=("softmax",), patterns=("causal-self",), masks=(), seq_lens=(64,),
+                       repeats=1, warmup=0, heads=2, head_dim=8, modes=("step",), time_cap=1.0)  # fmt: skip
+    spec = az.get_spec("softmax")
+    history = [(64, 1e-3, 1000), (128, 1e-3, 1000)]  # 1 ms a step
+    step = Cell(spec=spec, impl="sdpa", pattern="causal-self", mask="causal", mode="step",
+                history=list(history))  # fmt: skip
+    fwd = Cell(spec=spec, impl="sdpa", pattern="causal-self", mask="causal", mode="fwd",
+               history=list(history))  # fmt: skip
+    assert _skip_reason(fwd, 256, suite) is None  # 2 calls of ~2 ms
+    reason = _skip_reason(step, 2048, suite)  # ~16 ms a step, 2048 of them
+    assert reason is not None and "2048-step prefill" in reason and "> time cap 1 s" in reason
 
 
 def test_correctness_gate_blocks_timing_of_a_wrong_path(tmp_path: Path) -> None:

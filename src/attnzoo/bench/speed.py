@@ -218,9 +218,13 @@ def _skip_reason(cell: Cell, T: int, suite: SpeedSuite) -> str | None:
             f"predicted peak memory {mem / 2**30:.2f} GiB > budget {suite.memory_budget / 2**30:.2f} GiB "
             f"(extrapolated from T={src})"
         )
-    if secs * calls > suite.time_cap:
+    total, what = secs * calls, f"{calls} calls"
+    if cell.mode == "step":  # plus the T untimed steps that build the state (about half as costly
+        total += T * secs / 2  # on average when the step cost grows with position, as a KV cache)
+        what += f" and a {T}-step prefill"
+    if total > suite.time_cap:
         return (
-            f"predicted {secs * calls:.1f} s for {calls} calls > time cap {suite.time_cap:.0f} s "
+            f"predicted {total:.1f} s for {what} > time cap {suite.time_cap:.0f} s "
             f"(extrapolated from T={src})"
         )
     return None
