@@ -28,6 +28,10 @@ def test_predict_extrapolates_log_log() -> None:
     assert s == pytest.approx(9.0) and b == pytest.approx(9000)
     s, _ = predict([(100, 1.0, 1000), (200, 1.0, 1000)], 400)  # never more optimistic than linear
     assert s == pytest.approx(2.0)
+    s, _ = predict([(100, 1.0, 1000), (200, 16.0, 1000)], 400)  # a noisy quartic: cubic at most
+    assert s == pytest.approx(16.0 * 8)
+    s, _ = predict([(100, 1.0, 1000), (200, 16.0, 1000)], 400, max_exponent=2.0)
+    assert s == pytest.approx(16.0 * 4)
     with pytest.raises(ValueError, match="no measured lengths"):
         predict([], 10)
 
