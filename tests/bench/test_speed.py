@@ -160,7 +160,7 @@ def test_ctrl_c_keeps_finished_measurements(tmp_path: Path) -> None:
 
 
 def test_suites_and_masks() -> None:
-    assert set(SUITES) == {"quick", "full"}
+    assert set(SUITES) == {"quick", "linear", "full"}
     spec = get_spec("softmax")
     assert masks_for(SUITES["full"], spec, "causal-self") == [
         "causal",
