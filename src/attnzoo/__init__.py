@@ -9,6 +9,7 @@ from importlib import metadata as _metadata
 
 from attnzoo.config import MixerConfig
 from attnzoo.mixers import Mixer
+from attnzoo.models import create_model, list_models
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import (
     FAMILIES,
@@ -36,8 +37,10 @@ __all__ = [
     "Paper",
     "__version__",
     "build_mixer",
+    "create_model",
     "get_spec",
     "list_mixers",
+    "list_models",
     "mixer_from_json",
     "register_mixer",
 ]

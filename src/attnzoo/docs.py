@@ -33,23 +33,44 @@ SPEED_T = 1024
 
 
 def speed_column(db: Path | None) -> dict[str, str]:
-    """Per mechanism: its best causal-self forward latency at T=1024 vs softmax's, from the store."""
+    """Per mechanism, from the store: its best forward latency at T=1024 (1-D: causal-self vs
+    softmax's; 2-D: non-causal on a 32x32 grid) from the latest speed run, and its speed ratio
+    against its peer implementation at the largest size of the latest peers run."""
     if db is None or not db.exists():
         return {}
     from attnzoo.store import Store
 
     store = Store(db, read_only=True)
+    out: dict[str, str] = {}
     run = store.latest_run_id("speed")
-    if run is None:
-        return {}
-    best: dict[str, float] = {}
-    for r in store.speed([run], pattern="causal-self", mode="fwd", mask="causal", seq_len=SPEED_T):
-        best[r["mixer"]] = min(best.get(r["mixer"], float("inf")), r["median_s"])
-    base = best.get("softmax")
-    out = {}
-    for name, t in best.items():
-        rel = f", {t / base:.2f}x softmax" if base else ""
-        out[name] = f"{t * 1e3:.2f} ms{rel} (causal fwd, T={SPEED_T}, run {run})"
+    if run is not None:
+        best: dict[str, float] = {}
+        for r in store.speed(
+            [run], pattern="causal-self", mode="fwd", mask="causal", seq_len=SPEED_T
+        ):
+            best[r["mixer"]] = min(best.get(r["mixer"], float("inf")), r["median_s"])
+        base = best.get("softmax")
+        for name, t in best.items():
+            rel = f", {t / base:.2f}x softmax" if base else ""
+            out[name] = f"{t * 1e3:.2f} ms{rel} (causal fwd, T={SPEED_T}, run {run})"
+        side = round(SPEED_T**0.5)
+        grid: dict[str, float] = {}
+        for r in store.speed([run], pattern="noncausal-self", mode="fwd", seq_len=side * side):
+            if r["mixer"] not in out:
+                grid[r["mixer"]] = min(grid.get(r["mixer"], float("inf")), r["median_s"])
+        for name, t in grid.items():
+            out[name] = f"{t * 1e3:.2f} ms (fwd, {side}x{side} grid, run {run})"
+    peer_run = store.latest_run_id("peers")
+    if peer_run is not None:
+        largest: dict[str, dict] = {}
+        for r in store.peers([peer_run]):
+            if r["ok"] and r["n"] >= largest.get(r["mechanism"], {"n": -1})["n"]:
+                largest[r["mechanism"]] = r
+        for name, r in largest.items():
+            vs = (
+                f"{r['ratio']:.2f}x {r['peer'].split(' ')[0]} speed at {r['size']} (run {peer_run})"
+            )
+            out[name] = f"{out[name]}; {vs}" if name in out else vs
     return out
 
 
@@ -62,7 +83,7 @@ def feature_table(speed: dict[str, str] | None = None) -> str:
         cells = [
             f"`{s.name}`", s.family, str(s.dims), *marks, ", ".join(s.masks), s.state,
             "yes" if s.exact else "no", s.peer,
-            speed.get(s.name, "not measured yet" if "causal-self" in s.patterns else "- (no causal-self)"),
+            speed.get(s.name, "not measured yet"),
             f"[{s.paper.year}]({s.paper.url})",
         ]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")

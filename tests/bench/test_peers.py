@@ -60,13 +60,17 @@ def test_compare_rejects_shape_mismatch() -> None:
         P.compare(torch.zeros(2), torch.zeros(3))
 
 
-@pytest.mark.parametrize("name", ["linear/fla-naive-chunk", "lightning/fla-naive-chunk-simple-gla",
-                                  "gla/fla-naive-recurrent"])  # fmt: skip
-def test_registered_linear_cases_agree_with_fla(name: str) -> None:
-    case = P.get_cases([name])[0]
-    assert case.missing() == []  # fla-core is a pinned test dependency
-    pair = case.build(192, torch.Generator().manual_seed(0))  # fla's naive chunk needs T % 64 == 0
-    _, rel = P.compare(pair.ours(), pair.peer())
+P._load_cases()
+
+
+@pytest.mark.parametrize("name", sorted(P.CASES))
+def test_every_registered_case_agrees_with_its_peer(name: str) -> None:
+    """At each case's small smoke size: the peer package is installed (pinned test dependency),
+    and ours equals it within the case's tolerance, in the layout the case compares."""
+    case = P.CASES[name]
+    assert case.missing() == []
+    pair = case.build(case.smoke_size, torch.Generator().manual_seed(0))
+    _, rel = P.compare(*pair.outputs())
     assert rel <= case.rtol
 
 
@@ -107,6 +111,9 @@ def test_v1_store_migrates_to_latest_keeping_rows(tmp_path: Path) -> None:
         "VALUES ('speed', 'complete', now(), '{}', '{}')"
     )
     con.close()
+    reader = Store(path, read_only=True)  # a reader (report, make readme) does not migrate
+    assert [r["kind"] for r in reader.runs()] == ["speed"] and reader.peers() == []
+    assert reader.schema_version == 1
     store = Store(path)
     assert store.schema_version == LATEST >= 2
     assert [r["kind"] for r in store.runs()] == ["speed"]

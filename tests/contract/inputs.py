@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 import attnzoo as az
 
 D_MODEL = 32
 T, S = 7, 5
+# grids tried in order for 2-D mixers; a mixer may reject a grid with a ValueError naming the
+# constraint (tests/contract/test_contract_2d.py checks that), so inputs use the first it accepts
+GRIDS_2D = ((T, T + 2), (8, 8), (16, 16), (32, 32))
+
+
+@functools.cache
+def grid_for(name: str, d_model: int = D_MODEL) -> tuple[int, int]:
+    """The first grid ``(h, w)`` of ``GRIDS_2D`` that the 2-D mixer ``name`` accepts."""
+    errors = []
+    with torch.no_grad(), torch.random.fork_rng():
+        m = az.build_mixer(name, d_model=d_model)
+        for h, w in GRIDS_2D:
+            try:
+                m(torch.randn(2, h, w, d_model))
+            except ValueError as e:
+                errors.append(f"{h}x{w}: {e}")
+                continue
+            return h, w
+    raise AssertionError(f"{name} rejects every grid in {GRIDS_2D}: {errors}")
 
 
 def make_x(
@@ -15,7 +36,8 @@ def make_x(
 ) -> torch.Tensor:
     if spec.dims == 1:
         return torch.randn(batch, length, d_model)
-    return torch.randn(batch, length, length + 2, d_model)
+    h, w = grid_for(spec.name, d_model) if length == T else (length, length + 2)
+    return torch.randn(batch, h, w, d_model)
 
 
 def make_context(

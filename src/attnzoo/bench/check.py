@@ -99,17 +99,24 @@ def check_mixer(
 ) -> list[CheckResult]:
     """Gate every path of a mixer on every supported pattern (fp32, forward and backward).
 
-    Each fast ``impl`` is compared with ``impl="reference"`` (same weights, same inputs). The
-    reference itself (or the single path of a mixer without ``impl``, recorded as ``default``)
-    gets a shape and finiteness check; its correctness is the job of its unit and peer tests.
+    Each fast ``impl`` is compared with ``impl="reference"`` (or, for a mixer whose ``impl``
+    choices have no ``reference``, the first explicit one) on the same weights and inputs: each
+    output and gradient tensor must satisfy ``max|got - want| <= atol + rtol * max|want|``
+    (gradients of parameters are sums over every token, so an elementwise relative test would
+    flag fp32 re-association in a differently ordered but exact path). The base path itself (or
+    the single path of a mixer without ``impl``, recorded as ``default``) gets a shape and
+    finiteness check; its correctness is the job of its unit and peer tests.
     """
     choices = impl_choices(spec)
+    explicit = [c for c in choices if c != "auto"]
     results: list[CheckResult] = []
     for pattern in spec.patterns:
         causal = pattern.startswith("causal")
         x, ctx = _make_inputs(spec, d_model, length, pattern)
-        base_impl = "reference" if "reference" in choices else "default"
-        kwargs = {"impl": "reference"} if choices else {}
+        base_impl = (
+            "reference" if "reference" in choices else (explicit[0] if explicit else "default")
+        )
+        kwargs = {"impl": base_impl} if explicit else {}
         try:
             ref = build_mixer(spec.name, d_model=d_model, causal=causal, **kwargs)
             want = _fwd_bwd(ref, x, ctx)
@@ -120,7 +127,7 @@ def check_mixer(
         if spec.state != "none" and pattern == "causal-self":
             results.append(_check_step(spec, ref, x, want[0], atol, rtol))
         for impl in choices:
-            if impl in ("reference", "auto"):
+            if impl in (base_impl, "auto"):
                 continue
             try:
                 m = build_mixer(spec.name, d_model=d_model, causal=causal, impl=impl)
@@ -134,7 +141,10 @@ def check_mixer(
                 for a, b in zip(got, want, strict=True)
             )
             ok = all(
-                torch.allclose(a, b, atol=atol, rtol=rtol) for a, b in zip(got, want, strict=True)
+                float((a - b).abs().max()) <= atol + rtol * float(b.abs().max())
+                if b.numel()
+                else True
+                for a, b in zip(got, want, strict=True)
             )
             results.append(CheckResult(spec.name, impl, pattern, err, ok))
     return results

@@ -75,9 +75,10 @@ def _gla(T: int, g: torch.Generator) -> PeerPair:
 
 SEQ = (2048, 8192, 32768)
 register_case(PeerCase("linear/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn", FLA,
-                       _linear, SEQ, (2048, 8192)))  # fmt: skip
+                       _linear, SEQ, (2048, 8192), smoke_size=192))  # fmt: skip
 register_case(PeerCase("lightning/fla-naive-chunk-simple-gla", "lightning",
-                       "fla naive_chunk_simple_gla", FLA, _lightning, SEQ, (2048, 8192)))  # fmt: skip
+                       "fla naive_chunk_simple_gla", FLA, _lightning, SEQ, (2048, 8192),
+                       smoke_size=192))  # fmt: skip
 register_case(PeerCase("gla/fla-naive-recurrent", "gla", "fla naive_recurrent_gla", FLA, _gla,
                        (2048, 8192), (2048,), rtol=1e-3,
-                       notes="peer is a token loop (fla has no naive chunked GLA)"))  # fmt: skip
+                       notes="peer is a token loop (fla has no naive chunked GLA)", smoke_size=100))  # fmt: skip

@@ -35,14 +35,19 @@ from attnzoo.store import Store
 class PeerPair:
     """Two zero-argument callables computing the same output, and what ours costs.
 
-    ``ours``/``peer`` return the output tensor (a peer's extra outputs already dropped);
+    ``ours``/``peer`` are what is timed, each on its own native layout; ``check`` returns the
+    two outputs in one layout for the equality check (default: ``(ours(), peer())``);
     ``flops`` counts the multiply-adds (x2) our path performs; ``size`` labels the shape.
     """
 
-    ours: Callable[[], torch.Tensor]
-    peer: Callable[[], torch.Tensor]
+    ours: Callable[[], Any]
+    peer: Callable[[], Any]
     flops: int
     size: str
+    check: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.check() if self.check is not None else (self.ours(), self.peer())
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class PeerCase:
     quick_sizes: tuple[int, ...]
     rtol: float = 1e-4  # allowed max |ours - peer| / max |peer|
     notes: str = ""
+    smoke_size: int = 64  # a small size the tests build every case at
 
     def missing(self) -> list[str]:
         return [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -90,7 +96,7 @@ def get_cases(names: Sequence[str] | None) -> list[PeerCase]:
 
 
 def _load_cases() -> None:
-    from attnzoo.bench import peer_cases  # noqa: F401  (registers the cases)
+    from attnzoo.bench import peer_cases, peer_cases_vision  # noqa: F401  (registers the cases)
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ def compare(ours: torch.Tensor, peer: torch.Tensor) -> tuple[float, float]:
     """(max abs difference, that difference relative to max |peer|)."""
     if ours.shape != peer.shape:
         raise ValueError(f"ours has shape {tuple(ours.shape)}, the peer {tuple(peer.shape)}")
+    ours, peer = ours.detach(), peer.detach()
     diff = float((ours.double() - peer.double()).abs().max()) if ours.numel() else 0.0
     scale = float(peer.double().abs().max()) if peer.numel() else 0.0
     return diff, diff / scale if scale > 0 else diff
@@ -188,7 +195,7 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan, gemm
         return
     try:
         pair = case.build(n, torch.Generator().manual_seed(n))
-        diff, rel = compare(pair.ours(), pair.peer())
+        diff, rel = compare(*pair.outputs())
     except Exception as e:  # a broken case is recorded, the run goes on
         _skip(store, run_id, case, n, "failed", f"{type(e).__name__}: {e}")
         return

@@ -72,6 +72,9 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         self.wait = wait
+        self._missing: set[str] = (
+            set()
+        )  # tables of newer schemas, absent from an old read-only store
         if self.path.is_dir():
             raise StoreError(
                 f"--db {self.path} is a directory; give a file path such as {self.path / DEFAULT_DB}"
@@ -154,10 +157,9 @@ class Store:
             )
         if version == LATEST:
             return
-        if self.read_only:
-            raise StoreError(
-                f"--db {self.path} has schema v{version} and needs migrating; open it for writing once"
-            )
+        if self.read_only:  # readers see the old tables; tables added since read as empty
+            self._missing = {t for v, _, sql in MIGRATIONS if v > version for t in _created(sql)}
+            return
         con.execute("BEGIN TRANSACTION")
         try:
             for v, _, statements in MIGRATIONS:
@@ -289,6 +291,8 @@ class Store:
     def _table(
         self, table: str, run_ids: Sequence[int] | None, filters: dict[str, Any]
     ) -> list[dict[str, Any]]:
+        if table in self._missing:
+            return []
         where, params = [], []
         if run_ids is not None:
             if not run_ids:
@@ -316,6 +320,16 @@ class Store:
 
     def checks(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         return self._table("checks", run_ids, {})
+
+
+def _created(statements: Sequence[str]) -> list[str]:
+    """Table names a migration's statements create."""
+    out = []
+    for sql in statements:
+        words = sql.split()
+        if words[:2] == ["CREATE", "TABLE"]:
+            out.append(words[2])
+    return out
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,3 +1,16 @@
 """2-D mixers on channels-last ``[B, h, w, C]``. Importing a module registers its mixer."""
 
-from attnzoo.mixers.vision import l2vit, vig  # noqa: F401
+from attnzoo.mixers.vision import (  # noqa: F401
+    area,
+    davit,
+    ffnified,
+    gpsa,
+    halo,
+    l2vit,
+    lka,
+    moat,
+    outlook,
+    svga,
+    tnt,
+    vig,
+)

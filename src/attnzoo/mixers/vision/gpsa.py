@@ -1,0 +1,240 @@
+"""ConViT gated positional self-attention (V-GPSA), with ConViT's local initialisation.
+
+d'Ascoli et al., "ConViT: Improving Vision Transformers with Soft Convolutional Inductive
+Biases", 2021. https://arxiv.org/abs/2103.10697  Code: https://github.com/facebookresearch/convit
+(``convit.py``: ``GPSA``). The peer tests compare against timm's ``timm.models.convit.GPSA``.
+
+On channels-last ``x [B, h, w, C]``, tokens flattened row-major (``N = h*w``, token
+``n = r*w + c``), per head ``h`` (``C = H * d``):
+
+1. Content attention ``P_h = softmax(q k^T d**-0.5)`` with ``q, k = x W_qk`` (one linear).
+2. Positional attention ``Q_h = softmax_m(p_h . r_nm)``, where ``r_nm = (dx, dy, dx² + dy²)``
+   with ``dx = c_m - c_n``, ``dy = r_m - r_n`` (key minus query; ``p_h`` is row ``h`` of
+   ``pos_proj``, 3 features to one logit per head). Defined for any ``h x w``: ConViT/timm build ``r`` for
+   square grids only (``int(sqrt(N))``), this mixer uses the true grid, and equals timm on
+   square grids.
+3. ``A_h = (1 - sigmoid(lambda_h)) P_h + sigmoid(lambda_h) Q_h``; ``o = proj(concat_h A_h v_h)``
+   with ``v = x W_v``.
+
+ConViT renormalises ``A_h`` by its row sums; those are ``(1 - s) + s = 1`` exactly, so this
+mixer skips the division (the results differ by rounding only). ``P_h v`` runs as fused SDPA
+(no ``N x N`` content matrix); ``Q_h`` does not depend on the batch and is computed once per
+call. ``pos_proj`` has no bias here: a per-head constant added to every logit of a softmax row
+changes nothing (timm's ``pos_proj.bias`` is dropped by :func:`load_timm_weights`).
+Entries of ``Q_h`` below ``finfo.tiny`` (subnormals, far keys of a local head) are set to 0:
+subnormal operands slow the ``Q_h v`` matmul by ~10x on x86 CPUs.
+
+Initialisation follows ConViT: ``trunc_normal_(std=0.02)`` linear weights (cut at +-2, as there), zero biases, gates
+``lambda = 1``, and ``local_init``: ``W_v = I`` and, for the first ``k²`` heads
+(``k = int(sqrt(H))``), ``pos_proj`` rows ``alpha * (2 dx_h, 2 dy_h, -1)`` over (dx, dy, d²),
+i.e. logits ``-alpha |(dx, dy) - (dx_h, dy_h)|²`` + const: head ``h1 + k*h2`` attends around
+offset ``dx_h = h2 - c``, ``dy_h = h1 - c`` of a ``k x k`` kernel centred on the query
+(``alpha = locality_strength``); other heads keep the truncated-normal rows.
+Left out: dropout (0 in ConViT) and the block around the mixer (norms, MLP, class token).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers.base import Mixer
+from attnzoo.mixers.common import default_heads
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import Paper, register_mixer
+
+PAPER = Paper(
+    title="ConViT: Improving Vision Transformers with Soft Convolutional Inductive Biases",
+    year=2021,
+    url="https://arxiv.org/abs/2103.10697",
+    code="https://github.com/facebookresearch/convit",
+)
+
+HEAD_WIDTH = 48  # ConViT's head width (4, 9, 16 heads at C = 192, 432, 768)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPSAConfig(MixerConfig):
+    """ConViT GPSA mixer. ``d_model`` is the channel count C.
+
+    Attributes:
+        num_heads: heads; ``None`` means head width 48 (ConViT's) when 48 divides C, else
+            :func:`~attnzoo.mixers.common.default_heads`. The local init places
+            ``int(sqrt(H))²`` heads on a kernel, so square counts (1, 4, 9, 16) use them all.
+        qkv_bias: bias on the q/k and v projections (ConViT: off).
+        locality_strength: ``alpha``, the sharpness of the initial positional attention.
+        local_init: apply ConViT's local initialisation (``W_v = I``, kernel offsets).
+    """
+
+    num_heads: int | None = None
+    qkv_bias: bool = False
+    locality_strength: float = 1.0
+    local_init: bool = True
+
+    def validate(self) -> None:
+        owner = self._owner()
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
+        if self.d_model % self.heads != 0:
+            raise ValueError(
+                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
+            )
+        if not 0 < self.locality_strength < float("inf"):
+            raise ValueError(
+                f"{owner}: locality_strength must be a finite float > 0, "
+                f"got {self.locality_strength}"
+            )
+
+    @property
+    def heads(self) -> int:
+        if self.num_heads is not None:
+            return self.num_heads
+        C = self.d_model
+        return C // HEAD_WIDTH if C % HEAD_WIDTH == 0 else default_heads(C)
+
+    @property
+    def dim_head(self) -> int:
+        return self.d_model // self.heads
+
+
+def gpsa_flops(cfg: GPSAConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
+    """``T = h*w``: q/k, v and output projections, content attention (``q k^T`` and ``P v``),
+    positional ``Q v`` and the positional logits (softmaxes and the gate mix not counted)."""
+    C, H = cfg.d_model, cfg.heads
+    proj = 2 * batch * T * 4 * C * C
+    return proj + 2 * 3 * batch * T * T * C + 2 * H * T * T * 3
+
+
+def relative_offsets(h: int, w: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``r[:, n, m] = (dx, dy, dx² + dy²)`` between query ``n`` and key ``m`` (key minus query)
+    of a row-major ``h x w`` grid. Shapes: -> ``[3, h*w, h*w]``."""
+    rows = torch.arange(h, device=device, dtype=dtype).repeat_interleave(w)  # [N]
+    cols = torch.arange(w, device=device, dtype=dtype).repeat(h)  # [N]
+    dy = rows[None, :] - rows[:, None]  # [N, N]
+    dx = cols[None, :] - cols[:, None]
+    return torch.stack([dx, dy, dx * dx + dy * dy])
+
+
+def local_init_rows(heads: int, strength: float) -> tuple[int, Tensor]:
+    """ConViT's kernel rows of ``pos_proj``: ``(k², rows [k², 3])`` with ``k = int(sqrt(H))``;
+    head ``h1 + k*h2`` gets ``strength * (2 (h2 - c), 2 (h1 - c), -1)``, ``c`` the centre."""
+    k = int(heads**0.5)
+    center = (k - 1) / 2 if k % 2 == 0 else k // 2
+    rows = torch.empty(k * k, 3)
+    for h1 in range(k):
+        for h2 in range(k):
+            rows[h1 + k * h2] = torch.tensor([2.0 * (h2 - center), 2.0 * (h1 - center), -1.0])
+    return k * k, rows * strength
+
+
+@register_mixer(
+    "gpsa",
+    config=GPSAConfig,
+    family="hybrid",
+    dims=2,
+    patterns=("noncausal-self",),
+    masks=("full",),
+    state="none",
+    exact=False,
+    complexity="O((h·w)²·C) time; O(H·(h·w)²) memory for the positional attention",
+    paper=PAPER,
+    peer="timm.models.convit.GPSA (square grids) + naive pairwise formulation (tests)",
+    flops=gpsa_flops,
+)
+class GPSAMixer(Mixer):
+    cfg: GPSAConfig
+
+    def __init__(self, cfg: GPSAConfig) -> None:
+        super().__init__(cfg)
+        C, H = cfg.d_model, cfg.heads
+        self.qk = nn.Linear(C, 2 * C, bias=cfg.qkv_bias)
+        self.v = nn.Linear(C, C, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(C, C)
+        self.pos_proj = nn.Linear(3, H, bias=False)
+        self.gating_param = nn.Parameter(torch.ones(H))
+        self._offsets: tuple[tuple, Tensor] | None = None  # one-entry cache of r
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """ConViT's init: truncated normal (std 0.02), zero biases, then ``local_init``."""
+        for lin in (self.qk, self.v, self.proj, self.pos_proj):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+        self.gating_param.fill_(1.0)
+        if self.cfg.local_init:
+            self.v.weight.copy_(torch.eye(self.cfg.d_model))
+            n, rows = local_init_rows(self.cfg.heads, self.cfg.locality_strength)
+            self.pos_proj.weight[:n] = rows
+
+    def offsets(self, h: int, w: int, like: Tensor) -> Tensor:
+        """Cached :func:`relative_offsets` for the current grid, device and dtype."""
+        key = (h, w, like.device, like.dtype)
+        if self._offsets is None or self._offsets[0] != key:
+            r = relative_offsets(h, w, device=like.device, dtype=like.dtype)
+            self._offsets = (key, r)
+        return self._offsets[1]
+
+    def positional_attention(self, h: int, w: int) -> Tensor:
+        """``Q`` of every head. Shapes: -> ``[H, h*w, h*w]``."""
+        weight = self.pos_proj.weight  # [H, 3]
+        r = self.offsets(h, w, weight)  # [3, N, N]
+        p = (weight @ r.flatten(1)).view(-1, *r.shape[1:]).softmax(-1)  # [H, N, N]
+        # far keys of a local head get subnormal weights, which make the matmul with v crawl
+        # on x86; zero them (a change below finfo.tiny, far below rounding of the row sum)
+        return p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
+    ) -> Tensor:
+        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
+        self.pattern_of(context)
+        self.check_input(x)
+        self.check_mask(mask)
+        B, h, w, C = x.shape
+        H = self.cfg.heads
+        tokens = x.reshape(B, h * w, C)  # [B, N, C], row-major tokens
+        q, k = rearrange(self.qk(tokens), "b n (two h d) -> two b h n d", two=2, h=H)
+        v = self.v(tokens)  # [B, N, C]
+        content = F.scaled_dot_product_attention(
+            q, k, rearrange(v, "b n (h d) -> b h n d", h=H)
+        )  # [B, H, N, d]
+        v_heads = rearrange(v, "b n (h d) -> h n (b d)", h=H)  # batch folded into columns
+        pos = torch.bmm(self.positional_attention(h, w), v_heads)  # [H, N, B*d]
+        pos = rearrange(pos, "h n (b d) -> b h n d", b=B)
+        gate = torch.sigmoid(self.gating_param)[:, None, None]  # [H, 1, 1]
+        o = torch.lerp(content, pos, gate)  # (1 - s) content + s positional [B, H, N, d]
+        y = self.proj(rearrange(o, "b h n d -> b n (h d)"))  # [B, N, C]
+        return y.view(B, h, w, C)
+
+
+def load_timm_weights(mixer: GPSAMixer, timm_module: nn.Module) -> None:
+    """Copy a timm ``convit.GPSA`` into ``mixer``. Same names and layouts (``qk.weight [2C, C]``
+    rows ordered q/k, head, channel; ``v``; ``proj``; ``pos_proj.weight [H, 3]`` over
+    (dx, dy, d²); ``gating_param [H]``), except ``pos_proj.bias [H]``, which is dropped (it
+    cannot change a softmax row). Raises ``ValueError`` on missing, extra or mis-shaped entries."""
+    theirs = dict(timm_module.state_dict())
+    bias = theirs.pop("pos_proj.bias", None)
+    if bias is not None and bias.shape != (mixer.cfg.heads,):
+        raise ValueError(
+            f"gpsa: timm 'pos_proj.bias' has shape {tuple(bias.shape)}, "
+            f"expected ({mixer.cfg.heads},)"
+        )
+    ours = mixer.state_dict()
+    if set(ours) != set(theirs):
+        raise ValueError(
+            f"gpsa: timm state_dict keys {sorted(theirs)} do not match ours {sorted(ours)} "
+            "(check qkv_bias)"
+        )
+    for key, t in theirs.items():
+        if ours[key].shape != t.shape:
+            raise ValueError(
+                f"gpsa: timm '{key}' has shape {tuple(t.shape)}, ours {tuple(ours[key].shape)}"
+            )
+    mixer.load_state_dict(theirs)

@@ -1,0 +1,225 @@
+"""VOLO outlook attention (V-OUTLOOK): k x k aggregation weights generated from the centre token.
+
+Yuan et al., "VOLO: Vision Outlooker for Visual Recognition", 2021.
+https://arxiv.org/abs/2106.13112  Code: https://github.com/sail-sg/volo
+(``models/volo.py``: ``OutlookAttention``, ``Outlooker``). The peer test compares against timm's
+port, ``timm.models.volo.OutlookAttention``.
+
+On channels-last ``x [B, h, w, C]`` with kernel ``k`` (odd), padding ``p = k // 2``, stride
+``s`` and ``n`` heads of width ``d = C / n``:
+
+1. ``v = x W_v (+ b_v)`` per pixel (bias off by default, VOLO's ``qkv_bias=False``).
+2. Centre tokens: ``c = AvgPool_s(x)`` on the ``h' x w' = ceil(h/s) x ceil(w/s)`` grid (as
+   timm/VOLO: ``ceil_mode=True``, so an edge window that sticks out of the image averages only
+   its in-image pixels); ``c = x`` when ``s = 1``.
+3. Outlook weights straight from the centre token, no query-key product:
+   ``A = softmax_j(scale * (c W_a + b_a))`` reshaped to ``[n, k², k²]`` (output offset ``i``,
+   input offset ``j``, both ``(ky, kx)`` row-major) with ``scale = d**-0.5``.
+4. For each pooled position ``(y, x)`` the ``k x k`` window of ``v`` whose top-left corner is
+   ``(y*s - p, x*s - p)`` (zero outside the image) is mixed, ``o_i = sum_j A_ij v_j`` per head,
+   and the ``k²`` results are scattered back to their window pixels and summed where windows
+   overlap (``F.fold``); pixels outside the image are dropped.
+5. ``y = o W_o + b_o``.
+
+The unfold / fold work on the channels-last tensor (windows via ``Tensor.unfold``, the fold as
+one ``index_add_`` onto the padded grid), with no im2col/col2im round trip through
+channels-first layout, a few samples at a time; the short softmax is written out
+(:func:`softmax_last`).
+
+Any ``h, w`` work, with the same pooled grid as timm: for odd ``k`` and ``p = k // 2`` the
+unfolded window count ``floor((h + 2p - k)/s) + 1`` equals ``ceil(h/s)``. ``stride`` is capped at
+``kernel_size`` (larger strides leave pixels in no window).
+
+:func:`load_timm_weights` copies ``v``, ``attn``, ``proj`` one to one (same layouts). Left out:
+attention / projection dropout (0 in VOLO), and the block around the mixer (norms, MLP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from attnzoo.config import MixerConfig
+from attnzoo.mixers.base import Mixer
+from attnzoo.mixers.common import default_heads
+from attnzoo.ops.masks import Mask
+from attnzoo.registry import Paper, register_mixer
+
+PAPER = Paper(
+    title="VOLO: Vision Outlooker for Visual Recognition",
+    year=2021,
+    url="https://arxiv.org/abs/2106.13112",
+    code="https://github.com/sail-sg/volo",
+)
+
+
+CHUNK_ELEMENTS = 1 << 21  # window elements (k² x the values) per chunk of samples: 8 MB fp32
+
+
+@dataclasses.dataclass(frozen=True)
+class OutlookConfig(MixerConfig):
+    """Outlook attention. ``d_model`` is the channel count C.
+
+    Attributes:
+        num_heads: heads; ``None`` means :func:`~attnzoo.mixers.common.default_heads`
+            (VOLO-D1 uses 6 heads at C=192).
+        kernel_size: window side ``k`` (VOLO: 3); odd, padding is ``k // 2``.
+        stride: pooling stride of the centre tokens (VOLO's outlookers: 2); 1 <= stride <= k.
+        qkv_bias: bias on the value projection (VOLO default: off).
+    """
+
+    num_heads: int | None = None
+    kernel_size: int = 3
+    stride: int = 2
+    qkv_bias: bool = False
+
+    def validate(self) -> None:
+        owner = self._owner()
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
+        if self.d_model % self.heads != 0:
+            raise ValueError(
+                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
+            )
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(
+                f"{owner}: kernel_size must be a positive odd int (padding k // 2 centres the "
+                f"window), got {self.kernel_size}"
+            )
+        if not 1 <= self.stride <= self.kernel_size:
+            raise ValueError(
+                f"{owner}: stride must be in [1, kernel_size={self.kernel_size}] (a larger "
+                f"stride leaves pixels in no window), got {self.stride}"
+            )
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
+
+
+def outlook_flops(cfg: OutlookConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
+    """``T = h*w`` pixels, ``ceil(T / s²)`` pooled positions (exact when ``s`` divides ``h`` and
+    ``w``): value and output projections, the weight linear (``n k⁴`` outputs) and the
+    ``k² x k²`` mixing per pooled position and head (pooling, softmax and fold sums not
+    counted)."""
+    C, n, k2 = cfg.d_model, cfg.heads, cfg.kernel_size**2
+    P = -(-T // cfg.stride**2)
+    proj = 2 * batch * T * C * C * 2
+    weights = 2 * batch * P * C * n * k2 * k2
+    mix = 2 * batch * P * k2 * k2 * C
+    return proj + weights + mix
+
+
+@register_mixer(
+    "outlook",
+    config=OutlookConfig,
+    family="conv",
+    dims=2,
+    patterns=("noncausal-self",),
+    masks=("full",),
+    state="none",
+    exact=False,
+    complexity="O(h·w·(C² + n·k⁴·C/s² + k⁴·C/s²)) time with kernel k, stride s, n heads",
+    paper=PAPER,
+    peer="timm.models.volo.OutlookAttention (weights copied; odd and even grids, strides 1-5)",
+    flops=outlook_flops,
+)
+class OutlookMixer(Mixer):
+    cfg: OutlookConfig
+
+    def __init__(self, cfg: OutlookConfig) -> None:
+        super().__init__(cfg)
+        C, n, k = cfg.d_model, cfg.heads, cfg.kernel_size
+        self.scale = (C // n) ** -0.5
+        self.v = nn.Linear(C, C, bias=cfg.qkv_bias)
+        self.attn = nn.Linear(C, n * k**4)
+        self.proj = nn.Linear(C, C)
+
+    def weights(self, x: Tensor) -> Tensor:
+        """Outlook weights. Shapes: x ``[B, h, w, C]`` -> ``[B, h', w', n, k², k²]``."""
+        s, k = self.cfg.stride, self.cfg.kernel_size
+        if s > 1:
+            x = F.avg_pool2d(rearrange(x, "B h w C -> B C h w"), s, s, ceil_mode=True)
+            x = rearrange(x, "B C h w -> B h w C")  # [B, h', w', C]
+        a = rearrange(self.attn(x), "B h w (n i j) -> B h w n i j", n=self.cfg.heads, i=k * k)
+        return softmax_last(a, self.scale)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
+    ) -> Tensor:
+        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
+        self.pattern_of(context)
+        self.check_input(x)
+        self.check_mask(mask)
+        n, k, s = self.cfg.heads, self.cfg.kernel_size, self.cfg.stride
+        B, H, W, C = x.shape
+        p = k // 2
+        h, w = math.ceil(H / s), math.ceil(W / s)  # pooled grid = number of windows
+        a = self.weights(x)  # [B, h, w, n, k², k²]
+        v = F.pad(self.v(x), (0, 0, p, p, p, p))  # [B, H + 2p, W + 2p, C]
+        # fold target: window (y, x), offset (iy, ix) -> padded pixel (y*s + iy, x*s + ix)
+        Hp, Wp = H + 2 * p, W + 2 * p
+        out = x.new_zeros(B, Hp, Wp, C)
+        # a few samples at a time: the k² x larger windows stay small enough to be reused
+        # from the allocator (and cache) instead of being page-faulted in on every call
+        step = min(B, max(1, CHUNK_ELEMENTS // (h * w * k * k * C)))
+        target = fold_index(h, w, k, s, Wp, x.device)  # [h*w*k²] pixel of one sample
+        target = (torch.arange(step, device=x.device)[:, None] * Hp * Wp + target).flatten()
+        for b0 in range(0, B, step):
+            nb = min(step, B - b0)
+            vw = v[b0 : b0 + nb].unfold(1, k, s).unfold(2, k, s)  # [b, h, w, C, ky, kx] view
+            vw = rearrange(vw, "b h w (n d) ky kx -> b h w n (ky kx) d", n=n)
+            o = a[b0 : b0 + nb] @ vw  # [b, h, w, n, k², d]: window output offset i
+            o = rearrange(o, "b h w n i d -> (b h w i) (n d)")
+            # fold: one scatter-add of every window output onto its (padded) pixel
+            out[b0 : b0 + nb].view(-1, C).index_add_(0, target[: o.shape[0]], o)
+        return self.proj(out[:, p : p + H, p : p + W])  # [B, H, W, C]
+
+
+def fold_index(h: int, w: int, k: int, s: int, row: int, device: torch.device) -> Tensor:
+    """Flat pixel ``(y*s + iy) * row + x*s + ix`` of window ``(y, x)``'s offset ``(iy, ix)`` on
+    the padded grid of row length ``row``, ordered ``(y, x, iy, ix)``. Shape ``[h*w*k²]``."""
+    ar = functools.partial(torch.arange, device=device)
+    ys = (ar(h) * s)[:, None, None, None] + ar(k)[None, None, :, None]  # [h, 1, k, 1]
+    xs = (ar(w) * s)[None, :, None, None] + ar(k)[None, None, None, :]  # [1, w, 1, k]
+    return (ys * row + xs).flatten()
+
+
+def softmax_last(a: Tensor, scale: float) -> Tensor:
+    """``softmax(scale * a)`` over the last dim (size ``k²``). Written out: for rows this short
+    ``F.softmax`` spends most of its time per row (about 10x slower here). The max is detached:
+    softmax does not depend on the shift."""
+    e = (a - a.detach().amax(-1, keepdim=True)).mul_(scale).exp_()
+    return e / e.sum(-1, keepdim=True)
+
+
+def load_timm_weights(mixer: OutlookMixer, timm_module: nn.Module) -> None:
+    """Copy a ``timm.models.volo.OutlookAttention`` into ``mixer``: ``v``, ``attn`` and ``proj``
+    map one to one (same ``(head, i, j)`` weight layout). Raises ``ValueError`` on any mismatch
+    (shapes, ``padding != kernel_size // 2``, stride or head count)."""
+    cfg = mixer.cfg
+    C, n, k = cfg.d_model, cfg.heads, cfg.kernel_size
+    got_geom = tuple(getattr(timm_module, a, None) for a in ("num_heads", "kernel_size"))
+    got_geom += tuple(getattr(timm_module, a, None) for a in ("padding", "stride"))
+    want_geom = (n, k, k // 2, cfg.stride)
+    if got_geom != want_geom:
+        raise ValueError(
+            "outlook.load_timm_weights: timm module has (num_heads, kernel_size, padding, "
+            f"stride)={got_geom}, the mixer needs {want_geom}"
+        )
+    sd = timm_module.state_dict()
+    ours = mixer.state_dict()
+    got = {key: tuple(t.shape) for key, t in sd.items()}
+    want = {key: tuple(t.shape) for key, t in ours.items()}
+    if got != want:
+        raise ValueError(
+            f"outlook.load_timm_weights: the timm module's state_dict {got} does not match the "
+            f"mixer's (d_model={C}, heads={n}, kernel_size={k}, qkv_bias={cfg.qkv_bias}): {want}"
+        )
+    mixer.load_state_dict(sd)

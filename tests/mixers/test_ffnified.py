@@ -1,0 +1,224 @@
+"""ffnified mixer (FFNet's FFNified attention): the unfused mixer against a written-out formulation
+(1x1 projection as an einsum, BatchNorm by hand, depthwise convolutions as sums of shifted
+copies, GELU from erf), forward and backward, eval and train mode; ``fuse()`` leaves eval-mode
+outputs unchanged; locality; FLOPs; config / input errors.
+
+The by-hand code follows ``Token_Mixer`` of the official repository
+(https://github.com/ysj9909/FFNet, ``models/ffnet.py``): ``conv2(act(conv1(fc(x))))`` with
+``fc = Conv2d_BN(C, C)`` and each ``conv`` either ``RepVGGDW`` (``BN(DW7x7) + BN(DW3x3)``) or a
+plain biased depthwise convolution. Tensors are channels-last, float32 (PyTorch's float64
+depthwise convolution on channels-last tensors takes a slow per-group path).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import attnzoo as az
+
+
+def bn_by_hand(t: torch.Tensor, bn: torch.nn.Module, batch_stats: bool) -> torch.Tensor:
+    """BatchNorm on the last axis: running statistics, or (train mode) the biased batch
+    statistics over every other axis."""
+    if batch_stats:
+        dims = tuple(range(t.dim() - 1))
+        mean, var = t.mean(dims), t.var(dims, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    return (t - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+
+
+def depthwise_by_hand(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Same-size zero-padded depthwise conv as a sum of shifted copies. v ``[B, h, w, C]``,
+    weight ``[C, 1, k, k]``."""
+    B, h, w, C = v.shape
+    k = weight.shape[-1]
+    p = k // 2
+    padded = torch.zeros(B, h + 2 * p, w + 2 * p, C, dtype=v.dtype)
+    padded[:, p : p + h, p : p + w] = v
+    out = torch.zeros_like(v)
+    for a in range(k):
+        for b in range(k):
+            out = out + padded[:, a : a + h, b : b + w] * weight[:, 0, a, b]
+    return out
+
+
+def rep_by_hand(conv: torch.nn.Module, t: torch.Tensor, batch_stats: bool) -> torch.Tensor:
+    if conv.bn is None:
+        return depthwise_by_hand(t, conv.conv.weight) + conv.conv.bias
+    big = bn_by_hand(depthwise_by_hand(t, conv.conv.weight), conv.bn, batch_stats)
+    small = bn_by_hand(depthwise_by_hand(t, conv.conv_small.weight), conv.bn_small, batch_stats)
+    return big + small
+
+
+def mixer_by_hand(m: az.Mixer, x: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+    q = bn_by_hand(torch.einsum("bhwi,oi->bhwo", x, m.fc.weight), m.fc_bn, batch_stats)
+    a = rep_by_hand(m.conv1, q, batch_stats)
+    if m.cfg.activation == "gelu":
+        a = 0.5 * a * (1 + torch.erf(a / math.sqrt(2.0)))
+    else:
+        a = a.clamp(min=0)
+    return rep_by_hand(m.conv2, a, batch_stats)
+
+
+def randomise(m: az.Mixer) -> az.Mixer:
+    """Weights of order one, BatchNorms away from their init, eval mode."""
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0, 0.3)
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.running_mean.normal_(0.0, 0.3)
+                bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+def check(m: az.Mixer, x: torch.Tensor, batch_stats: bool = False) -> None:
+    x = x.clone().requires_grad_(True)
+    got, want = m(x), mixer_by_hand(m, x, batch_stats)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(got)
+    leaves = [x] + [p for p in m.parameters()]
+    ga = torch.autograd.grad((got * g).sum(), leaves)
+    gb = torch.autograd.grad((want * g).sum(), leaves)
+    for a, b in zip(ga, gb, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kw,branch",
+    [
+        ({}, 3),  # official large-kernel stage: RepVGGDW(7) = 7x7 + 3x3 branches
+        ({"kernel_size": 3}, None),  # official early stage: plain biased 3x3
+        ({"kernel_size": 5, "activation": "relu"}, 3),
+        ({"rep_kernel_size": None}, None),
+        ({"kernel_size": 9, "rep_kernel_size": 5}, 5),
+    ],
+)
+@pytest.mark.parametrize("grid", [(7, 13), (1, 1)])
+def test_unfused_matches_by_hand(kw: dict, branch: int | None, grid: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    m = randomise(az.build_mixer("ffnified", d_model=32, bn_eps=0.1, **kw))  # eps matters
+    assert m.cfg.branch == branch and (m.conv1.bn is None) == (branch is None)
+    check(m, torch.randn(2, *grid, 32))
+
+
+def test_train_mode_uses_batch_statistics() -> None:
+    torch.manual_seed(1)
+    m = randomise(az.build_mixer("ffnified", d_model=16)).train()
+    check(m, torch.randn(3, 6, 5, 16), batch_stats=True)
+
+
+@pytest.mark.parametrize("kw", [{}, {"kernel_size": 3}, {"kernel_size": 5, "activation": "relu"}])
+@pytest.mark.parametrize("grid", [(7, 13), (30, 30), (1, 1)])
+def test_fuse_leaves_eval_outputs_unchanged(kw: dict, grid: tuple[int, int]) -> None:
+    torch.manual_seed(2)
+    m = az.build_mixer("ffnified", d_model=48, bn_eps=0.1, **kw)  # eps visibly part of the fold
+    with torch.no_grad():  # random BatchNorm statistics, as after training
+        for bn in m.modules():
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.normal_(0.0, 0.3)
+                bn.running_mean.normal_(0.0, 0.3)
+                bn.running_var.uniform_(0.5, 2.0)
+    m.eval()
+    x = torch.randn(2, *grid, 48)
+    with torch.no_grad():
+        before = m(x)
+    assert not m.fused
+    assert m.fuse() is m and m.fused
+    names = [n for n, _ in m.named_parameters()]
+    assert names == ["fc.weight", "fc.bias", "conv1.conv.weight", "conv1.conv.bias"] + [
+        "conv2.conv.weight",
+        "conv2.conv.bias",
+    ]
+    assert not any(isinstance(b, torch.nn.modules.batchnorm._BatchNorm) for b in m.modules())
+    k = m.cfg.kernel_size
+    assert m.conv1.conv.weight.shape == (48, 1, k, k)
+    with torch.no_grad():
+        after = m(x)
+        torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+        m.fuse()  # idempotent
+        torch.testing.assert_close(m(x), after)
+    # the fused mixer is an ordinary differentiable module, the same in train and eval mode
+    xg = x.clone().requires_grad_(True)
+    m.train()(xg).sum().backward()
+    assert torch.isfinite(xg.grad).all() and m.conv1.conv.bias.grad is not None
+    torch.testing.assert_close(m(x), after)
+
+
+def test_fused_kernel_is_padded_branch_sum() -> None:
+    """With fresh BatchNorms (mean 0, variance 1, identity affine) the fused 7x7 kernel is
+    ``(w7 + w3 in its centre) / sqrt(1 + eps)`` and the bias is zero."""
+    m = az.build_mixer("ffnified", d_model=8, bn_eps=0.25).eval()
+    w7, w3 = m.conv1.conv.weight.clone(), m.conv1.conv_small.weight.clone()
+    m.fuse()
+    eps_scale = 1 / math.sqrt(1 + m.cfg.bn_eps)
+    want = w7.clone()
+    want[:, :, 2:5, 2:5] += w3
+    torch.testing.assert_close(m.conv1.conv.weight, want * eps_scale)
+    assert m.conv1.conv.bias.abs().max() == 0
+
+
+@pytest.mark.parametrize("kernel_size", [3, 7])
+def test_receptive_field_is_two_kernels(kernel_size: int) -> None:
+    """A change at one pixel reaches exactly the pixels within 2 * (k // 2) (Chebyshev)."""
+    torch.manual_seed(3)
+    m = randomise(az.build_mixer("ffnified", d_model=8, kernel_size=kernel_size))
+    x = torch.randn(1, 21, 21, 8)
+    x2 = x.clone()
+    x2[:, 10, 10] += 1.0
+    d = (m(x) - m(x2)).abs().amax(-1)[0]  # [21, 21]
+    r = 2 * (kernel_size // 2)
+    inside = torch.zeros(21, 21, dtype=torch.bool)
+    inside[10 - r : 11 + r, 10 - r : 11 + r] = True
+    assert d[inside].min() > 0 and d[~inside].max() == 0
+
+
+@pytest.mark.parametrize("grid", [(7, 13), (13, 30), (30, 7)])
+def test_odd_grids_shape_finite_gradients(grid: tuple[int, int]) -> None:
+    m = az.build_mixer("ffnified", d_model=64)
+    x = torch.randn(2, *grid, 64, requires_grad=True)
+    y = m(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_flops() -> None:
+    B, T, C = 2, 91, 64
+    assert az.build_mixer("ffnified", d_model=C).flops(B, T) == 2 * B * T * (C * C + 2 * C * 58)
+    plain = az.build_mixer("ffnified", d_model=C, kernel_size=3)
+    assert plain.flops(B, T) == 2 * B * T * (C * C + 2 * C * 9)
+
+
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        ({"kernel_size": 4}, ValueError, "ffnified: kernel_size must be a positive odd int.*got 4"),
+        ({"kernel_size": 0}, ValueError, "kernel_size must be a positive odd int.*got 0"),
+        ({"rep_kernel_size": 2}, ValueError, "rep_kernel_size must be a positive odd int.*got 2"),
+        ({"bn_eps": 0.0}, ValueError, "bn_eps must be > 0, got 0.0"),
+        ({"activation": "silu"}, TypeError, "config 'activation' must be 'gelu' \\| 'relu'"),
+        ({"causal": True}, ValueError, "ffnified does not support causal=True"),
+        ({"kernel": 7}, TypeError, "unknown config key 'kernel' \\(did you mean 'kernel_size'"),
+    ],
+)
+def test_bad_config_is_named(kw: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        az.build_mixer("ffnified", d_model=32, **kw)
+
+
+def test_bad_calls_are_named() -> None:
+    m = az.build_mixer("ffnified", d_model=32)
+    with pytest.raises(ValueError, match=r"ffnified: x must be \[B, h, w, C\] \(channels-last\)"):
+        m(torch.randn(2, 10, 32))
+    with pytest.raises(ValueError, match="x last dim must be 32"):
+        m(torch.randn(2, 4, 4, 16))
+    with pytest.raises(ValueError, match="ffnified does not support pattern 'noncausal-cross'"):
+        m(torch.randn(1, 4, 4, 32), context=torch.randn(1, 3, 32))
