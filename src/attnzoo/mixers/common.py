@@ -26,6 +26,55 @@ def default_heads(d_model: int) -> int:
     return d_model // 64 if d_model >= 64 and d_model % 64 == 0 else 1
 
 
+def load_matching_state(mixer: Mixer, theirs: dict[str, Tensor], *, source: str) -> None:
+    """Load a peer's ``state_dict`` whose names and shapes equal ours (``source`` names the peer
+    in errors): a missing, extra or mis-shaped entry raises ``ValueError`` naming it."""
+    name = mixer.spec.name
+    ours = mixer.state_dict()
+    if set(ours) != set(theirs):
+        raise ValueError(
+            f"{name}: {source} state_dict keys {sorted(theirs)} do not match ours {sorted(ours)} "
+            "(check qkv_bias)"
+        )
+    for key, t in theirs.items():
+        if ours[key].shape != t.shape:
+            raise ValueError(
+                f"{name}: {source} '{key}' has shape {tuple(t.shape)}, ours {tuple(ours[key].shape)}"
+            )
+    mixer.load_state_dict(theirs)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadsConfig(MixerConfig):
+    """Base of configs that split ``d_model`` into ``num_heads`` equal heads.
+
+    ``num_heads=None`` means :meth:`default_num_heads` (:func:`default_heads` unless a mechanism
+    overrides it with its paper's head width). Call :meth:`check_heads` from ``validate``.
+    """
+
+    num_heads: int | None = None
+
+    def default_num_heads(self) -> int:
+        return default_heads(self.d_model)
+
+    @property
+    def heads(self) -> int:
+        return self.num_heads if self.num_heads is not None else self.default_num_heads()
+
+    @property
+    def dim_head(self) -> int:
+        return self.d_model // self.heads
+
+    def check_heads(self) -> None:
+        owner = self._owner()
+        if self.num_heads is not None and self.num_heads < 1:
+            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
+        if self.d_model % self.heads != 0:
+            raise ValueError(
+                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
+            )
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig(MixerConfig):
     """Multi-head q/k/v attention.

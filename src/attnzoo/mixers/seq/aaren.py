@@ -28,9 +28,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.aaren import aaren_flops, aaren_scan, aaren_update, empty_state
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
@@ -44,7 +43,7 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class AarenConfig(MixerConfig):
+class AarenConfig(HeadsConfig):
     """Aaren layer.
 
     Attributes:
@@ -74,10 +73,6 @@ class AarenConfig(MixerConfig):
             )
         if self.scale is not None and not math.isfinite(self.scale):
             raise ValueError(f"{owner}: scale must be a finite float or None, got {self.scale!r}")
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
 
     @property
     def dim_head(self) -> int:

@@ -38,9 +38,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.gla import bidirectional_gla, gated_linear_attention, gla_flops, gla_step
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
@@ -54,7 +53,7 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class GLAConfig(MixerConfig):
+class GLAConfig(HeadsConfig):
     """Gated linear attention layer.
 
     Attributes:
@@ -79,10 +78,6 @@ class GLAConfig(MixerConfig):
 
     def validate(self) -> None:
         check_gla_config(self, self._owner())
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
 
     @property
     def key_dim(self) -> int:

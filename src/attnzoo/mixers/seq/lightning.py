@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.linear import linear_attention, linear_attention_flops, linear_attention_step
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
@@ -70,7 +69,7 @@ def lightning_slopes(num_heads: int, layer_idx: int = 0, num_layers: int = 1) ->
 
 
 @dataclasses.dataclass(frozen=True)
-class LightningConfig(MixerConfig):
+class LightningConfig(HeadsConfig):
     """Lightning attention.
 
     Attributes:
@@ -90,12 +89,7 @@ class LightningConfig(MixerConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        if self.num_heads is not None and self.num_heads < 1:
-            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
-            )
+        self.check_heads()
         if self.num_layers < 1:
             raise ValueError(f"{owner}: num_layers must be >= 1, got {self.num_layers}")
         if not 0 <= self.layer_idx < self.num_layers:
@@ -105,14 +99,6 @@ class LightningConfig(MixerConfig):
             )
         if self.chunk_size < 1:
             raise ValueError(f"{owner}: chunk_size must be >= 1, got {self.chunk_size}")
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
-
-    @property
-    def dim_head(self) -> int:
-        return self.d_model // self.heads
 
 
 @dataclasses.dataclass

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.mixers.vision.batchnorm import conv_bn, linear_bn
 from attnzoo.ops.common import attention_flops
 from attnzoo.ops.masks import Mask
@@ -69,7 +69,7 @@ DEFAULT_AREA = 4  # YOLOv12 uses area=4 at stride 16 (P4) and area=1 at stride 3
 
 
 @dataclasses.dataclass(frozen=True)
-class AreaConfig(MixerConfig):
+class AreaConfig(HeadsConfig):
     """YOLOv12 area attention. ``d_model`` is the channel count C.
 
     Attributes:
@@ -93,12 +93,7 @@ class AreaConfig(MixerConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        if self.num_heads is not None and self.num_heads < 1:
-            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
-            )
+        self.check_heads()
         if self.area is not None and self.strip_length is not None:
             raise ValueError(
                 f"{owner}: set either area (number of strips) or strip_length (tokens per "
@@ -116,15 +111,8 @@ class AreaConfig(MixerConfig):
         if not self.bn_eps > 0:
             raise ValueError(f"{owner}: bn_eps must be > 0, got {self.bn_eps}")
 
-    @property
-    def heads(self) -> int:
-        if self.num_heads is not None:
-            return self.num_heads
+    def default_num_heads(self) -> int:
         return self.d_model // 32 if self.d_model % 32 == 0 else 1
-
-    @property
-    def dim_head(self) -> int:
-        return self.d_model // self.heads
 
     def strips(self, n: int) -> tuple[int, int]:
         """``(L, count)`` for ``n`` tokens: strip length and number of strips (the last may be

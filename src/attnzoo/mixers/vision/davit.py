@@ -44,9 +44,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig, default_heads, load_matching_state
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -66,7 +65,7 @@ def davit_heads(d_model: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class DaViTChannelConfig(MixerConfig):
+class DaViTChannelConfig(HeadsConfig):
     """DaViT channel group attention. ``d_model`` is the channel count C.
 
     Attributes:
@@ -83,17 +82,12 @@ class DaViTChannelConfig(MixerConfig):
     def validate(self) -> None:
         check_heads(self)
 
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else davit_heads(self.d_model)
-
-    @property
-    def dim_head(self) -> int:
-        return self.d_model // self.heads
+    def default_num_heads(self) -> int:
+        return davit_heads(self.d_model)
 
 
 @dataclasses.dataclass(frozen=True)
-class DaViTWindowConfig(MixerConfig):
+class DaViTWindowConfig(HeadsConfig):
     """DaViT window self-attention. ``d_model`` is the channel count C.
 
     Attributes:
@@ -112,13 +106,8 @@ class DaViTWindowConfig(MixerConfig):
         if self.window_size < 1:
             raise ValueError(f"{self._owner()}: window_size must be >= 1, got {self.window_size}")
 
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else davit_heads(self.d_model)
-
-    @property
-    def dim_head(self) -> int:
-        return self.d_model // self.heads
+    def default_num_heads(self) -> int:
+        return davit_heads(self.d_model)
 
 
 def check_heads(cfg: DaViTChannelConfig | DaViTWindowConfig) -> None:
@@ -277,21 +266,4 @@ def load_timm_weights(mixer: DaViTChannelMixer | DaViTWindowMixer, timm_module: 
     ``qkv.weight [3C, C]`` (rows ordered q, k, v, then head, then channel), ``qkv.bias [3C]``,
     ``proj.weight [C, C]``, ``proj.bias [C]``. Raises ``ValueError`` on missing, extra or
     mis-shaped entries (e.g. a different width or ``qkv_bias`` setting)."""
-    copy_state(mixer, timm_module.state_dict())
-
-
-def copy_state(mixer: nn.Module, theirs: dict[str, Tensor]) -> None:
-    """Copy ``theirs`` into ``mixer``'s parameters of the same names, checking names/shapes."""
-    name = mixer.spec.name if isinstance(mixer, Mixer) else type(mixer).__name__
-    ours = mixer.state_dict()
-    if set(ours) != set(theirs):
-        raise ValueError(
-            f"{name}: timm state_dict keys {sorted(theirs)} do not match ours {sorted(ours)} "
-            "(check qkv_bias)"
-        )
-    for key, t in theirs.items():
-        if ours[key].shape != t.shape:
-            raise ValueError(
-                f"{name}: timm '{key}' has shape {tuple(t.shape)}, ours {tuple(ours[key].shape)}"
-            )
-    mixer.load_state_dict(theirs)
+    load_matching_state(mixer, timm_module.state_dict(), source="timm")

@@ -42,9 +42,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig, default_heads, load_matching_state
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -59,7 +58,7 @@ HEAD_WIDTH = 48  # ConViT's head width (4, 9, 16 heads at C = 192, 432, 768)
 
 
 @dataclasses.dataclass(frozen=True)
-class GPSAConfig(MixerConfig):
+class GPSAConfig(HeadsConfig):
     """ConViT GPSA mixer. ``d_model`` is the channel count C.
 
     Attributes:
@@ -78,28 +77,16 @@ class GPSAConfig(MixerConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        if self.num_heads is not None and self.num_heads < 1:
-            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
-            )
+        self.check_heads()
         if not 0 < self.locality_strength < float("inf"):
             raise ValueError(
                 f"{owner}: locality_strength must be a finite float > 0, "
                 f"got {self.locality_strength}"
             )
 
-    @property
-    def heads(self) -> int:
-        if self.num_heads is not None:
-            return self.num_heads
+    def default_num_heads(self) -> int:
         C = self.d_model
         return C // HEAD_WIDTH if C % HEAD_WIDTH == 0 else default_heads(C)
-
-    @property
-    def dim_head(self) -> int:
-        return self.d_model // self.heads
 
 
 def gpsa_flops(cfg: GPSAConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
@@ -226,15 +213,4 @@ def load_timm_weights(mixer: GPSAMixer, timm_module: nn.Module) -> None:
             f"gpsa: timm 'pos_proj.bias' has shape {tuple(bias.shape)}, "
             f"expected ({mixer.cfg.heads},)"
         )
-    ours = mixer.state_dict()
-    if set(ours) != set(theirs):
-        raise ValueError(
-            f"gpsa: timm state_dict keys {sorted(theirs)} do not match ours {sorted(ours)} "
-            "(check qkv_bias)"
-        )
-    for key, t in theirs.items():
-        if ours[key].shape != t.shape:
-            raise ValueError(
-                f"gpsa: timm '{key}' has shape {tuple(t.shape)}, ours {tuple(ours[key].shape)}"
-            )
-    mixer.load_state_dict(theirs)
+    load_matching_state(mixer, theirs, source="timm")

@@ -58,9 +58,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -73,7 +72,7 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class HaloConfig(MixerConfig):
+class HaloConfig(HeadsConfig):
     """HaloNet attention. ``d_model`` is the channel count C (also the output width).
 
     Attributes:
@@ -106,10 +105,6 @@ class HaloConfig(MixerConfig):
             raise ValueError(
                 f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
             )
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
 
     @property
     def dim_qk(self) -> int:

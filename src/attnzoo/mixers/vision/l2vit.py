@@ -48,9 +48,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.linear import linear_attention, linear_attention_flops
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
@@ -64,7 +63,7 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class L2ViTConfig(MixerConfig):
+class L2ViTConfig(HeadsConfig):
     """L2ViT LGA mixer. ``d_model`` is the channel count C.
 
     Attributes:
@@ -89,12 +88,7 @@ class L2ViTConfig(MixerConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        if self.num_heads is not None and self.num_heads < 1:
-            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
-            )
+        self.check_heads()
         if not 0 < self.clamp_min < float("inf"):
             raise ValueError(
                 f"{owner}: clamp_min must be a finite float > 0 (the denominator's floor; "
@@ -107,14 +101,6 @@ class L2ViTConfig(MixerConfig):
             )
         if not self.bn_eps > 0:
             raise ValueError(f"{owner}: bn_eps must be > 0, got {self.bn_eps}")
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
-
-    @property
-    def dim_head(self) -> int:
-        return self.d_model // self.heads
 
 
 def l2vit_flops(cfg: L2ViTConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:

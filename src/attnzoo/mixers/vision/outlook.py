@@ -45,9 +45,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -63,7 +62,7 @@ CHUNK_ELEMENTS = 1 << 21  # window elements (k² x the values) per chunk of samp
 
 
 @dataclasses.dataclass(frozen=True)
-class OutlookConfig(MixerConfig):
+class OutlookConfig(HeadsConfig):
     """Outlook attention. ``d_model`` is the channel count C.
 
     Attributes:
@@ -81,12 +80,7 @@ class OutlookConfig(MixerConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        if self.num_heads is not None and self.num_heads < 1:
-            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
-            )
+        self.check_heads()
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(
                 f"{owner}: kernel_size must be a positive odd int (padding k // 2 centres the "
@@ -97,10 +91,6 @@ class OutlookConfig(MixerConfig):
                 f"{owner}: stride must be in [1, kernel_size={self.kernel_size}] (a larger "
                 f"stride leaves pixels in no window), got {self.stride}"
             )
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
 
 
 def outlook_flops(cfg: OutlookConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import default_heads
+from attnzoo.mixers.common import HeadsConfig
 from attnzoo.mixers.seq.gla import check_gla_config
 from attnzoo.ops.gla import bidirectional_gla, gla_flops
 from attnzoo.ops.masks import Mask
@@ -53,7 +52,7 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class ViGConfig(MixerConfig):
+class ViGConfig(HeadsConfig):
     """ViG mixer. ``d_model`` is the channel count C.
 
     Attributes:
@@ -79,10 +78,6 @@ class ViGConfig(MixerConfig):
 
     def validate(self) -> None:
         check_gla_config(self, self._owner())
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else default_heads(self.d_model)
 
     @property
     def key_dim(self) -> int:
