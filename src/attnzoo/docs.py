@@ -63,13 +63,14 @@ def speed_column(db: Path | None) -> dict[str, str]:
     peer_run = store.latest_run_id("peers")
     if peer_run is not None:
         largest: dict[str, dict] = {}
-        for r in store.peers([peer_run]):
-            if r["ok"] and r["n"] >= largest.get(r["mechanism"], {"n": -1})["n"]:
+        for r in store.peers([peer_run]):  # per mechanism: the largest size, then the best case
+            best = largest.get(r["mechanism"])
+            if r["ok"] and (best is None or (r["n"], r["ratio"]) > (best["n"], best["ratio"])):
                 largest[r["mechanism"]] = r
         for name, r in largest.items():
-            vs = (
-                f"{r['ratio']:.2f}x {r['peer'].split(' ')[0]} speed at {r['size']} (run {peer_run})"
-            )
+            how = r["case_name"].split("/")[0]
+            vs = (f"{r['ratio']:.2f}x {r['peer'].split(' ')[0]} speed ({how}) at {r['size']} "
+                  f"(run {peer_run})")  # fmt: skip
             out[name] = f"{out[name]}; {vs}" if name in out else vs
     return out
 

@@ -9,6 +9,8 @@ recurrence (the same math, a different schedule: say so when quoting the ratio).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -35,26 +37,26 @@ def _fla(module: str, name: str):  # noqa: ANN202
         return getattr(importlib.import_module(module), name)
 
 
-def _linear(T: int, g: torch.Generator) -> PeerPair:
+def _linear(T: int, g: torch.Generator, impl: str = "chunk") -> PeerPair:
     q, k, v = _qkv(T, g)
     peer = _fla("fla.ops.linear_attn.naive", "naive_chunk_linear_attn")
     s = K**-0.5
     return PeerPair(
-        ours=lambda: linear_attention(q, k, v, causal=True, scale=s, impl="chunk"),
+        ours=lambda: linear_attention(q, k, v, causal=True, scale=s, impl=impl),
         peer=lambda: peer(q, k, v, scale=s),
         flops=chunk_flops(B, H, K, K, T, CHUNK),
         size=f"B={B} T={T} H={H} K=V={K}",
     )
 
 
-def _lightning(T: int, g: torch.Generator) -> PeerPair:
+def _lightning(T: int, g: torch.Generator, impl: str = "chunk") -> PeerPair:
     q, k, v = _qkv(T, g)
     peer = _fla("fla.ops.simple_gla.naive", "naive_chunk_simple_gla")
     slopes = torch.tensor([2.0 ** (-8 * (h + 1) / H) for h in range(H)])  # ALiBi-style
     s = K**-0.5
     g_fla = (-slopes).expand(B, T, H)
     return PeerPair(
-        ours=lambda: linear_attention(q, k, v, causal=True, decay=-slopes, scale=s, impl="chunk"),
+        ours=lambda: linear_attention(q, k, v, causal=True, decay=-slopes, scale=s, impl=impl),
         peer=lambda: peer(q, k, v, g_fla, scale=s)[0],
         flops=chunk_flops(B, H, K, K, T, CHUNK),
         size=f"B={B} T={T} H={H} K=V={K}",
@@ -82,3 +84,11 @@ register_case(PeerCase("lightning/fla-naive-chunk-simple-gla", "lightning",
 register_case(PeerCase("gla/fla-naive-recurrent", "gla", "fla naive_recurrent_gla", FLA, _gla,
                        (2048, 8192), (2048,), rtol=1e-3,
                        notes="peer is a token loop (fla has no naive chunked GLA)", smoke_size=100))  # fmt: skip
+# the same math through torch.compile (inductor fuses the eager path's memory passes)
+register_case(PeerCase("linear-compiled/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
+                       FLA, functools.partial(_linear, impl="compiled"), SEQ, (2048, 8192),
+                       smoke_size=192, notes="ours: impl='compiled'"))  # fmt: skip
+register_case(PeerCase("lightning-compiled/fla-naive-chunk-simple-gla", "lightning",
+                       "fla naive_chunk_simple_gla", FLA,
+                       functools.partial(_lightning, impl="compiled"), SEQ, (2048, 8192),
+                       smoke_size=192, notes="ours: impl='compiled'"))  # fmt: skip
