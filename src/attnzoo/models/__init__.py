@@ -19,6 +19,7 @@ from torch import nn
 from attnzoo.config import suggest
 from attnzoo.models.metaformer import MODELS as _METAFORMERS
 from attnzoo.models.metaformer import MetaFormer, metaformer_small, metaformer_tiny
+from attnzoo.models.sequence import SequenceModel
 from attnzoo.models.timm_registry import register_timm_models
 
 _MODELS = dict(_METAFORMERS)
@@ -49,6 +50,7 @@ if "timm" in sys.modules:
 
 __all__ = [
     "MetaFormer",
+    "SequenceModel",
     "create_model",
     "list_models",
     "metaformer_small",
