@@ -17,6 +17,8 @@ from rich.table import Table
 import attnzoo as az
 from attnzoo.bench.check import check_mixer, impl_choices
 from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
+from attnzoo.bench.quality import SUITES as QUALITY_SUITES
+from attnzoo.bench.quality import run_quality
 from attnzoo.bench.speed import RunInterrupted, run_speed
 from attnzoo.bench.suite import SUITES
 from attnzoo.config import suggest
@@ -377,6 +379,64 @@ def bench_peers(
     out.print(table)
     for s_ in store.skips([run_id]):
         err.print(f"{s_['kind']}: {s_['impl']} n={s_['seq_len']}: {s_['reason']}")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    suite: Annotated[str, typer.Option(help="quick (minutes).")] = "quick",
+    task: Annotated[str | None, typer.Option(help="Comma-separated tasks, e.g. mqar.")] = None,
+    mixers: Annotated[str | None, typer.Option(help="Comma-separated mechanisms.")] = None,
+    d_model: Annotated[
+        str | None, typer.Option("--d-model", help="Comma-separated widths, e.g. 64,128.")
+    ] = None,
+    lrs: Annotated[
+        str | None, typer.Option(help="Comma-separated learning rates (best-of).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps per run at most.")] = None,
+    db: DbOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train small models with each mechanism on seeded tasks; store curves and final metrics."""
+    if suite not in QUALITY_SUITES:
+        raise _fail(
+            f"--suite must be one of {', '.join(QUALITY_SUITES)}, got {suite!r}"
+            f"{suggest(suite, list(QUALITY_SUITES))}"
+        )
+    changes: dict = {}
+    try:
+        if task is not None:
+            changes["tasks"] = _words(task)
+        if mixers is not None:
+            changes["mixers"] = _words(mixers)
+        if d_model is not None:
+            changes["d_models"] = _ints("--d-model", d_model)
+        if seeds is not None:
+            changes["seeds"] = tuple(int(x) for x in _words(seeds) or ())
+        if lrs is not None:
+            changes["lrs"] = tuple(float(x) for x in _words(lrs) or ())
+        if steps is not None:
+            changes["steps"] = steps
+        plan = QUALITY_SUITES[suite].replace(**changes)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    store = _open_store(db)
+    command = "attnzoo " + " ".join(sys.argv[1:])
+    try:
+        run_id = run_quality(plan, store, command=command, console=err, progress=progress)
+    except RunInterrupted as e:
+        err.print(f"interrupted: run {e.run_id} marked interrupted; curves so far kept")
+        raise typer.Exit(code=130) from None
+    except StoreError as e:
+        raise _fail(str(e)) from None
+    table = Table(title=f"run {run_id}: quality (best learning rate per group)")
+    for col in ("task", "mixer", "d_model", "lr", "seed", "metric", "steps", "status", "state"):
+        table.add_column(col)
+    for r in store.quality([run_id], best_of_sweep=True):
+        state = "-" if r["state_size"] is None else str(r["state_size"])
+        table.add_row(r["task"], r["mixer"], str(r["d_model"]), f"{r['lr']:g}", str(r["seed"]),
+                      f"{r['best_metric']:.3f}", str(r["steps_run"]), r["status"], state)  # fmt: skip
+    out.print(table)
 
 
 @app.command()

@@ -107,6 +107,10 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
         ("masks", "Mask axis (self patterns)", _masks(rows)),
         ("skips", "Skipped and failed work", _skips(skips)),
     ]
+    quality_run = store.latest_run_id("quality")
+    if quality_run is not None:
+        section = _quality(store.run(quality_run), store.quality([quality_run]))
+        sections.insert(-1, ("quality", "Quality (trained on seeded tasks)", section))
     peer_run = store.latest_run_id("peers")
     if peer_run is not None:
         peer_skips = store.skips([peer_run])
@@ -356,6 +360,29 @@ def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str
     )
     table = _table(head, body, "peers-table") if rows else "<p>No peer rows recorded.</p>"
     return note + table + (f"<ul>{missing}</ul>" if missing else "")
+
+
+def _quality(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    head = ["task", "mechanism", "d_model", "layers", "best lr", "seed", "best metric",
+            "final metric", "steps", "status", "params", "state floats", "seconds"]  # fmt: skip
+    best = [r for r in rows if r["best_of_sweep"]] or rows
+    body = [
+        [
+            _td(r["task"]), _td(r["mixer"]), _td(r["d_model"]), _td(r["num_layers"]),
+            _td(f"{r['lr']:g}"), _td(r["seed"]), _num(r["best_metric"], ".3f"),
+            _num(r["final_metric"], ".3f"), _td(r["steps_run"]), _td(r["status"]),
+            _td(r["params"]), _td("-" if r["state_size"] is None else r["state_size"]),
+            _num(r["seconds"], ".1f"),
+        ]
+        for r in sorted(best, key=lambda r: (r["task"], r["d_model"], -(r["best_metric"] or 0)))
+    ]  # fmt: skip
+    note = (
+        f'<p class="muted">Run {run["run_id"]} ({_e(run["status"])}, {_e(_when(run["started_at"]))}): '
+        "each row is the best learning rate of its (task, mechanism, width, seed) group; the metric "
+        "is measured on fixed held-out batches. State floats: the streaming state of all layers "
+        "after one sequence (a KV cache for attention).</p>"
+    )
+    return note + _table(head, body, "quality-table")
 
 
 def _masks(rows: list[dict[str, Any]]) -> str:

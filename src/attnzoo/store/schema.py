@@ -18,7 +18,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """CREATE SEQUENCE run_ids START 1""",
             """CREATE TABLE runs (
                 run_id BIGINT PRIMARY KEY DEFAULT nextval('run_ids'),
-                kind VARCHAR NOT NULL,            -- 'speed' (later: 'quality', 'cp')
+                kind VARCHAR NOT NULL,            -- 'speed', 'peers', 'quality' (later: 'cp')
                 suite VARCHAR,
                 status VARCHAR NOT NULL,          -- running | complete | interrupted | failed
                 started_at TIMESTAMP NOT NULL,
@@ -108,6 +108,45 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 ok BOOLEAN NOT NULL,              -- rel_diff within the case's tolerance
                 repeats INTEGER NOT NULL,
                 detail VARCHAR,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
+    (
+        3,
+        "quality runs: one row per trained model (config, seed, final metric) and its curve",
+        [
+            """CREATE TABLE quality (
+                run_id BIGINT NOT NULL,
+                task VARCHAR NOT NULL,
+                task_config VARCHAR NOT NULL,     -- JSON of the task's config as trained
+                mixer VARCHAR NOT NULL,
+                d_model INTEGER NOT NULL,
+                num_layers INTEGER NOT NULL,
+                lr DOUBLE NOT NULL,
+                seed INTEGER NOT NULL,
+                params BIGINT NOT NULL,
+                state_size BIGINT,                -- recurrent state floats per sequence, if defined
+                steps_run INTEGER NOT NULL,
+                status VARCHAR NOT NULL,          -- complete | early-stop | interrupted
+                final_metric DOUBLE,
+                best_metric DOUBLE,
+                best_of_sweep BOOLEAN NOT NULL,   -- the best lr of its (task, mixer, width, seed)
+                seconds DOUBLE NOT NULL,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE quality_curve (
+                run_id BIGINT NOT NULL,
+                task VARCHAR NOT NULL,
+                mixer VARCHAR NOT NULL,
+                d_model INTEGER NOT NULL,
+                lr DOUBLE NOT NULL,
+                seed INTEGER NOT NULL,
+                step INTEGER NOT NULL,
+                train_loss DOUBLE NOT NULL,
+                eval_loss DOUBLE NOT NULL,
+                metric DOUBLE NOT NULL,
+                seconds DOUBLE NOT NULL,
                 recorded_at TIMESTAMP NOT NULL
             )""",
         ],

@@ -33,6 +33,12 @@ SPEED_COLUMNS = (
 )  # fmt: skip
 SKIP_COLUMNS = ("mixer", "impl", "pattern", "mask", "mode", "seq_len", "kind", "reason")
 CHECK_COLUMNS = ("mixer", "impl", "pattern", "max_abs_err", "ok", "detail")
+QUALITY_COLUMNS = (
+    "task", "task_config", "mixer", "d_model", "num_layers", "lr", "seed", "params", "state_size",
+    "steps_run", "status", "final_metric", "best_metric", "best_of_sweep", "seconds",
+)  # fmt: skip
+CURVE_COLUMNS = ("task", "mixer", "d_model", "lr", "seed", "step", "train_loss", "eval_loss",
+                 "metric", "seconds")  # fmt: skip
 PEER_COLUMNS = (
     "case_name", "mechanism", "peer", "size", "n", "ours_s", "peer_s", "ratio", "ours_flops",
     "ours_gflops", "gemm_fraction", "ours_peak_bytes", "peer_peak_bytes", "max_abs_diff",
@@ -257,6 +263,22 @@ class Store:
     def add_peer(self, run_id: int, row: dict[str, Any]) -> None:
         self._insert("peers", PEER_COLUMNS, run_id, row)
 
+    def add_quality(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("quality", QUALITY_COLUMNS, run_id, row)
+
+    def add_curve_point(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("quality_curve", CURVE_COLUMNS, run_id, row)
+
+    def mark_best_of_sweep(self, run_id: int, task: str, mixer: str, d_model: int, seed: int,
+                           lr: float) -> None:  # fmt: skip
+        """Flag the row of ``lr`` as its group's best (the others cleared), in one transaction."""
+        with self._write() as con:
+            con.execute(
+                "UPDATE quality SET best_of_sweep = (lr = ?) WHERE run_id = ? AND task = ? AND "
+                "mixer = ? AND d_model = ? AND seed = ?",
+                [lr, run_id, task, mixer, d_model, seed],
+            )
+
     # ---- queries ------------------------------------------------------------------------
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._connect() as con:
@@ -314,6 +336,15 @@ class Store:
 
     def peers(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         return self._table("peers", run_ids, {})
+
+    def quality(self, run_ids: Sequence[int] | None = None, **filters: Any) -> list[dict[str, Any]]:
+        bad = set(filters) - set(QUALITY_COLUMNS)
+        if bad:
+            raise ValueError(f"quality filters must be quality columns, got {sorted(bad)}")
+        return self._table("quality", run_ids, filters)
+
+    def curves(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        return self._table("quality_curve", run_ids, {})
 
     def skips(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         return self._table("skips", run_ids, {})

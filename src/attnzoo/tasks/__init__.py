@@ -1,0 +1,11 @@
+"""Seeded quality tasks (DESIGN §2 ``tasks/``): synthetic generators with documented semantics.
+
+Each task module provides a frozen config dataclass, ``make_batch(cfg, batch_size, generator)``
+(fully determined by the ``torch.Generator``'s state) and a documented ``metric``. Tasks
+import nothing from ``attnzoo.mixers`` or ``attnzoo.models``.
+
+- :mod:`attnzoo.tasks.mqar`: Zoology's multi-query associative recall.
+- :mod:`attnzoo.tasks.listops`: LRA's ListOps (scaled down).
+"""
+
+from attnzoo.tasks import listops, mqar  # noqa: F401
