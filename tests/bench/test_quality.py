@@ -35,6 +35,17 @@ def test_runner_stores_rows_curves_and_best_lr(tmp_path: Path) -> None:
     assert 'id="quality-table"' in html
 
 
+def test_listops_trains_a_step(tmp_path: Path) -> None:
+    store = Store(tmp_path / "l.duckdb")
+    suite = QualitySuite(tasks=("listops",), mixers=("softmax",), d_models=(16,), steps=2,
+                         batch_size=4, eval_every=2, eval_batches=1, target=None,
+                         task_settings={"max_depth": 3, "max_args": 4, "min_length": 8,
+                                        "max_length": 32})  # fmt: skip
+    run = run_quality(suite, store, progress=False)
+    (row,) = store.quality([run])
+    assert row["task"] == "listops" and row["steps_run"] == 2 and 0 <= row["final_metric"] <= 1
+
+
 def test_state_sizes() -> None:
     assert state_size("linear", 16, 10) == 16 * 16 + 16  # one head: k^T v state + normaliser sum
     kv = state_size("softmax", 16, 10)

@@ -80,6 +80,31 @@ register_task(QualityTask("mqar", "Zoology's multi-query associative recall (acc
                           "queried positions)", True, _mqar))  # fmt: skip
 
 
+def _listops(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    """A non-causal sequence classifier; mean pooling runs over the right padding too (the pad
+    token has its own embedding, so the model can learn to discount it)."""
+    from attnzoo.tasks import listops
+
+    cfg = listops.ListOpsConfig(**settings)
+
+    def model_fn() -> nn.Module:
+        return SequenceModel(vocab_size=listops.VOCAB_SIZE, d_model=d_model,
+                             num_layers=num_layers, mixer=mixer, causal=False,
+                             num_outputs=listops.NUM_CLASSES, pool="mean",
+                             max_len=cfg.max_length)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = listops.make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, listops.loss, listops.metric, dataclasses.asdict(cfg),
+                     cfg.max_length)  # fmt: skip
+
+
+register_task(QualityTask("listops", "LRA's ListOps, scaled down (accuracy of the 10-way value)",
+                          False, _listops))  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class QualitySuite:
     """One quality run's grid. ``task_settings`` go to the task's config (e.g. MQAR's
