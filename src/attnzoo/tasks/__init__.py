@@ -6,6 +6,9 @@ import nothing from ``attnzoo.mixers`` or ``attnzoo.models``.
 
 - :mod:`attnzoo.tasks.mqar`: Zoology's multi-query associative recall.
 - :mod:`attnzoo.tasks.listops`: LRA's ListOps (scaled down).
+- :mod:`attnzoo.tasks.pointer`: sorting and planar convex hull for pointer networks.
+- :mod:`attnzoo.tasks.regression`: in-context (locally / piecewise) linear regression.
+- :mod:`attnzoo.tasks.images`: seeded synthetic shapes classification.
 """
 
-from attnzoo.tasks import listops, mqar  # noqa: F401
+from attnzoo.tasks import images, listops, mqar, pointer, regression  # noqa: F401
