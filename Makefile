@@ -23,6 +23,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/attnzoo list
 	$(BIN)/attnzoo bench speed --suite quick
 	$(BIN)/attnzoo bench peers --suite quick
+	$(BIN)/attnzoo bench quality --suite quick
 	$(BIN)/attnzoo report
 
 # The report test drives Debian's Chromium (headless). Installed here when missing.
