@@ -34,25 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.tasks.checks import check_float, check_int
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond")
 #: smallest half-size in pixels at which any two of the six masks, drawn with the same
 #: geometry, differ in >= 15% of their union's pixels (checked on a grid of sub-pixel centres)
 MIN_RADIUS_PX = 4.0
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-
-
-def _check_float(owner: str, name: str, value: object, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a float, got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise ValueError(f"{owner}: {name} must be a finite float in [{lo}, {hi}], got {value}")
-    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,11 +63,11 @@ class ShapesConfig:
 
     def __post_init__(self) -> None:
         owner = "ShapesConfig"
-        _check_int(owner, "image_size", self.image_size, 8)
-        _check_int(owner, "num_classes", self.num_classes, 2)
+        check_int(owner, "image_size", self.image_size, 8)
+        check_int(owner, "num_classes", self.num_classes, 2)
         for name, hi in (("min_scale", 0.5), ("max_scale", 0.5), ("noise_std", 1.0)):
-            object.__setattr__(self, name, _check_float(owner, name, getattr(self, name), 0, hi))
-        object.__setattr__(self, "texture", _check_float(owner, "texture", self.texture, 0, 0.5))
+            object.__setattr__(self, name, check_float(owner, name, getattr(self, name), 0, hi))
+        object.__setattr__(self, "texture", check_float(owner, "texture", self.texture, 0, 0.5))
         self.validate()
 
     def validate(self) -> None:
@@ -156,7 +143,7 @@ def make_batch(cfg: ShapesConfig, batch_size: int, generator: torch.Generator) -
     Shapes:
         images ``[B, 3, S, S]``, labels ``[B]`` (see :class:`Batch`).
     """
-    _check_int("images.make_batch", "batch_size", batch_size, 1)
+    check_int("images.make_batch", "batch_size", batch_size, 1)
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"images.make_batch: generator must be a torch.Generator, got {generator!r}"

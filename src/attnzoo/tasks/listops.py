@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.tasks.checks import check_int
+
 OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
 PAD = "<pad>"
@@ -50,13 +52,6 @@ OPERATOR_P = 0.25
 _DIGIT_ID = 1  # id of digit 0
 _OP_ID = {op: VOCAB.index(op) for op in OPERATORS}
 _END_ID = VOCAB.index(END)
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +73,11 @@ class ListOpsConfig:
 
     def __post_init__(self) -> None:
         owner = "ListOpsConfig"
-        _check_int(owner, "max_depth", self.max_depth, 2)
-        _check_int(owner, "max_args", self.max_args, 2)
-        _check_int(owner, "min_length", self.min_length, 0)
+        check_int(owner, "max_depth", self.max_depth, 2)
+        check_int(owner, "max_args", self.max_args, 2)
+        check_int(owner, "min_length", self.min_length, 0)
         # the shortest operator expression is "[OP d d ]", 4 tokens
-        _check_int(owner, "max_length", self.max_length, 5)
+        check_int(owner, "max_length", self.max_length, 5)
         self.validate()
 
     def validate(self) -> None:
@@ -213,8 +208,8 @@ def make_batch(
     Shapes:
         inputs, mask: ``[batch_size, cfg.max_length]``; targets: ``[batch_size]``.
     """
-    _check_int("listops.make_batch", "batch_size", batch_size, 1)
-    _check_int("listops.make_batch", "max_tries", max_tries, 1)
+    check_int("listops.make_batch", "batch_size", batch_size, 1)
+    check_int("listops.make_batch", "max_tries", max_tries, 1)
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"listops.make_batch: generator must be a torch.Generator, got {generator!r}"

@@ -42,17 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.tasks.checks import check_int
+
 IGNORE_INDEX = -100
 
 #: (seq_len, num_kv_pairs) of Zoology Figure 2 (V = 8192 there; (512, 64) is commented out).
 ZOOLOGY_FIGURE2: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16))
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +73,9 @@ class MQARConfig:
 
     def __post_init__(self) -> None:
         owner = "MQARConfig"
-        _check_int(owner, "vocab_size", self.vocab_size, 4)
-        _check_int(owner, "seq_len", self.seq_len, 4)
-        _check_int(owner, "num_kv_pairs", self.num_kv_pairs, 1)
+        check_int(owner, "vocab_size", self.vocab_size, 4)
+        check_int(owner, "seq_len", self.seq_len, 4)
+        check_int(owner, "num_kv_pairs", self.num_kv_pairs, 1)
         if isinstance(self.power_a, bool) or not isinstance(self.power_a, (int, float)):
             raise TypeError(f"{owner}: power_a must be a float, got {self.power_a!r}")
         object.__setattr__(self, "power_a", float(self.power_a))
@@ -174,7 +169,7 @@ def make_batch(cfg: MQARConfig, batch_size: int, generator: torch.Generator) -> 
     Shapes:
         inputs, targets: ``[batch_size, cfg.seq_len]``, int64.
     """
-    _check_int("mqar.make_batch", "batch_size", batch_size, 1)
+    check_int("mqar.make_batch", "batch_size", batch_size, 1)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"mqar.make_batch: generator must be a torch.Generator, got {generator!r}")
     n, ctx, half = cfg.num_kv_pairs, cfg.context_size, cfg.vocab_size // 2

@@ -39,16 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnzoo.tasks.checks import check_int
+
 IGNORE_INDEX = -100
 Split = Literal["train", "test"]
 _MIN_N = {"sort": 1, "hull": 3}
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +75,8 @@ class PointerConfig:
             value = getattr(self, name)
             if not isinstance(value, tuple) or len(value) != 2:
                 raise ValueError(f"{owner}: {name} must be a (min, max) pair, got {value!r}")
-            _check_int(owner, f"{name}[0]", value[0], _MIN_N[self.task])
-            _check_int(owner, f"{name}[1]", value[1], value[0])
+            check_int(owner, f"{name}[0]", value[0], _MIN_N[self.task])
+            check_int(owner, f"{name}[1]", value[1], value[0])
 
     @property
     def feature_dim(self) -> int:
@@ -193,7 +188,7 @@ def make_batch(
     Shapes:
         see :class:`Batch`: ``N = cfg.n_range(split)[1]``, ``M = N`` (sort) or ``N + 1`` (hull).
     """
-    _check_int("pointer.make_batch", "batch_size", batch_size, 1)
+    check_int("pointer.make_batch", "batch_size", batch_size, 1)
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"pointer.make_batch: generator must be a torch.Generator, got {generator!r}"
@@ -271,9 +266,9 @@ class PointerHead(nn.Module):
 
     def __init__(self, d_model: int, d_hidden: int | None = None, end_slot: bool = False) -> None:
         super().__init__()
-        _check_int("PointerHead", "d_model", d_model, 1)
+        check_int("PointerHead", "d_model", d_model, 1)
         d_hidden = d_model if d_hidden is None else d_hidden
-        _check_int("PointerHead", "d_hidden", d_hidden, 1)
+        check_int("PointerHead", "d_hidden", d_hidden, 1)
         self.d_model = d_model
         self.w_enc = nn.Linear(d_model, d_hidden, bias=False)
         self.w_dec = nn.Linear(d_model, d_hidden, bias=False)

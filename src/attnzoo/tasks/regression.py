@@ -41,24 +41,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from attnzoo.tasks.checks import check_float, check_int
+
 Mode = Literal["linear", "switching", "drift", "locally_linear"]
 _MODES = ("linear", "switching", "drift", "locally_linear")
 _LAYOUTS = ("pair", "interleaved")
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
-
-
-def _check_float(owner: str, name: str, value: object, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{owner}: {name} must be a float, got {value!r} ({type(value).__name__})")
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise ValueError(f"{owner}: {name} must be a finite float in [{lo}, {hi}], got {value}")
-    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,13 +75,13 @@ class RegressionConfig:
 
     def __post_init__(self) -> None:
         owner = "RegressionConfig"
-        _check_int(owner, "d_x", self.d_x, 1)
-        _check_int(owner, "d_y", self.d_y, 1)
-        _check_int(owner, "num_pairs", self.num_pairs, 2)
-        _check_int(owner, "num_pieces", self.num_pieces, 1)
-        _check_int(owner, "min_context", self.min_context, 0)
-        object.__setattr__(self, "drift", _check_float(owner, "drift", self.drift, 0.0, 1.0))
-        noise = _check_float(owner, "noise_std", self.noise_std, 0.0, math.inf)
+        check_int(owner, "d_x", self.d_x, 1)
+        check_int(owner, "d_y", self.d_y, 1)
+        check_int(owner, "num_pairs", self.num_pairs, 2)
+        check_int(owner, "num_pieces", self.num_pieces, 1)
+        check_int(owner, "min_context", self.min_context, 0)
+        object.__setattr__(self, "drift", check_float(owner, "drift", self.drift, 0.0, 1.0))
+        noise = check_float(owner, "noise_std", self.noise_std, 0.0, math.inf)
         object.__setattr__(self, "noise_std", noise)
         self.validate()
 
@@ -165,7 +152,7 @@ def make_batch(cfg: RegressionConfig, batch_size: int, generator: torch.Generato
     Shapes:
         see :class:`Batch`: ``L = 2 * cfg.num_pairs``, ``E = cfg.d_x + cfg.d_y + 1``.
     """
-    _check_int("regression.make_batch", "batch_size", batch_size, 1)
+    check_int("regression.make_batch", "batch_size", batch_size, 1)
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"regression.make_batch: generator must be a torch.Generator, got {generator!r}"
