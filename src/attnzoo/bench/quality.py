@@ -159,10 +159,19 @@ class QualitySuite:
 SUITES: dict[str, QualitySuite] = {
     # minutes on 2 cores: MQAR at Zoology's smallest grid point, softmax vs linear attention
     "quick": QualitySuite(
-        name="quick", mixers=("softmax", "linear", "gla"), d_models=(64,), lrs=(3e-3,),
-        steps=800, batch_size=64, eval_every=100,
-        task_settings={"vocab_size": 256, "seq_len": 64, "num_kv_pairs": 4,
-                       "random_non_queries": False},
+        name="quick",
+        mixers=("softmax", "linear", "gla"),
+        d_models=(64,),
+        lrs=(3e-3,),
+        steps=800,
+        batch_size=64,
+        eval_every=100,
+        task_settings={
+            "vocab_size": 256,
+            "seq_len": 64,
+            "num_kv_pairs": 4,
+            "random_non_queries": False,
+        },
     ),  # fmt: skip
 }
 
