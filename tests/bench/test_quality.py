@@ -46,6 +46,21 @@ def test_listops_trains_a_step(tmp_path: Path) -> None:
     assert row["task"] == "listops" and row["steps_run"] == 2 and 0 <= row["final_metric"] <= 1
 
 
+def test_regression_minimises_mse_and_flags_the_lowest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "r.duckdb")
+    suite = QualitySuite(tasks=("regression",), mixers=("linear",), d_models=(16,),
+                         lrs=(1e-6, 1e-2), steps=20, batch_size=8, eval_every=10, eval_batches=1,
+                         task_settings={"d_x": 2, "num_pairs": 8})  # fmt: skip
+    run = run_quality(suite, store, progress=False)
+    rows = {r["lr"]: r for r in store.quality([run])}
+    assert all(r["best_metric"] == min(c["metric"] for c in store.curves([run]) if c["lr"] == lr)
+               for lr, r in rows.items())  # fmt: skip
+    flagged = [r for r in rows.values() if r["best_of_sweep"]]
+    assert len(flagged) == 1 and flagged[0]["best_metric"] == min(
+        r["best_metric"] for r in rows.values()
+    )
+
+
 def test_state_sizes() -> None:
     assert state_size("linear", 16, 10) == 16 * 16 + 16  # one head: k^T v state + normaliser sum
     kv = state_size("softmax", 16, 10)

@@ -66,6 +66,18 @@ def test_early_stop_at_target() -> None:
     assert r.status == "early-stop" and r.steps_run == 2 and len(r.curve) == 1
 
 
+def test_minimised_metric_early_stop_best_and_sweep() -> None:
+    """An error metric (lower is better): reaching the target means going below it, and "best"
+    is the smallest value."""
+    err = lambda out, y: 1.0 - acc_fn(out, y)  # noqa: E731
+    cfg = TrainConfig(steps=100, batch_size=8, eval_every=2, target=1.0, maximize=False)
+    r = train(model_fn, copy_prev_batch, loss_fn, err, cfg)
+    assert r.status == "early-stop" and r.steps_run == 2
+    cfg = TrainConfig(steps=30, batch_size=16, eval_every=15, warmup_steps=2, maximize=False)
+    best, runs = sweep([1e-6, 1e-2], model_fn, copy_prev_batch, loss_fn, err, cfg)
+    assert best is runs[1] and best.best_metric == min(row["metric"] for row in best.curve)
+
+
 def test_ctrl_c_keeps_the_partial_curve() -> None:
     calls = []
 

@@ -49,6 +49,7 @@ class QualityTask:
     description: str
     causal: bool
     build: Callable[[str, int, int, dict[str, Any]], TaskParts]
+    maximize: bool = True  # False for error metrics (lower is better)
 
 
 TASKS: dict[str, QualityTask] = {}
@@ -103,6 +104,32 @@ def _listops(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]
 
 register_task(QualityTask("listops", "LRA's ListOps, scaled down (accuracy of the 10-way value)",
                           False, _listops))  # fmt: skip
+
+
+def _regression(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    """In-context regression: continuous rows through a linear input map, a causal model, the
+    task's MSE at the query rows (lower is better)."""
+    from attnzoo.tasks import regression
+
+    cfg = regression.RegressionConfig(**settings)
+    probe = regression.make_batch(cfg, 1, torch.Generator().manual_seed(0))
+    L, E = probe.inputs.shape[1:]
+
+    def model_fn() -> nn.Module:
+        return SequenceModel(vocab_size=1, input_dim=E, d_model=d_model, num_layers=num_layers,
+                             mixer=mixer, causal=True, num_outputs=cfg.d_y, max_len=L)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = regression.make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, regression.loss, regression.metric,
+                     dataclasses.asdict(cfg), L)  # fmt: skip
+
+
+register_task(QualityTask("regression", "in-context (piecewise / locally) linear regression "
+                          "(MSE at the query rows; lower is better)", True, _regression,
+                          maximize=False))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +273,8 @@ def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str, mixer
         bar.update(ptask, description=f"{task_name} {mixer} d={d_model} lr={lr:g} seed={seed}")
         cfg = TrainConfig(steps=suite.steps, batch_size=suite.batch_size, lr=lr,
                           eval_every=suite.eval_every, eval_batches=suite.eval_batches,
-                          target=suite.target, seed=seed)  # fmt: skip
+                          target=suite.target if task.maximize else None, seed=seed,
+                          maximize=task.maximize)  # fmt: skip
         done = [0]
 
         def on_eval(row: dict[str, float], lr: float = lr, done: list[int] = done) -> None:
@@ -270,8 +298,9 @@ def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str, mixer
             "final_metric": result.final_metric, "best_metric": result.best_metric,
             "best_of_sweep": False, "seconds": result.seconds,
         })  # fmt: skip
-        if result.best_metric is not None and (best is None or result.best_metric > best[0]):
-            best = (result.best_metric, lr)
+        sign = 1.0 if task.maximize else -1.0
+        if result.best_metric is not None and (best is None or sign * result.best_metric > best[0]):
+            best = (sign * result.best_metric, lr)
         if result.status == "interrupted":
             raise KeyboardInterrupt
     if best is not None:

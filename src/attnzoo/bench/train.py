@@ -38,6 +38,8 @@ class TrainConfig:
     eval_every: evaluate every this many steps (and after the last step).
     eval_batches: held-out batches per evaluation (of ``batch_size`` each).
     target: stop early once the evaluation metric reaches this (``None``: never).
+    maximize: the metric improves upwards (accuracy) or downwards (``False``: an error such as
+        MSE); it decides "reaches the target" and "best".
     grad_clip: max global gradient norm (``None``: no clipping).
     seed: seeds the model init, the training data and (``seed + 1``) the held-out data.
     """
@@ -52,6 +54,7 @@ class TrainConfig:
     target: float | None = None
     grad_clip: float | None = 1.0
     seed: int = 0
+    maximize: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batches"):
@@ -98,7 +101,8 @@ class TrainResult:
 
     @property
     def best_metric(self) -> float | None:
-        return max((r["metric"] for r in self.curve), default=None)
+        pick = max if self.config.maximize else min
+        return pick((r["metric"] for r in self.curve), default=None)
 
 
 def _evaluate(
@@ -156,7 +160,8 @@ def train(
                 curve.append(row)
                 if on_eval is not None:
                     on_eval(row)
-                if cfg.target is not None and metric >= cfg.target:
+                t = cfg.target
+                if t is not None and (metric >= t if cfg.maximize else metric <= t):
                     status = "early-stop"
                     break
     except KeyboardInterrupt:
@@ -187,5 +192,6 @@ def sweep(
         results.append(r)
         if r.status == "interrupted":
             break
-    best = max(results, key=lambda r: -math.inf if r.best_metric is None else r.best_metric)
+    sign = 1.0 if cfg.maximize else -1.0
+    best = max(results, key=lambda r: -math.inf if r.best_metric is None else sign * r.best_metric)
     return best, results

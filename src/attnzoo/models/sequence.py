@@ -83,6 +83,8 @@ class SequenceModel(nn.Module):
         short_conv: kernel of a causal depthwise conv before each mixer (``0``/``1``: none).
         mlp_ratio: MLP hidden width over ``d_model``.
         mixer_kwargs: extra config for the mixer (not ``d_model``/``causal``).
+        input_dim: continuous inputs ``[B, T, input_dim]`` through a linear map instead of
+            token ids through an embedding (``vocab_size`` then only sizes the default head).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class SequenceModel(nn.Module):
         short_conv: int = 0,
         mlp_ratio: float = 2.0,
         mixer_kwargs: Mapping[str, Any] | None = None,
+        input_dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_int("vocab_size", vocab_size, 1)
@@ -109,6 +112,8 @@ class SequenceModel(nn.Module):
         _check_int("short_conv", short_conv, 0)
         if num_outputs is not None:
             _check_int("num_outputs", num_outputs, 1)
+        if input_dim is not None:
+            _check_int("input_dim", input_dim, 1)
         if pool not in POOLS:
             raise ValueError(
                 f"SequenceModel: pool must be one of {', '.join(POOLS)}, got {pool!r}"
@@ -136,7 +141,12 @@ class SequenceModel(nn.Module):
                     f"SequenceModel: mixer_kwargs must not set {key!r} (the model does)"
                 )
         self.max_len, self.pool, self.causal = max_len, pool, causal
-        self.embed = nn.Embedding(vocab_size, d_model)
+        self.input_dim = input_dim
+        self.embed = (
+            nn.Embedding(vocab_size, d_model)
+            if input_dim is None
+            else nn.Linear(input_dim, d_model)
+        )
         self.pos = nn.Embedding(max_len, d_model) if positions else None
         self.blocks = nn.ModuleList(
             Block(
@@ -152,13 +162,24 @@ class SequenceModel(nn.Module):
         self.vocab_size = vocab_size
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """Shapes: tokens ``[B, T]`` (int) -> ``[B, T, out]`` (pool none) or ``[B, out]``."""
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+        """Shapes: tokens ``[B, T]`` (int; or ``[B, T, input_dim]`` float with ``input_dim``)
+        -> ``[B, T, out]`` (pool none) or ``[B, out]``."""
+        if self.input_dim is not None:
+            if (
+                not isinstance(tokens, Tensor)
+                or tokens.dim() != 3
+                or tokens.shape[-1] != self.input_dim
+            ):
+                raise ValueError(
+                    f"SequenceModel: inputs must be a float tensor [B, T, {self.input_dim}], got "
+                    f"{tuple(getattr(tokens, 'shape', ()))}"
+                )
+        elif not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
             raise ValueError(
                 "SequenceModel: tokens must be an integer tensor [B, T], got "
                 f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}"
             )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+        elif tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
             raise ValueError(
                 f"SequenceModel: tokens must be in [0, vocab_size={self.vocab_size}), got values "
                 f"in [{int(tokens.min())}, {int(tokens.max())}]"

@@ -379,7 +379,8 @@ def _quality(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     note = (
         f'<p class="muted">Run {run["run_id"]} ({_e(run["status"])}, {_e(_when(run["started_at"]))}): '
         "each row is the best learning rate of its (task, mechanism, width, seed) group; the metric "
-        "is measured on fixed held-out batches. State floats: the streaming state of all layers "
+        "is measured on fixed held-out batches (accuracy, higher is better; for the regression task, "
+        "MSE, lower is better). State floats: the streaming state of all layers "
         "after one sequence (a KV cache for attention).</p>"
     )
     return note + _table(head, body, "quality-table")
