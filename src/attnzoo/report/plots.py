@@ -19,9 +19,15 @@ COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
+LEGEND_ROWS = 16  # legend entries per column that fit the figure's height
+
+
 def loglog_svg(title: str, xlabel: str, ylabel: str, series: Sequence[Series]) -> str:
     """An SVG ``<svg>`` element: one line per series, both axes logarithmic, with a legend."""
-    fig, ax = plt.subplots(figsize=(7.4, 3.9), dpi=100)
+    # the legend sits right of the axes: up to ROWS entries per column, a wider figure for more
+    n = sum(1 for _, pts in series if any(x and y and x > 0 and y > 0 for x, y in pts))
+    ncol = max(1, -(-n // LEGEND_ROWS))
+    fig, ax = plt.subplots(figsize=(7.4 + 2.2 * (ncol - 1), 3.9), dpi=100)
     plotted = 0
     for i, (label, pts) in enumerate(series):
         pts = sorted((x, y) for x, y in pts if x and y and x > 0 and y > 0)
@@ -55,7 +61,9 @@ def loglog_svg(title: str, xlabel: str, ylabel: str, series: Sequence[Series]) -
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
     if plotted:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.legend(
+            fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, ncol=ncol
+        )
     else:
         ax.text(0.5, 0.5, "no measurements", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
