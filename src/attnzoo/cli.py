@@ -19,7 +19,8 @@ from attnzoo.bench.check import check_mixer, impl_choices
 from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
 from attnzoo.bench.quality import SUITES as QUALITY_SUITES
 from attnzoo.bench.quality import run_quality
-from attnzoo.bench.speed import RunInterrupted, run_speed
+from attnzoo.bench.runs import RunInterrupted
+from attnzoo.bench.speed import run_speed
 from attnzoo.bench.suite import SUITES
 from attnzoo.config import suggest
 from attnzoo.report import write_report

@@ -17,32 +17,7 @@ import pytest
 import torch
 
 import attnzoo as az
-
-
-def bn_by_hand(t: torch.Tensor, bn: torch.nn.Module) -> torch.Tensor:
-    """BatchNorm on the last axis: running statistics in eval mode, the biased statistics of
-    the batch (every other axis) in train mode."""
-    if bn.training:
-        dims = tuple(range(t.dim() - 1))
-        mean, var = t.mean(dims), t.var(dims, unbiased=False)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    return (t - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
-
-
-def depthwise_by_hand(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Same-size zero-padded depthwise conv as a sum of shifted copies. v ``[B, h, w, C]``,
-    weight ``[C, 1, k, k]``."""
-    B, h, w, C = v.shape
-    k = weight.shape[-1]
-    p = k // 2
-    padded = torch.zeros(B, h + 2 * p, w + 2 * p, C, dtype=v.dtype)
-    padded[:, p : p + h, p : p + w] = v
-    out = torch.zeros_like(v)
-    for a in range(k):
-        for b in range(k):
-            out = out + padded[:, a : a + h, b : b + w] * weight[:, 0, a, b]
-    return out
+from tests.mixers.naive import bn_by_hand, depthwise_by_hand
 
 
 def full_attention_by_hand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, H: int):

@@ -18,32 +18,7 @@ import pytest
 import torch
 
 import attnzoo as az
-
-
-def bn_by_hand(t: torch.Tensor, bn: torch.nn.Module, batch_stats: bool) -> torch.Tensor:
-    """BatchNorm on the last axis: running statistics, or (train mode) the biased batch
-    statistics over every other axis."""
-    if batch_stats:
-        dims = tuple(range(t.dim() - 1))
-        mean, var = t.mean(dims), t.var(dims, unbiased=False)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    return (t - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
-
-
-def depthwise_by_hand(v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Same-size zero-padded depthwise conv as a sum of shifted copies. v ``[B, h, w, C]``,
-    weight ``[C, 1, k, k]``."""
-    B, h, w, C = v.shape
-    k = weight.shape[-1]
-    p = k // 2
-    padded = torch.zeros(B, h + 2 * p, w + 2 * p, C, dtype=v.dtype)
-    padded[:, p : p + h, p : p + w] = v
-    out = torch.zeros_like(v)
-    for a in range(k):
-        for b in range(k):
-            out = out + padded[:, a : a + h, b : b + w] * weight[:, 0, a, b]
-    return out
+from tests.mixers.naive import bn_by_hand, depthwise_by_hand
 
 
 def rep_by_hand(conv: torch.nn.Module, t: torch.Tensor, batch_stats: bool) -> torch.Tensor:

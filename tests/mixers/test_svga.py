@@ -20,6 +20,7 @@ import torch
 
 import attnzoo as az
 from attnzoo.mixers.vision.svga import max_relative_roll, max_relative_scan
+from tests.mixers.naive import bn_by_hand
 
 
 def max_relative_by_hand(x: torch.Tensor, hop: int) -> torch.Tensor:
@@ -33,17 +34,6 @@ def max_relative_by_hand(x: torch.Tensor, hop: int) -> torch.Tensor:
         cols = [(c - i) % w for c in range(w)]
         x_j = torch.max(x_j, x - x[:, :, cols])
     return x_j
-
-
-def bn_by_hand(t: torch.Tensor, bn: torch.nn.Module) -> torch.Tensor:
-    """BatchNorm on the last axis: running statistics in eval mode, the biased statistics of
-    the batch (every other axis) in train mode."""
-    if bn.training:
-        dims = tuple(range(t.dim() - 1))
-        mean, var = t.mean(dims), t.var(dims, unbiased=False)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    return (t - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
 
 
 def gelu_by_hand(t: torch.Tensor) -> torch.Tensor:

@@ -17,16 +17,15 @@ import importlib.util
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
 from attnzoo.bench.measure import interleaved_medians, peak_memory_bytes
-from attnzoo.bench.speed import RunInterrupted
+from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.config import suggest
 from attnzoo.store import Store
 
@@ -109,7 +108,6 @@ class PeerPlan:
     repeats: int = 5
     warmup: int = 1
     memory: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name not in ("quick", "full", "custom"):
@@ -160,24 +158,13 @@ def run_peers(
         git_sha=git_sha(), gemm_gflops=gemm,
     )  # fmt: skip
     work = [(c, n) for c in cases for n in plan.sizes_of(c)]
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, disable=not progress, transient=True,
-    )  # fmt: skip
-    try:
-        with torch.no_grad(), bar:
-            task = bar.add_task("peers", total=len(work))
-            for case, n in work:
-                bar.update(task, description=f"{case.name} n={n}")
-                _one(store, run_id, case, n, plan, gemm)
-                bar.advance(task)
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted", note="Ctrl-C")
-        raise RunInterrupted(run_id) from None
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
-    store.finish_run(run_id, "complete")
+    bar = progress_bar(console, progress)
+    with finishing(store, run_id), torch.no_grad(), bar:
+        task = bar.add_task("peers", total=len(work))
+        for case, n in work:
+            bar.update(task, description=f"{case.name} n={n}")
+            _one(store, run_id, case, n, plan, gemm)
+            bar.advance(task)
     return run_id
 
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import Tensor, nn
 
 from attnzoo.bench.env import environment, git_sha
-from attnzoo.bench.speed import RunInterrupted
+from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.bench.train import TrainConfig, train
 from attnzoo.config import suggest
 from attnzoo.models.sequence import SequenceModel
@@ -244,23 +244,11 @@ def run_quality(
                              config=suite.to_dict(), env=environment(), git_sha=git_sha())  # fmt: skip
     groups = [(t, m, d, s) for t in suite.tasks for m in suite.mixers for d in suite.d_models
               for s in suite.seeds]  # fmt: skip
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
-        disable=not progress,
-    )  # fmt: skip
-    try:
-        with bar:
-            ptask = bar.add_task("quality", total=len(groups) * len(suite.lrs) * suite.steps)
-            for task_name, mixer, d_model, seed in groups:
-                _group(store, run_id, suite, task_name, mixer, d_model, seed, bar, ptask)
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted", note="Ctrl-C")
-        raise RunInterrupted(run_id) from None
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
-    store.finish_run(run_id, "complete")
+    bar = progress_bar(console, progress, "steps")
+    with finishing(store, run_id), bar:
+        ptask = bar.add_task("quality", total=len(groups) * len(suite.lrs) * suite.steps)
+        for task_name, mixer, d_model, seed in groups:
+            _group(store, run_id, suite, task_name, mixer, d_model, seed, bar, ptask)
     return run_id
 
 

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from attnzoo.bench.check import check_mixer, impl_choices
 from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
 from attnzoo.bench.measure import median_seconds, peak_memory_bytes
+from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.bench.suite import SpeedSuite, build_mask, masks_for
 from attnzoo.mixers.base import Mixer
 from attnzoo.ops.masks import Mask
@@ -38,14 +38,6 @@ from attnzoo.registry import MixerSpec, build_mixer
 from attnzoo.store import Store
 
 PROBE_LENGTHS = (64, 128)
-
-
-class RunInterrupted(Exception):
-    """Ctrl-C during a run: the run is marked interrupted and keeps what it finished."""
-
-    def __init__(self, run_id: int) -> None:
-        super().__init__(f"run {run_id} interrupted")
-        self.run_id = run_id
 
 
 @dataclasses.dataclass
@@ -314,15 +306,8 @@ def run_speed(
         gemm_gflops=gemm,
     )  # fmt: skip
     store.add_specs(run_id, [s.to_dict() for s in specs])
-    try:
+    with finishing(store, run_id):
         _run_cells(suite, store, run_id, specs, cells, gemm, console, progress)
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted", note="stopped by the user (Ctrl-C)")
-        raise RunInterrupted(run_id) from None
-    except BaseException as e:
-        store.finish_run(run_id, "failed", note=repr(e))
-        raise
-    store.finish_run(run_id, "complete")
     return run_id
 
 
@@ -340,10 +325,7 @@ def _run_cells(
                 else f"correctness gate failed: max |err| {r.max_abs_err:.2e} {r.detail}".strip()
             )
     total = sum(len(suite.lengths_for(cell.spec)) for cell in cells)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, disable=not progress,
-    ) as bar:  # fmt: skip
+    with progress_bar(console, progress) as bar:  # fmt: skip
         task = bar.add_task("speed", total=total)
         for cell in cells:
             verdict = gate.get((cell.spec.name, cell.impl, cell.pattern))
