@@ -102,6 +102,16 @@ def test_chunk_is_stable_for_strong_decay_and_long_chunks() -> None:
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 
 
+def test_chunk_carries_state_across_super_blocks() -> None:
+    """Chunks of 2 tokens, 16 per super-block: T = 70 spans three super-blocks (the last one
+    partial), with strong, mild and no decay."""
+    q, k, v = inputs(70)
+    for d in (torch.tensor([-200.0, -0.3, 0.0]), None):
+        got = linear_attention(q, k, v, causal=True, decay=d, impl="chunk", chunk_size=2)
+        want = linear_attention(q, k, v, causal=True, decay=d, impl="recurrent")
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
 def test_empty_sequence(impl: str) -> None:
     q, k, v = inputs(0)
