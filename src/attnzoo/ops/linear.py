@@ -294,7 +294,8 @@ def _chunk_causal(
         # S_n = lambda^C S_{n-1} + sum_j lambda^(C-1-j) k_j^T v_j, state entering chunk n
         kd = kc if g is None else kc * k_decay
         kv = torch.matmul(kd.transpose(-1, -2), vc).view(R, N, K * V)  # [B·H, n, K·V]
-        entering = torch.baddbmm(carry[:, :N] * state, across[:, :N, :N], kv)  # [B·H, n, K·V]
+        entering = torch.matmul(across[:, :N, :N], kv)  # [B·H, n, K·V]
+        entering.addcmul_(carry[:, :N], state)  # in place: not saved by matmul's backward
         if g is None:
             qd, alpha = qc, scale
         else:
@@ -302,8 +303,8 @@ def _chunk_causal(
         o.view(R * N, C, V).baddbmm_(qd.view(R * N, C, K), entering.view(R * N, K, V), alpha=alpha)
         state = step_c * entering[:, -1:] + kv[:, -1:]  # [B·H, 1, K·V]
         outs.append(o)
-    o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B·H, N, C, V]
-    return from_chunks(o, B, T)  # [B, T, H, V] (a view)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B·H, N, C, V]
+    return from_chunks(out, B, T)  # [B, T, H, V] (a view)
 
 
 _COMPILED: list = []
