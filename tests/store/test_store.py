@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from attnzoo.store import Store, StoreBusyError, StoreError, default_path
-from attnzoo.store.schema import LATEST
+from attnzoo.store.schema import LATEST, MIGRATIONS
 
 SPEED_ROW = {
     "mixer": "softmax", "impl": "sdpa", "pattern": "causal-self", "mask": "causal", "mode": "fwd", "batch": 1,
@@ -179,3 +179,103 @@ def test_unknown_run_and_bad_status(tmp_path: Path) -> None:
         s.run(99)
     with pytest.raises(ValueError, match="status must be complete, interrupted or failed"):
         s.finish_run(run, "done")
+
+
+CURVE_ROW = {"task": "mqar", "mixer": "linear", "d_model": 16, "lr": 1e-3, "seed": 0, "step": 10,
+             "train_loss": 1.0, "eval_loss": 1.1, "metric": 0.5, "seconds": 2.0}  # fmt: skip
+EVAL_ROW = {"task": "pointer-sort", "mixer": "softmax", "d_model": 16, "lr": 1e-3, "seed": 0,
+            "name": "greedy_n11_20", "value": 0.75}  # fmt: skip
+
+
+def v3_store(path: Path, curve_task_config: bool = False) -> None:
+    """A store as schema v3 wrote it, with one quality run and a curve point."""
+    con = duckdb.connect(str(path))
+    for _, _, statements in MIGRATIONS[:3]:
+        for sql in statements:
+            con.execute(sql)
+    if curve_task_config:  # a column the v4 migration adds: makes that migration fail half-way
+        con.execute("ALTER TABLE quality_curve ADD COLUMN task_config VARCHAR")
+    con.execute("INSERT INTO attnzoo_meta VALUES ('app', 'attnzoo-store'), ('schema_version', '3')")
+    con.execute("INSERT INTO runs (kind, status, started_at, env, config) "
+                "VALUES ('quality', 'complete', now(), '{}', '{}')")  # fmt: skip
+    cols = ", ".join(CURVE_ROW)
+    con.execute(f"INSERT INTO quality_curve (run_id, {cols}, recorded_at) VALUES "
+                f"(1, {', '.join('?' for _ in CURVE_ROW)}, now())", list(CURVE_ROW.values()))  # fmt: skip
+    con.close()
+
+
+def test_v3_store_reads_then_migrates_to_latest_keeping_rows(tmp_path: Path) -> None:
+    path = tmp_path / "v3.duckdb"
+    v3_store(path)
+    reader = Store(path, read_only=True)  # readers do not migrate; the new table reads empty
+    assert reader.schema_version == 3 and reader.quality_evals() == [] == reader.quality_evals([1])
+    assert reader.cp() == [] == reader.cp_skips([1])  # v5's tables read empty too
+    (curve,) = reader.curves()
+    assert curve["metric"] == 0.5 and curve["task_config"] is None
+    store = Store(path)
+    assert store.schema_version == LATEST == 5
+    assert [c["task_config"] for c in store.curves()] == [None] and store.quality_evals() == []
+    store.add_curve_point(1, {**CURVE_ROW, "step": 20, "task_config": '{"seq_len": 64}'})
+    assert [c["task_config"] for c in store.curves([1])] == [None, '{"seq_len": 64}']
+    store.add_quality_eval(1, EVAL_ROW)
+    store.add_quality_eval(
+        1, {**EVAL_ROW, "name": "greedy_n5_10", "value": 1.0, "task_config": "{}"}
+    )
+    rows = Store(path, read_only=True).quality_evals([1])
+    assert [(r["name"], r["value"], r["task_config"]) for r in rows] == [
+        ("greedy_n11_20", 0.75, None), ("greedy_n5_10", 1.0, "{}")]  # fmt: skip
+    assert store.quality_evals([2]) == [] and store.quality_evals([]) == []
+    with pytest.raises(ValueError, match=r"a quality_eval row needs \['value'\]"):
+        store.add_quality_eval(1, {k: v for k, v in EVAL_ROW.items() if k != "value"})
+
+
+def test_a_failing_migration_leaves_the_old_store_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "half.duckdb"
+    v3_store(path, curve_task_config=True)
+    with pytest.raises(duckdb.Error, match="task_config"):
+        Store(path)  # CREATE TABLE quality_eval succeeds, the ALTER fails: all rolled back
+    con = duckdb.connect(str(path))
+    tables = {
+        r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    }
+    version = con.execute("SELECT value FROM attnzoo_meta WHERE key = 'schema_version'").fetchone()
+    con.close()
+    assert "quality_eval" not in tables and version == ("3",)
+
+
+def test_best_of_sweep_narrows_to_one_task_point(tmp_path: Path) -> None:
+    s = Store(tmp_path / "b.duckdb")
+    run = new_run(s)
+    base = {"task": "mqar", "mixer": "linear", "d_model": 16, "num_layers": 2, "seed": 0,
+            "params": 1, "state_size": None, "steps_run": 1, "status": "complete",
+            "final_metric": 0.5, "best_metric": 0.5, "best_of_sweep": False, "seconds": 1.0}  # fmt: skip
+    for cfg in ('{"L": 64}', '{"L": 256}'):
+        for lr in (1e-3, 1e-2):
+            s.add_quality(run, {**base, "task_config": cfg, "lr": lr})
+    s.mark_best_of_sweep(run, "mqar", "linear", 16, 0, 1e-2, task_config='{"L": 64}')
+    s.mark_best_of_sweep(run, "mqar", "linear", 16, 0, 1e-3, task_config='{"L": 256}')
+    flagged = sorted((r["task_config"], r["lr"]) for r in s.quality([run], best_of_sweep=True))
+    assert flagged == [('{"L": 256}', 1e-3), ('{"L": 64}', 1e-2)]
+    s.mark_best_of_sweep(run, "mqar", "linear", 16, 0, 1e-2)  # without: the whole task
+    assert len(s.quality([run], best_of_sweep=True)) == 2
+
+
+CP_ROW = {"strategy": "ring", "sharding": "zigzag", "mask": "causal", "seq_len": 64,
+          "mode": "fwd", "world_size": 2, "rank": 0, "latency_s": 0.01, "rank_wall_s": 0.01,
+          "rank_cpu_s": 0.008, "peak_bytes": 1024, "bytes_sent": 512, "bytes_analytic": 512,
+          "pairs": 1040.0, "max_abs_err": 1e-7, "exact": True}  # fmt: skip
+
+
+def test_cp_rows_and_skips_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "cp.duckdb")
+    run = store.begin_run(kind="cp", suite="cp", command="t", config={}, env={})
+    store.add_cp(run, CP_ROW)
+    store.add_cp(run, {**CP_ROW, "rank": 1, "max_abs_err": None, "exact": None, "pairs": None})
+    store.add_cp_skip(run, {k: CP_ROW[k] for k in ("strategy", "sharding", "mask", "seq_len",
+                                                   "mode", "world_size")} | {"reason": "r"})  # fmt: skip
+    rows = store.cp([run])
+    assert [r["rank"] for r in rows] == [0, 1] and rows[1]["max_abs_err"] is None
+    assert rows[0]["exact"] is True and rows[0]["bytes_sent"] == 512
+    assert [s["reason"] for s in store.cp_skips([run])] == ["r"]
+    with pytest.raises(ValueError, match=r"a cp row needs \['exact'\]"):
+        store.add_cp(run, {k: v for k, v in CP_ROW.items() if k != "exact"})

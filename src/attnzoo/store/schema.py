@@ -18,7 +18,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """CREATE SEQUENCE run_ids START 1""",
             """CREATE TABLE runs (
                 run_id BIGINT PRIMARY KEY DEFAULT nextval('run_ids'),
-                kind VARCHAR NOT NULL,            -- 'speed', 'peers', 'quality' (later: 'cp')
+                kind VARCHAR NOT NULL,            -- 'speed', 'peers', 'quality', 'cp'
                 suite VARCHAR,
                 status VARCHAR NOT NULL,          -- running | complete | interrupted | failed
                 started_at TIMESTAMP NOT NULL,
@@ -147,6 +147,64 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 eval_loss DOUBLE NOT NULL,
                 metric DOUBLE NOT NULL,
                 seconds DOUBLE NOT NULL,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
+    (
+        4,
+        "extra evaluations of a trained model (e.g. greedy pointer decoding on longer inputs); "
+        "curve points record their task point's config",
+        [
+            """CREATE TABLE quality_eval (
+                run_id BIGINT NOT NULL,
+                task VARCHAR NOT NULL,
+                task_config VARCHAR,              -- JSON of the task's config, as in quality
+                mixer VARCHAR NOT NULL,
+                d_model INTEGER NOT NULL,
+                lr DOUBLE NOT NULL,
+                seed INTEGER NOT NULL,
+                name VARCHAR NOT NULL,            -- e.g. greedy_n11_20
+                value DOUBLE,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+            # several points of one task (Zoology's (L, kv) grid) share task/mixer/width/lr/seed
+            """ALTER TABLE quality_curve ADD COLUMN task_config VARCHAR""",
+        ],
+    ),
+    (
+        5,
+        "context-parallel runs: one row per (case, rank) and the cases skipped",
+        [
+            """CREATE TABLE cp (
+                run_id BIGINT NOT NULL,
+                strategy VARCHAR NOT NULL,        -- ring | ring-allgather | ulysses | hybrid | state-*
+                sharding VARCHAR NOT NULL,        -- contiguous | zigzag | striped
+                mask VARCHAR NOT NULL,
+                seq_len INTEGER NOT NULL,         -- global T
+                mode VARCHAR NOT NULL,            -- fwd | fwd+bwd
+                world_size INTEGER NOT NULL,
+                rank INTEGER NOT NULL,
+                latency_s DOUBLE NOT NULL,        -- median over repeats of the slowest rank
+                rank_wall_s DOUBLE NOT NULL,      -- this rank's median wall time
+                rank_cpu_s DOUBLE NOT NULL,       -- this rank's median CPU time (its compute)
+                peak_bytes BIGINT NOT NULL,       -- allocated during one call on this rank
+                bytes_sent BIGINT NOT NULL,       -- counted by Comm over one call
+                bytes_analytic BIGINT NOT NULL,   -- the strategy's formula
+                pairs DOUBLE,                     -- attended pairs computed (per head); softmax only
+                max_abs_err DOUBLE,               -- vs one process, on rank 0 (NULL elsewhere)
+                exact BOOLEAN,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+            """CREATE TABLE cp_skips (
+                run_id BIGINT NOT NULL,
+                strategy VARCHAR NOT NULL,
+                sharding VARCHAR NOT NULL,
+                mask VARCHAR NOT NULL,
+                seq_len INTEGER NOT NULL,
+                mode VARCHAR NOT NULL,
+                world_size INTEGER NOT NULL,
+                reason VARCHAR NOT NULL,
                 recorded_at TIMESTAMP NOT NULL
             )""",
         ],

@@ -39,6 +39,11 @@ QUALITY_COLUMNS = (
 )  # fmt: skip
 CURVE_COLUMNS = ("task", "mixer", "d_model", "lr", "seed", "step", "train_loss", "eval_loss",
                  "metric", "seconds")  # fmt: skip
+EVAL_COLUMNS = ("task", "mixer", "d_model", "lr", "seed", "name", "value")
+CP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_size", "rank", "latency_s",
+              "rank_wall_s", "rank_cpu_s", "peak_bytes", "bytes_sent", "bytes_analytic", "pairs",
+              "max_abs_err", "exact")  # fmt: skip
+CP_SKIP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_size", "reason")
 PEER_COLUMNS = (
     "case_name", "mechanism", "peer", "size", "n", "ours_s", "peer_s", "ratio", "ours_flops",
     "ours_gflops", "gemm_fraction", "ours_peak_bytes", "peer_peak_bytes", "max_abs_diff",
@@ -267,17 +272,33 @@ class Store:
         self._insert("quality", QUALITY_COLUMNS, run_id, row)
 
     def add_curve_point(self, run_id: int, row: dict[str, Any]) -> None:
-        self._insert("quality_curve", CURVE_COLUMNS, run_id, row)
+        """``row``: :data:`CURVE_COLUMNS`, and optionally ``task_config`` (JSON; else NULL)."""
+        cols = (*CURVE_COLUMNS, "task_config")
+        self._insert("quality_curve", cols, run_id, {"task_config": None, **row})
+
+    def add_quality_eval(self, run_id: int, row: dict[str, Any]) -> None:
+        """One extra evaluation of a trained model: :data:`EVAL_COLUMNS` (``name``, e.g.
+        ``greedy_n11_20``, and its ``value``), optionally ``task_config`` (JSON; else NULL)."""
+        cols = (*EVAL_COLUMNS, "task_config")
+        self._insert("quality_eval", cols, run_id, {"task_config": None, **row})
+
+    def add_cp(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("cp", CP_COLUMNS, run_id, row)
+
+    def add_cp_skip(self, run_id: int, row: dict[str, Any]) -> None:
+        self._insert("cp_skips", CP_SKIP_COLUMNS, run_id, row)
 
     def mark_best_of_sweep(self, run_id: int, task: str, mixer: str, d_model: int, seed: int,
-                           lr: float) -> None:  # fmt: skip
-        """Flag the row of ``lr`` as its group's best (the others cleared), in one transaction."""
+                           lr: float, *, task_config: str | None = None) -> None:  # fmt: skip
+        """Flag the row of ``lr`` as its group's best (the others cleared), in one transaction.
+        ``task_config`` narrows the group to one task point (several MQAR (L, kv) points)."""
+        where = "run_id = ? AND task = ? AND mixer = ? AND d_model = ? AND seed = ?"
+        params: list[Any] = [lr, run_id, task, mixer, d_model, seed]
+        if task_config is not None:
+            where += " AND task_config = ?"
+            params.append(task_config)
         with self._write() as con:
-            con.execute(
-                "UPDATE quality SET best_of_sweep = (lr = ?) WHERE run_id = ? AND task = ? AND "
-                "mixer = ? AND d_model = ? AND seed = ?",
-                [lr, run_id, task, mixer, d_model, seed],
-            )
+            con.execute(f"UPDATE quality SET best_of_sweep = (lr = ?) WHERE {where}", params)
 
     # ---- queries ------------------------------------------------------------------------
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -344,7 +365,22 @@ class Store:
         return self._table("quality", run_ids, filters)
 
     def curves(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        return self._table("quality_curve", run_ids, {})
+        """Curve points; ``task_config`` is None for points of older stores (before v4)."""
+        rows = self._table("quality_curve", run_ids, {})
+        for r in rows:
+            r.setdefault("task_config", None)
+        return rows
+
+    def quality_evals(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Extra evaluations (``quality_eval`` rows); empty for stores older than v4."""
+        return self._table("quality_eval", run_ids, {})
+
+    def cp(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Context-parallel rows (one per case and rank); empty for stores older than v5."""
+        return self._table("cp", run_ids, {})
+
+    def cp_skips(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        return self._table("cp_skips", run_ids, {})
 
     def skips(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         return self._table("skips", run_ids, {})

@@ -1,0 +1,105 @@
+"""The report's context-parallel section: the latest ``attnzoo bench cp`` run.
+
+One table row per (strategy, mask, T, mode, world size) with its ranks folded: latency of the
+slowest rank, the largest per-rank peak memory and its ratio to the same case at world size 1,
+bytes sent per rank (counted) and whether every rank's count equals the strategy's analytic
+formula, the spread of per-rank CPU time (compute balance) and of attended pairs, and the
+exactness check against one process. A plot shows per-rank peak memory against world size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from attnzoo.report.common import esc, num, table, td, when
+from attnzoo.report.plots import loglog_svg
+from attnzoo.store import Store
+
+Row = dict[str, Any]
+KEY = ("strategy", "mask", "seq_len", "mode")
+
+
+def cp_section(store: Store) -> str | None:
+    """HTML of the latest cp run, or ``None`` when the store has none."""
+    run_id = store.latest_run_id("cp")
+    if run_id is None:
+        return None
+    run = store.run(run_id)
+    rows, skips = store.cp([run_id]), store.cp_skips([run_id])
+    cases: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        cases[(*(r[k] for k in KEY), r["world_size"])].append(r)
+    env, config = run.get("env") or {}, run.get("config") or {}
+    launch = env.get("cp_launch", "spawned gloo workers on this machine")
+    cpus = env.get("cpu_count")
+    shape = (f"B={config.get('batch', '?')}, H={config.get('heads', '?')}, "
+             f"K=V={config.get('head_dim', '?')}, fp32")  # fmt: skip
+    note = (
+        f'<p class="muted">Run {run["run_id"]} ({esc(run["status"])}, {esc(when(run["started_at"]))}'
+        f"), {esc(launch)}. Every rank holds its shard of one global sequence; "
+        "outputs (and with fwd+bwd the input gradients) are gathered and compared with the "
+        f"single-process op ({esc(shape)}). Latency: median over repeats of the slowest rank. CPU time per rank "
+        "is its compute (a rank blocked in a receive uses none): max/min across ranks is the "
+        "load balance. Bytes: counted by the communicator over one call, per rank. "
+        f"<b>Wall time on this machine ({esc(cpus or '?')} cores) does not scale past that many "
+        "workers: more processes share the same cores.</b></p>"
+    )
+    head = ["strategy", "mask", "T", "mode", "world", "sharding", "latency ms", "peak MiB/rank",
+            "memory vs world 1", "sent KiB/rank", "= analytic", "CPU max/min", "pairs max/min",
+            "max abs err", "exact"]  # fmt: skip
+    body = [_row(key, rs, cases) for key, rs in sorted(cases.items(), key=_order)]
+    tab = table(head, body, "cp-table") if body else "<p>No context-parallel rows recorded.</p>"
+    missing = "".join(
+        f"<li>{esc(s['strategy'])} {esc(s['mask'])} T={s['seq_len']} {esc(s['mode'])} world "
+        f"{s['world_size']}: {esc(s['reason'])}</li>"
+        for s in skips
+    )
+    return note + tab + _memory_plot(cases) + (f"<ul>{missing}</ul>" if missing else "")
+
+
+def _order(item: tuple[tuple, list[Row]]) -> tuple:
+    (strategy, mask, T, mode, world), _ = item
+    return strategy, mask, mode, T, world
+
+
+def _row(key: tuple, rs: list[Row], cases: dict[tuple, list[Row]]) -> list[str]:
+    strategy, mask, T, mode, world = key
+    peak = max(r["peak_bytes"] for r in rs)
+    base = cases.get((strategy, mask, T, mode, 1))
+    ratio = peak / max(r["peak_bytes"] for r in base) if base else None
+    cpu = [r["rank_cpu_s"] for r in rs]
+    pairs = [r["pairs"] for r in rs if r["pairs"] is not None]
+    errs = [r["max_abs_err"] for r in rs if r["max_abs_err"] is not None]
+    exact = [r["exact"] for r in rs if r["exact"] is not None]
+    equal = all(r["bytes_sent"] == r["bytes_analytic"] for r in rs)
+    ok = bool(exact) and all(exact)
+    return [
+        td(strategy), td(mask), td(T), td(mode), td(world), td(rs[0]["sharding"]),
+        num(rs[0]["latency_s"] * 1e3, ".1f"), num(peak / 2**20, ".2f"),
+        num(ratio, ".2f"), num(max(r["bytes_sent"] for r in rs) / 1024, ".0f"),
+        td("yes" if equal else "NO", "ok" if equal else "bad"),
+        num(max(cpu) / min(cpu) if min(cpu) > 0 else None, ".2f"),
+        num(max(pairs) / min(pairs) if pairs and min(pairs) > 0 else None, ".2f"),
+        num(errs[0] if errs else None, ".1e"),
+        td("yes" if ok else "NO", "ok" if ok else "bad"),
+    ]  # fmt: skip
+
+
+def _memory_plot(cases: dict[tuple, list[Row]]) -> str:
+    """Per-rank peak memory vs world size, one line per (strategy, mask) at the largest T."""
+    if not cases:
+        return ""
+    T = max(k[2] for k in cases)
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (strategy, mask, t, mode, world), rs in cases.items():
+        if t == T and mode == "fwd":
+            series[f"{strategy} {mask}"].append((world, max(r["peak_bytes"] for r in rs) / 2**20))
+    if not series or all(len(p) < 2 for p in series.values()):
+        return ""
+    svg = loglog_svg(f"Per-rank peak memory, forward, T = {T}", "world size (processes)",
+                     "peak MiB per rank", sorted(series.items()))  # fmt: skip
+    return (
+        f"<figure>{svg}<figcaption>Ideal: 1/world size (a slope of -1); the all-gather variant "
+        "keeps all of K/V on every rank.</figcaption></figure>"
+    )
