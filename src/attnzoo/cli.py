@@ -18,7 +18,7 @@ import attnzoo as az
 from attnzoo.bench.check import check_mixer, impl_choices
 from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
 from attnzoo.bench.quality import SUITES as QUALITY_SUITES
-from attnzoo.bench.quality import run_quality
+from attnzoo.bench.quality import check_suite, run_quality
 from attnzoo.bench.runs import RunInterrupted
 from attnzoo.bench.speed import run_speed
 from attnzoo.bench.suite import SUITES
@@ -384,8 +384,17 @@ def bench_peers(
 
 @bench_app.command("quality")
 def bench_quality(
-    suite: Annotated[str, typer.Option(help="quick (minutes).")] = "quick",
-    task: Annotated[str | None, typer.Option(help="Comma-separated tasks, e.g. mqar.")] = None,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="quick (minutes), zoology (MQAR Figure-2 grid, ~1-2 h), pointer, images, "
+            "regression."
+        ),
+    ] = "quick",
+    task: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated tasks, e.g. mqar (the suite's points of those tasks)."),
+    ] = None,
     mixers: Annotated[str | None, typer.Option(help="Comma-separated mechanisms.")] = None,
     d_model: Annotated[
         str | None, typer.Option("--d-model", help="Comma-separated widths, e.g. 64,128.")
@@ -406,8 +415,6 @@ def bench_quality(
         )
     changes: dict = {}
     try:
-        if task is not None:
-            changes["tasks"] = _words(task)
         if mixers is not None:
             changes["mixers"] = _words(mixers)
         if d_model is not None:
@@ -419,7 +426,10 @@ def bench_quality(
         if steps is not None:
             changes["steps"] = steps
         plan = QUALITY_SUITES[suite].replace(**changes)
-    except ValueError as e:
+        if task is not None:
+            plan = plan.select_tasks(_words(task) or ())
+        check_suite(plan)
+    except (TypeError, ValueError) as e:
         raise _fail(str(e)) from None
     store = _open_store(db)
     command = "attnzoo " + " ".join(sys.argv[1:])
@@ -435,9 +445,112 @@ def bench_quality(
         table.add_column(col)
     for r in store.quality([run_id], best_of_sweep=True):
         state = "-" if r["state_size"] is None else str(r["state_size"])
-        table.add_row(r["task"], r["mixer"], str(r["d_model"]), f"{r['lr']:g}", str(r["seed"]),
-                      f"{r['best_metric']:.3f}", str(r["steps_run"]), r["status"], state)  # fmt: skip
+        table.add_row(_point(r["task"], r["task_config"]), r["mixer"], str(r["d_model"]),
+                      f"{r['lr']:g}", str(r["seed"]), f"{r['best_metric']:.3f}",
+                      str(r["steps_run"]), r["status"], state)  # fmt: skip
     out.print(table)
+    evals = store.quality_evals([run_id])
+    if evals:
+        extra = Table(title=f"run {run_id}: extra evaluations of the final models")
+        for col in ("task", "mixer", "d_model", "lr", "seed", "evaluation", "value"):
+            extra.add_column(col)
+        for e in evals:
+            extra.add_row(_point(e["task"], e["task_config"]), e["mixer"], str(e["d_model"]),
+                          f"{e['lr']:g}", str(e["seed"]), e["name"], f"{e['value']:.3f}")  # fmt: skip
+        out.print(extra)
+
+
+@bench_app.command("cp")
+def bench_cp(
+    world_size: Annotated[
+        str,
+        typer.Option(help="Comma-separated world sizes (gloo workers spawned on this machine)."),
+    ] = "1,2,4",  # fmt: skip
+    strategy: Annotated[
+        str | None, typer.Option(help="Comma-separated strategies (default: all; see --list).")
+    ] = None,  # fmt: skip
+    seq_lens: Annotated[str, typer.Option(help="Comma-separated global T.")] = "1024,4096",
+    masks: Annotated[
+        str, typer.Option(help="full, causal, sliding-window, document.")
+    ] = "full,causal",
+    mode: Annotated[str, typer.Option(help="fwd and/or fwd+bwd.")] = "fwd",
+    heads: Annotated[int, typer.Option(help="Attention heads H.")] = 8,
+    head_dim: Annotated[int, typer.Option(help="Head dim K = V.")] = 64,
+    batch: Annotated[int, typer.Option(help="Batch size B.")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed calls per case (median).")] = 3,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds one strategy's workers may take.")
+    ] = 1800.0,
+    list_: Annotated[bool, typer.Option("--list", help="List the strategies and exit.")] = False,
+    db: DbOption = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Context parallelism: every strategy on a sharded sequence, exactness vs one process,
+    latency, per-rank memory, compute and bytes (counted and analytic) into the store.
+
+    Spawns its own gloo workers; under torchrun (e.g. ``torchrun --nproc-per-node 4 -m attnzoo
+    bench cp``) the launched processes are the workers and rank 0 writes the store."""
+    from attnzoo.bench.cp import STRATEGIES, CPPlan, run_cp
+
+    if list_:
+        for s_ in STRATEGIES.values():
+            out.print(f"{s_.name}: {s_.description} (masks: {', '.join(s_.masks)})", soft_wrap=True)
+        return
+    try:
+        plan = CPPlan(world_sizes=_ints("--world-size", world_size) or (), strategies=_words(strategy)
+                      or tuple(STRATEGIES), masks=_words(masks) or (), seq_lens=_ints("--seq-lens",
+                      seq_lens) or (), modes=_words(mode) or (), batch=batch, heads=heads,
+                      head_dim=head_dim, repeats=repeats, timeout=timeout)  # fmt: skip
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    store = _open_store(db)
+    try:
+        run_id = run_cp(plan, store, command="attnzoo " + " ".join(sys.argv[1:]), console=err,
+                        progress=progress)  # fmt: skip
+    except RunInterrupted as e:
+        err.print(f"interrupted: run {e.run_id} marked interrupted; measurements kept")
+        raise typer.Exit(code=130) from None
+    if run_id is None:  # a torchrun rank > 0
+        return
+    table = Table(
+        title=f"run {run_id}: context parallelism (per case: slowest rank, max over ranks)"
+    )
+    for col in ("strategy", "mask", "T", "mode", "world", "ms", "peak MiB/rank", "sent KiB/rank",
+                "analytic", "CPU spread", "max err"):  # fmt: skip
+        table.add_column(col)
+    for case in _cp_cases(store.cp([run_id])):
+        table.add_row(*case)
+    out.print(table)
+    for s_ in store.cp_skips([run_id]):
+        err.print(f"skipped {s_['strategy']} {s_['mask']} world {s_['world_size']}: {s_['reason']}")
+
+
+def _cp_cases(rows: list[dict]) -> list[list[str]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = (r["strategy"], r["mask"], r["seq_len"], r["mode"], r["world_size"])
+        groups.setdefault(key, []).append(r)
+    table = []
+    for (name, mask, T, mode, w), rs in groups.items():
+        cpu = [r["rank_cpu_s"] for r in rs]
+        err0 = [r["max_abs_err"] for r in rs if r["max_abs_err"] is not None]
+        table.append([name, mask, str(T), mode, str(w), f"{rs[0]['latency_s'] * 1e3:.1f}",
+                      f"{max(r['peak_bytes'] for r in rs) / 2**20:.1f}",
+                      f"{max(r['bytes_sent'] for r in rs) / 1024:.0f}",
+                      "=" if all(r["bytes_sent"] == r["bytes_analytic"] for r in rs) else "DIFFERS",
+                      f"{max(cpu) / max(min(cpu), 1e-12):.2f}x",
+                      "-" if not err0 else f"{err0[0]:.1e}"])  # fmt: skip
+    return table
+
+
+def _point(task: str, task_config: str | None) -> str:
+    """``mqar L=256 kv=16`` for MQAR grid points, ``regression drift``, else the task name."""
+    cfg = json.loads(task_config) if task_config else {}
+    if task == "mqar" and "seq_len" in cfg:
+        return f"mqar L={cfg['seq_len']} kv={cfg['num_kv_pairs']}"
+    if task == "regression" and "mode" in cfg:
+        return f"regression {cfg['mode']}"
+    return task
 
 
 @app.command()

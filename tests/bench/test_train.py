@@ -139,3 +139,67 @@ def test_short_conv_is_causal() -> None:
     torch.testing.assert_close(
         m(x)[:, :-1], m(y)[:, :-1]
     )  # changing the last token changes no earlier output
+
+
+def test_predict_fn_feeds_the_metric_and_not_the_loss() -> None:
+    """The metric sees predict_fn(model, inputs) (e.g. greedy decoding); the eval loss still sees
+    model(inputs)."""
+    seen = []
+
+    def oracle(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(model.training)
+        return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # the right answer
+
+    def metric(pred: torch.Tensor, y: torch.Tensor) -> float:
+        keep = y != -100
+        return float((pred[keep] == y[keep]).float().mean())
+
+    cfg = TrainConfig(steps=4, batch_size=8, eval_every=2, eval_batches=2, lr=1e-6)
+    r = train(model_fn, copy_prev_batch, loss_fn, metric, cfg, predict_fn=oracle)
+    plain = train(model_fn, copy_prev_batch, loss_fn, acc_fn, cfg)
+    assert [row["metric"] for row in r.curve] == [1.0, 1.0] and seen == [False] * 4
+    assert [row["eval_loss"] for row in r.curve] == [row["eval_loss"] for row in plain.curve]
+    assert plain.curve[-1]["metric"] < 0.5  # lr 1e-6: the model itself is still at chance
+
+
+def test_held_out_replaces_the_drawn_batches() -> None:
+    calls = []
+
+    def counting(batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(batch_size)
+        return copy_prev_batch(batch_size, g)
+
+    fixed = [copy_prev_batch(5, torch.Generator().manual_seed(9))]
+    cfg = TrainConfig(steps=3, batch_size=4, eval_every=3, eval_batches=7)
+    r = train(model_fn, counting, loss_fn, acc_fn, cfg, held_out=fixed)
+    assert calls == [4, 4, 4]  # training batches only: no held-out draws
+    assert r.curve[0]["metric"] >= 0.0
+    with pytest.raises(ValueError, match=r"held_out must hold at least one .* got \[\]"):
+        train(model_fn, counting, loss_fn, acc_fn, cfg, held_out=[])
+
+
+def test_extra_evals_run_once_on_the_final_model() -> None:
+    log: list[tuple[bool, bool, float]] = []
+
+    def probe(model: torch.nn.Module) -> float:
+        w = float(model.head.weight.sum())
+        log.append((model.training, torch.is_grad_enabled(), w))
+        return w
+
+    cfg = TrainConfig(steps=6, batch_size=8, eval_every=3, lr=1e-2, warmup_steps=1)
+    r = train(model_fn, copy_prev_batch, loss_fn, acc_fn, cfg, extra_evals={"w": probe})
+    torch.manual_seed(cfg.seed)
+    initial = float(model_fn().head.weight.detach().sum())
+    assert len(log) == 1 and log[0][:2] == (False, False)
+    assert r.extra == {"w": log[0][2]} and r.extra["w"] != initial  # trained weights
+
+    drawn: list[int] = []
+
+    def interrupting(batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn.append(batch_size)
+        if len(drawn) > cfg.eval_batches + 2:  # Ctrl-C during the third training step
+            raise KeyboardInterrupt
+        return copy_prev_batch(batch_size, g)
+
+    r = train(model_fn, interrupting, loss_fn, acc_fn, cfg, extra_evals={"w": probe})
+    assert r.status == "interrupted" and r.extra == {} and len(log) == 1

@@ -11,6 +11,7 @@ from playwright.sync_api import sync_playwright
 import attnzoo as az
 from attnzoo.report import write_report
 from attnzoo.store import Store
+from tests.report.test_quality_report import build_quality_store
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
@@ -49,3 +50,34 @@ def test_report_renders_offline_in_chromium(
     assert sorted(shown) == sorted(s.name for s in az.list_mixers())
     assert n_svg >= 18 and visible_w > 300
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_quality_section_renders_in_chromium(tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is not installed: `make test` installs Debian's chromium package")
+    store, ids = build_quality_store(tmp_path / "q.duckdb")
+    page_path = write_report(store, tmp_path / "report")
+    errors: list[str] = []
+    requests: list[str] = []
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        suites = page.locator("#quality-table tbody tr td:first-child").all_inner_texts()
+        n_svg = page.locator("#quality svg").count()
+        zoo = page.locator(f"#quality-run-{ids['zoology']} ~ div.grid figure").first
+        zoo_w = zoo.locator("svg").bounding_box()["width"]
+        heading = page.locator(f"#quality-{ids['regression']}-regression").inner_text()
+        page.locator("#quality").screenshot(path=str(ARTIFACTS / "report-quality.png"))
+        browser.close()
+    assert errors == []
+    assert requests == [page_path.as_uri()], f"unexpected requests: {requests}"
+    assert suites == ["zoology", "regression", "pointer"]
+    assert n_svg == 10
+    assert zoo_w > 900  # MQAR's two grid-point panels span the grid's full width
+    assert heading == "task regression: MSE (lower is better)"

@@ -1,141 +1,78 @@
 """The quality bench (``attnzoo bench quality``): train small models with any registered mixer on
 seeded tasks, store config, seed, curve and final metric per run (DESIGN §5).
 
-A :class:`QualityTask` adapts one task of :mod:`attnzoo.tasks` to the trainer: it builds, for a
-(mixer, width, depth, task settings), the model constructor, the batch generator, the loss and
-the metric. A :class:`QualitySuite` is the grid: tasks x mixers x widths x seeds, each trained
-once per learning rate; the best learning rate of each group is flagged (Zoology reports the best
-of a learning-rate sweep). Each evaluation point is committed as it is made; Ctrl-C marks the
-run interrupted and keeps everything measured.
+A :class:`QualityTask` (:mod:`attnzoo.bench.quality_tasks` holds every task adapter) adapts
+one task of :mod:`attnzoo.tasks` to the trainer. A :class:`QualitySuite` is the grid: task
+points (a task and its settings) x mixers x widths x seeds, each trained once per learning rate;
+the best learning rate of each group is flagged (Zoology reports the best of a learning-rate
+sweep). A task's extra evaluations of the final model (e.g. pointer greedy decoding
+on longer inputs) go to the ``quality_eval`` table. Each evaluation point is committed as it is
+made; Ctrl-C marks the run interrupted and keeps everything measured.
+
+Suites (:data:`SUITES`; times for 2 quiet CPU cores, measured per step, not whole runs):
+
+- ``quick`` (~5-10 min): MQAR L=64, kv=4, V=256, d=64, softmax / linear / gla, 800 steps.
+- ``zoology`` (~1.5 h at most, less with early stops): Zoology Figure 2 (``iclr24_zoology_figure2``
+  config) scaled to CPU. Kept: the (L, kv) grid (64, 4), (128, 8), (256, 16); 2 layers; power
+  law a = 0.01; no random non-query tokens; best of a log learning-rate sweep; target 0.99.
+  Scaled: vocabulary 512 instead of 8192 (the output head over V at every position dominates
+  CPU time; recall difficulty comes from L and kv; 512 is the smallest power of two above L=256,
+  Zoology's V > L assert); widths 64, 128 (paper 64..512); lrs 1e-3, 3e-3, 1e-2 (paper
+  ``logspace(-4, -2, 4)``: our short runs need the larger rates); 1000 steps of batch 32 = 32k
+  fresh examples (paper 64 epochs of 100k at batch 512/256, ~200x more); one seed; mixers softmax,
+  linear, gla, lightning (paper: attention, Hyena, RWKV, BaseConv, H3, Based, Mamba). Model:
+  every block has a short causal conv and an MLP (the paper's attention has neither: no conv,
+  ``state_mixer`` Identity), 1 head, no dropout (paper 0.1).
+- ``pointer`` (~35 min): Vinyals et al.'s sorting and planar convex hull, trained on n = 5..10,
+  greedy exact match, extra evaluations on fresh n = 5..10 and longer n = 11..20 (the paper
+  trains hull on n = 5..50 and tests up to 500; sizes scaled down); d=64, 3000 steps of 64.
+- ``images`` (~25 min): synthetic shapes (6 classes) and the 8x8 digits upsampled to 32x32 in
+  metaformer_tiny with first stage width 16; 2-D mixers and softmax over the flattened tokens.
+- ``regression`` (~1 h, mostly LLA): in-context regression, d_x=4, 32 pairs, noise 0.1, drifting
+  and locally linear maps and the stationary control, lla / softmax / linear / gla at d=32 (the
+  LLA paper's claim that LLA beats softmax on non-stationary targets; its exact generator and
+  sizes are not published, see :mod:`attnzoo.tasks.regression`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
-from torch import Tensor, nn
+from torch import Tensor
 
 from attnzoo.bench.env import environment, git_sha
+from attnzoo.bench.quality_tasks import TASKS, QualityTask, TaskParts, register_task
 from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.bench.train import TrainConfig, train
 from attnzoo.config import suggest
-from attnzoo.models.sequence import SequenceModel
 from attnzoo.registry import build_mixer, get_spec
 from attnzoo.store import Store
 
-
-@dataclasses.dataclass(frozen=True)
-class TaskParts:
-    model_fn: Callable[[], nn.Module]
-    batch_fn: Callable[[int, torch.Generator], tuple[Any, Any]]
-    loss_fn: Callable[[Any, Any], Tensor]
-    metric_fn: Callable[[Any, Any], float]
-    task_config: dict[str, Any]
-    seq_len: int
+__all__ = [
+    "SUITES", "TASKS", "QualitySuite", "QualityTask", "TaskParts", "check_suite", "register_task",
+    "run_quality", "state_size",
+]  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class QualityTask:
-    """``build(mixer, d_model, num_layers, settings) -> TaskParts``; ``causal``: the mixers it
-    trains run causally (language-model style) or not."""
-
-    name: str
-    description: str
-    causal: bool
-    build: Callable[[str, int, int, dict[str, Any]], TaskParts]
-    maximize: bool = True  # False for error metrics (lower is better)
-
-
-TASKS: dict[str, QualityTask] = {}
-
-
-def register_task(task: QualityTask) -> QualityTask:
-    TASKS[task.name] = task
-    return task
-
-
-def _mqar(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
-    from attnzoo.tasks import mqar
-
-    cfg = mqar.MQARConfig(**settings)
-
-    def model_fn() -> nn.Module:
-        return SequenceModel(vocab_size=cfg.vocab_size, d_model=d_model, num_layers=num_layers,
-                             mixer=mixer, causal=True, max_len=cfg.seq_len, short_conv=4)  # fmt: skip
-
-    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        b = mqar.make_batch(cfg, batch_size, g)
-        return b.inputs, b.targets
-
-    return TaskParts(model_fn, batch_fn, mqar.loss, mqar.metric, dataclasses.asdict(cfg),
-                     cfg.seq_len)  # fmt: skip
-
-
-register_task(QualityTask("mqar", "Zoology's multi-query associative recall (accuracy over the "
-                          "queried positions)", True, _mqar))  # fmt: skip
-
-
-def _listops(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
-    """A non-causal sequence classifier; mean pooling runs over the right padding too (the pad
-    token has its own embedding, so the model can learn to discount it)."""
-    from attnzoo.tasks import listops
-
-    cfg = listops.ListOpsConfig(**settings)
-
-    def model_fn() -> nn.Module:
-        return SequenceModel(vocab_size=listops.VOCAB_SIZE, d_model=d_model,
-                             num_layers=num_layers, mixer=mixer, causal=False,
-                             num_outputs=listops.NUM_CLASSES, pool="mean",
-                             max_len=cfg.max_length)  # fmt: skip
-
-    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        b = listops.make_batch(cfg, batch_size, g)
-        return b.inputs, b.targets
-
-    return TaskParts(model_fn, batch_fn, listops.loss, listops.metric, dataclasses.asdict(cfg),
-                     cfg.max_length)  # fmt: skip
-
-
-register_task(QualityTask("listops", "LRA's ListOps, scaled down (accuracy of the 10-way value)",
-                          False, _listops))  # fmt: skip
-
-
-def _regression(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
-    """In-context regression: continuous rows through a linear input map, a causal model, the
-    task's MSE at the query rows (lower is better)."""
-    from attnzoo.tasks import regression
-
-    cfg = regression.RegressionConfig(**settings)
-    probe = regression.make_batch(cfg, 1, torch.Generator().manual_seed(0))
-    L, E = probe.inputs.shape[1:]
-
-    def model_fn() -> nn.Module:
-        return SequenceModel(vocab_size=1, input_dim=E, d_model=d_model, num_layers=num_layers,
-                             mixer=mixer, causal=True, num_outputs=cfg.d_y, max_len=L)  # fmt: skip
-
-    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        b = regression.make_batch(cfg, batch_size, g)
-        return b.inputs, b.targets
-
-    return TaskParts(model_fn, batch_fn, regression.loss, regression.metric,
-                     dataclasses.asdict(cfg), L)  # fmt: skip
-
-
-register_task(QualityTask("regression", "in-context (piecewise / locally) linear regression "
-                          "(MSE at the query rows; lower is better)", True, _regression,
-                          maximize=False))  # fmt: skip
+TaskPoint = tuple[str, dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
 class QualitySuite:
-    """One quality run's grid. ``task_settings`` go to the task's config (e.g. MQAR's
-    ``vocab_size``, ``seq_len``, ``num_kv_pairs``); ``target`` stops a run early."""
+    """One quality run's grid: task points x mixers x widths x seeds, each trained per lr.
+
+    A task point is ``(task, settings)``; the settings go to the task's config (e.g. MQAR's
+    ``vocab_size``, ``seq_len``, ``num_kv_pairs``) and are stored with every row
+    (``task_config``). ``points`` lists them (e.g. several MQAR grid points); without ``points``
+    the grid has one point per entry of ``tasks``, each with ``task_settings``. With ``points``,
+    ``tasks`` is derived from them. ``target`` stops a run early (maximised metrics only).
+    """
 
     name: str = "custom"
     tasks: tuple[str, ...] = ("mqar",)
@@ -150,18 +87,25 @@ class QualitySuite:
     eval_batches: int = 4
     target: float | None = 0.99
     task_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    points: tuple[TaskPoint, ...] = ()
 
     def __post_init__(self) -> None:
-        for t in self.tasks:
-            if t not in TASKS:
-                raise ValueError(f"--task: unknown task {t!r}{suggest(t, list(TASKS))}; known: "
-                                 f"{', '.join(TASKS)}")  # fmt: skip
+        for p in self.points:
+            pair = isinstance(p, (tuple, list)) and len(p) == 2
+            if not (pair and isinstance(p[0], str) and isinstance(p[1], Mapping)):
+                raise ValueError(f"points: each must be a (task, settings dict) pair, got {p!r}")
+        if self.points:
+            points = tuple((t, dict(st)) for t, st in self.points)
+            object.__setattr__(self, "points", points)
+            object.__setattr__(self, "tasks", tuple(dict.fromkeys(t for t, _ in points)))
+        _check_tasks(self.tasks)
         for m in self.mixers:
             get_spec(m)  # raises with close matches
         for arg, values in (
             ("--d-model", self.d_models),
             ("--seeds", self.seeds),
             ("--lrs", self.lrs),
+            ("--task", self.tasks),
         ):
             if not values:
                 raise ValueError(f"{arg}: expected at least one value")
@@ -176,12 +120,53 @@ class QualitySuite:
             eval_batches=self.eval_batches,
         )  # fmt: skip  (validates those)
 
+    def grid_points(self) -> tuple[TaskPoint, ...]:
+        """The (task, settings) points the suite trains, in order."""
+        if self.points:
+            return self.points
+        return tuple((t, dict(self.task_settings)) for t in self.tasks)
+
+    def select_tasks(self, names: Sequence[str]) -> QualitySuite:
+        """The suite restricted to the tasks ``names`` (``--task``): their points in this suite,
+        and one point with default settings for a named task the suite does not hold."""
+        _check_tasks(names)
+        if not names:
+            raise ValueError("--task: expected at least one task")
+        points = [p for p in self.grid_points() if p[0] in names]
+        points += [(t, {}) for t in dict.fromkeys(names) if t not in {q[0] for q in points}]
+        return self.replace(points=tuple(points))
+
     def replace(self, **changes: Any) -> QualitySuite:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+def _check_tasks(names: Sequence[str]) -> None:
+    for t in names:
+        if t not in TASKS:
+            raise ValueError(f"--task: unknown task {t!r}{suggest(t, list(TASKS))}; known: "
+                             f"{', '.join(TASKS)}")  # fmt: skip
+
+
+def check_suite(suite: QualitySuite) -> None:
+    """Build every (task point, mixer, width) model once, so that a bad setting or a mixer that
+    lacks a pattern the task needs fails before any training (``ValueError``/``TypeError``)."""
+    for task_name, settings in suite.grid_points():
+        for mixer in suite.mixers:
+            for d_model in suite.d_models:
+                try:
+                    TASKS[task_name].build(
+                        mixer, d_model, suite.num_layers, dict(settings)
+                    ).model_fn()
+                except (TypeError, ValueError) as e:
+                    raise type(e)(
+                        f"task {task_name!r}, mixer {mixer!r}, d_model {d_model}: {e}"
+                    ) from e
+
+
+_MQAR_FIG2 = {"vocab_size": 512, "random_non_queries": False}
 
 SUITES: dict[str, QualitySuite] = {
     # minutes on 2 cores: MQAR at Zoology's smallest grid point, softmax vs linear attention
@@ -200,6 +185,68 @@ SUITES: dict[str, QualitySuite] = {
             "random_non_queries": False,
         },
     ),  # fmt: skip
+    # Zoology Figure 2 scaled to CPU: what is kept and what is scaled is in the module docstring
+    "zoology": QualitySuite(
+        name="zoology",
+        mixers=("softmax", "linear", "gla", "lightning"),
+        d_models=(64, 128),
+        lrs=(1e-3, 3e-3, 1e-2),
+        steps=1000,
+        batch_size=32,
+        eval_every=100,
+        eval_batches=8,
+        target=0.99,
+        points=tuple(
+            ("mqar", {**_MQAR_FIG2, "seq_len": L, "num_kv_pairs": kv})
+            for L, kv in ((64, 4), (128, 8), (256, 16))
+        ),  # fmt: skip
+    ),
+    # Vinyals et al.'s sorting and convex hull, trained on n = 5..10 (the paper's hull: n = 50),
+    # tested greedily on n = 11..20 (paper: up to 500); mixers with both patterns a pointer
+    # network needs (encoder noncausal-self, decoder causal-self).
+    "pointer": QualitySuite(
+        name="pointer",
+        mixers=("softmax", "linear", "gla", "sigmoid"),
+        d_models=(64,),
+        lrs=(1e-3, 3e-3),
+        steps=3000,
+        batch_size=64,
+        eval_every=200,
+        eval_batches=4,
+        target=None,
+        points=(("pointer-sort", {}), ("pointer-hull", {})),
+    ),
+    # small images: 2-D mixers in metaformer_tiny (first stage width 16), and softmax attention
+    # over the flattened tokens
+    "images": QualitySuite(
+        name="images",
+        mixers=("halo", "lka", "davit_window", "area", "svga", "softmax"),
+        d_models=(16,),
+        lrs=(1e-3, 3e-3),
+        steps=1000,
+        batch_size=64,
+        eval_every=100,
+        eval_batches=4,
+        target=None,
+        points=(("shapes", {"image_size": 32, "num_classes": 6}), ("digits", {"image_size": 32})),
+    ),
+    # the LLA paper's claim (LLA beats softmax on non-stationary targets), at CPU scale: drifting
+    # and locally linear maps, and the stationary linear case as the control
+    "regression": QualitySuite(
+        name="regression",
+        mixers=("lla", "softmax", "linear", "gla"),
+        d_models=(32,),
+        lrs=(1e-3, 3e-3),
+        steps=1000,
+        batch_size=64,
+        eval_every=200,
+        eval_batches=4,
+        target=None,
+        points=tuple(
+            ("regression", {"d_x": 4, "num_pairs": 32, "mode": mode, "noise_std": 0.1})
+            for mode in ("drift", "locally_linear", "linear")
+        ),  # fmt: skip
+    ),
 }
 
 
@@ -238,24 +285,30 @@ def run_quality(
     console: Console | None = None,
     progress: bool = True,
 ) -> int:
-    """Train the suite's grid into ``store``; returns the run id."""
+    """Train the suite's grid into ``store``; returns the run id. The grid is checked first
+    (:func:`check_suite`): a bad setting fails before a run is recorded."""
+    check_suite(suite)
     console = console or Console(stderr=True)
     run_id = store.begin_run(kind="quality", suite=suite.name, command=command,
                              config=suite.to_dict(), env=environment(), git_sha=git_sha())  # fmt: skip
-    groups = [(t, m, d, s) for t in suite.tasks for m in suite.mixers for d in suite.d_models
-              for s in suite.seeds]  # fmt: skip
+    groups = [(t, st, m, d, s) for t, st in suite.grid_points() for m in suite.mixers
+              for d in suite.d_models for s in suite.seeds]  # fmt: skip
     bar = progress_bar(console, progress, "steps")
     with finishing(store, run_id), bar:
         ptask = bar.add_task("quality", total=len(groups) * len(suite.lrs) * suite.steps)
-        for task_name, mixer, d_model, seed in groups:
-            _group(store, run_id, suite, task_name, mixer, d_model, seed, bar, ptask)
+        for group in groups:
+            _group(store, run_id, suite, *group, bar, ptask)
     return run_id
 
 
-def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str, mixer: str,
-           d_model: int, seed: int, bar: Progress, ptask: Any) -> None:  # fmt: skip
+def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str,
+           settings: dict[str, Any], mixer: str, d_model: int, seed: int, bar: Progress,
+           ptask: Any) -> None:  # fmt: skip
     task = TASKS[task_name]
-    parts = task.build(mixer, d_model, suite.num_layers, dict(suite.task_settings))
+    parts = task.build(mixer, d_model, suite.num_layers, dict(settings))
+    task_config = json.dumps(parts.task_config, sort_keys=True)
+    key = {"task": task_name, "task_config": task_config, "mixer": mixer, "d_model": d_model,
+           "seed": seed}  # fmt: skip
     best: tuple[float, float] | None = None  # (metric, lr)
     for lr in suite.lrs:
         bar.update(ptask, description=f"{task_name} {mixer} d={d_model} lr={lr:g} seed={seed}")
@@ -266,30 +319,31 @@ def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str, mixer
         done = [0]
 
         def on_eval(row: dict[str, float], lr: float = lr, done: list[int] = done) -> None:
-            store.add_curve_point(run_id, {"task": task_name, "mixer": mixer, "d_model": d_model,
-                                           "lr": lr, "seed": seed, **row})  # fmt: skip
+            store.add_curve_point(run_id, {**key, "lr": lr, **row})
             bar.advance(ptask, int(row["step"]) - done[0])
             done[0] = int(row["step"])
 
         result = train(parts.model_fn, parts.batch_fn, parts.loss_fn, parts.metric_fn, cfg,
-                       on_eval=on_eval)  # fmt: skip
+                       on_eval=on_eval, predict_fn=parts.predict_fn, held_out=parts.held_out,
+                       extra_evals=parts.extra_evals)  # fmt: skip
         bar.advance(ptask, suite.steps - done[0])  # early stop: the rest of this run is skipped
         torch.manual_seed(seed)
         params = sum(p.numel() for p in parts.model_fn().parameters())
-        layer_state = state_size(mixer, d_model, parts.seq_len)
+        layer_state = None if parts.seq_len is None else state_size(mixer, d_model, parts.seq_len)
         store.add_quality(run_id, {
-            "task": task_name, "task_config": json.dumps(parts.task_config, sort_keys=True),
-            "mixer": mixer, "d_model": d_model, "num_layers": suite.num_layers, "lr": lr,
-            "seed": seed, "params": params,
+            **key, "num_layers": suite.num_layers, "lr": lr, "params": params,
             "state_size": None if layer_state is None else layer_state * suite.num_layers,
             "steps_run": result.steps_run, "status": result.status,
             "final_metric": result.final_metric, "best_metric": result.best_metric,
             "best_of_sweep": False, "seconds": result.seconds,
         })  # fmt: skip
+        for name, value in result.extra.items():
+            store.add_quality_eval(run_id, {**key, "lr": lr, "name": name, "value": value})
         sign = 1.0 if task.maximize else -1.0
         if result.best_metric is not None and (best is None or sign * result.best_metric > best[0]):
             best = (sign * result.best_metric, lr)
         if result.status == "interrupted":
             raise KeyboardInterrupt
     if best is not None:
-        store.mark_best_of_sweep(run_id, task_name, mixer, d_model, seed, best[1])
+        store.mark_best_of_sweep(run_id, task_name, mixer, d_model, seed, best[1],
+                                 task_config=task_config)  # fmt: skip

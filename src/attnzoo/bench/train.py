@@ -10,7 +10,11 @@ The trainer knows nothing about tasks or models: it takes callables.
   (higher is better; e.g. accuracy over the scored positions).
 
 Evaluation batches are drawn once from their own generator (``seed + 1``), so every evaluation
-of every learning rate sees the same data.
+of every learning rate sees the same data; a task with a fixed held-out split passes its batches
+instead (``held_out``). Optional hooks: ``predict_fn(model, inputs)`` replaces ``model(inputs)``
+as the metric's input (e.g. greedy decoding, where the training forward is teacher-forced; the
+evaluation loss still uses ``model(inputs)``), and ``extra_evals`` (name -> ``f(model) -> float``)
+run once on the final model (in eval mode, without gradients) unless the run was interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -87,13 +91,15 @@ class TrainConfig:
 @dataclasses.dataclass
 class TrainResult:
     """A run's outcome. ``curve`` rows: ``{"step", "train_loss", "eval_loss", "metric", "seconds"}``;
-    ``status``: ``complete``, ``early-stop`` (target reached) or ``interrupted`` (Ctrl-C)."""
+    ``status``: ``complete``, ``early-stop`` (target reached) or ``interrupted`` (Ctrl-C);
+    ``extra``: the final model's extra evaluations by name (empty when interrupted)."""
 
     config: TrainConfig
     curve: list[dict[str, float]]
     status: str
     steps_run: int
     seconds: float
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def final_metric(self) -> float | None:
@@ -105,8 +111,15 @@ class TrainResult:
         return pick((r["metric"] for r in self.curve), default=None)
 
 
+PredictFn = Callable[[nn.Module, Any], Any]
+
+
 def _evaluate(
-    model: nn.Module, batches: Sequence[Batch], loss_fn: Callable, metric_fn: Callable
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss_fn: Callable,
+    metric_fn: Callable,
+    predict_fn: PredictFn | None,
 ) -> tuple[float, float]:
     model.eval()
     losses, metrics = [], []
@@ -114,9 +127,18 @@ def _evaluate(
         for inputs, targets in batches:
             out = model(inputs)
             losses.append(float(loss_fn(out, targets)))
-            metrics.append(float(metric_fn(out, targets)))
+            pred = out if predict_fn is None else predict_fn(model, inputs)
+            metrics.append(float(metric_fn(pred, targets)))
     model.train()
     return sum(losses) / len(losses), sum(metrics) / len(metrics)
+
+
+def _extra(model: nn.Module, evals: Mapping[str, Callable[[nn.Module], float]]) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        out = {name: float(fn(model)) for name, fn in evals.items()}
+    model.train()
+    return out
 
 
 def train(
@@ -127,14 +149,21 @@ def train(
     cfg: TrainConfig,
     *,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    predict_fn: PredictFn | None = None,
+    held_out: Sequence[Batch] | None = None,
+    extra_evals: Mapping[str, Callable[[nn.Module], float]] | None = None,
 ) -> TrainResult:
     """Train one model; see the module docstring. ``on_eval`` sees each curve row as it is made
-    (progress bars, storing rows as they come)."""
+    (progress bars, storing rows as they come); ``held_out`` (non-empty) replaces the
+    ``cfg.eval_batches`` batches drawn from ``batch_fn``."""
+    if held_out is not None and len(held_out) == 0:
+        raise ValueError("train: held_out must hold at least one (inputs, targets) batch, got []")
     torch.manual_seed(cfg.seed)
     model = model_fn()
     g_train = torch.Generator().manual_seed(cfg.seed)
     g_eval = torch.Generator().manual_seed(cfg.seed + 1)
-    held_out = [batch_fn(cfg.batch_size, g_eval) for _ in range(cfg.eval_batches)]
+    if held_out is None:
+        held_out = [batch_fn(cfg.batch_size, g_eval) for _ in range(cfg.eval_batches)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_at)
     curve: list[dict[str, float]] = []
@@ -152,7 +181,7 @@ def train(
             sched.step()
             running.append(float(loss.detach()))
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                eval_loss, metric = _evaluate(model, held_out, loss_fn, metric_fn)
+                eval_loss, metric = _evaluate(model, held_out, loss_fn, metric_fn, predict_fn)
                 row = {"step": step, "train_loss": sum(running) / len(running),
                        "eval_loss": eval_loss, "metric": metric,
                        "seconds": time.perf_counter() - t0}  # fmt: skip
@@ -167,7 +196,9 @@ def train(
     except KeyboardInterrupt:
         status = "interrupted"
         step = max(0, step - 1)
-    return TrainResult(cfg, curve, status, step, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    extra = _extra(model, extra_evals) if extra_evals and status != "interrupted" else {}
+    return TrainResult(cfg, curve, status, step, seconds, extra)
 
 
 def sweep(

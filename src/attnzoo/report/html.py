@@ -10,15 +10,21 @@ latency ratios between the first run and each later one.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from attnzoo.analysis import derived_table
+from attnzoo.report.common import esc as _e
+from attnzoo.report.common import num as _num
+from attnzoo.report.common import table as _table
+from attnzoo.report.common import td as _td
+from attnzoo.report.common import when as _when
+from attnzoo.report.cp import cp_section
 from attnzoo.report.plots import loglog_svg
+from attnzoo.report.quality import quality_section
 from attnzoo.store import Store
 
 PATTERNS = ("noncausal-self", "causal-self", "noncausal-cross", "causal-cross")
@@ -43,32 +49,6 @@ svg{max-width:100%;height:auto} .muted{color:#666;font-size:.85rem} .scroll{over
 """
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x))
-
-
-def _num(x: float | None, fmt: str) -> str:
-    return '<td class="num na">-</td>' if x is None else f'<td class="num">{format(x, fmt)}</td>'
-
-
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], table_id: str) -> str:
-    """Rows are pre-rendered ``<td>`` strings."""
-    body = "\n".join("<tr>" + "".join(r) + "</tr>" for r in rows)
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
-    return (
-        f'<div class="scroll"><table id="{table_id}"><thead><tr>{th}</tr></thead>'
-        f"<tbody>\n{body}\n</tbody></table></div>"
-    )
-
-
-def _td(x: Any, cls: str = "") -> str:
-    return f'<td class="{cls}">{_e(x)}</td>' if cls else f"<td>{_e(x)}</td>"
-
-
-def _when(t: dt.datetime | None) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S") if t else "-"
-
-
 def _label(r: dict[str, Any], multi: bool) -> str:
     base = f"{r['mixer']}/{r['impl']}"
     return f"run {r['run_id']}: {base}" if multi else base
@@ -78,44 +58,55 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
     """The report page as a string. ``run_ids`` defaults to the latest speed run."""
     if not run_ids:
         latest = store.latest_run_id("speed")
-        if latest is None:
+        others = ("quality", "cp", "peers")
+        if latest is None and all(store.latest_run_id(k) is None for k in others):
             raise ValueError(
-                f"store {store.path} has no speed runs yet; run `attnzoo bench speed` first"
+                f"store {store.path} has no speed runs yet; run `attnzoo bench speed` first "
+                "(or `attnzoo bench quality`, `bench cp`, `bench peers`)"
             )
-        run_ids = [latest]
+        run_ids = [] if latest is None else [latest]  # a quality-only store: no speed sections
     runs = [store.run(r) for r in run_ids]
     rows = store.speed(run_ids)
     skips = store.skips(run_ids)
     checks = store.checks(run_ids)
     specs = {s["name"]: s for r in run_ids for s in store.specs(r)}
     multi = len(run_ids) > 1
-    sections = [
-        ("runs", "Runs and environment", _runs(runs)),
-        ("capabilities", "Capability matrix", _capabilities(specs, checks)),
-        (
-            "latency",
-            "Latency vs sequence length",
-            _plots(rows, "median_s", 1e3, "latency (ms)", multi),
-        ),
-        (
-            "memory",
-            "Peak memory vs sequence length",
-            _plots(rows, "peak_bytes", 2**-20, "peak memory (MiB)", multi),
-        ),
-        ("scaling", "Scaling exponents and efficiency lengths", _scaling(rows)),
-        ("gemm", "Fraction of the GEMM limit", _gemm(rows, runs)),
-        ("masks", "Mask axis (self patterns)", _masks(rows)),
-        ("skips", "Skipped and failed work", _skips(skips)),
-    ]
-    quality_run = store.latest_run_id("quality")
-    if quality_run is not None:
-        section = _quality(store.run(quality_run), store.quality([quality_run]))
-        sections.insert(-1, ("quality", "Quality (trained on seeded tasks)", section))
+    if not run_ids:  # a store with quality runs only
+        note = (
+            "<p>No speed runs in this store: <code>attnzoo bench speed</code> measures the "
+            "latency, memory and capability sections.</p>"
+        )
+        sections = [("speed", "Speed", note), ("skips", "Skipped and failed work", _skips([]))]
+    else:
+        sections = [
+            ("runs", "Runs and environment", _runs(runs)),
+            ("capabilities", "Capability matrix", _capabilities(specs, checks)),
+            (
+                "latency",
+                "Latency vs sequence length",
+                _plots(rows, "median_s", 1e3, "latency (ms)", multi),
+            ),
+            (
+                "memory",
+                "Peak memory vs sequence length",
+                _plots(rows, "peak_bytes", 2**-20, "peak memory (MiB)", multi),
+            ),
+            ("scaling", "Scaling exponents and efficiency lengths", _scaling(rows)),
+            ("gemm", "Fraction of the GEMM limit", _gemm(rows, runs)),
+            ("masks", "Mask axis (self patterns)", _masks(rows)),
+            ("skips", "Skipped and failed work", _skips(skips)),
+        ]
+    # every quality suite's latest run; latencies from the report's (last) speed run
+    quality = quality_section(store, run_ids[-1] if run_ids else None)
+    sections.insert(-1, ("quality", "Quality (trained on seeded tasks)", quality))
     peer_run = store.latest_run_id("peers")
     if peer_run is not None:
         peer_skips = store.skips([peer_run])
         section = _peers(store.run(peer_run), store.peers([peer_run]), peer_skips)
         sections.insert(-1, ("peers", "Against peers (same math, one run)", section))
+    cp = cp_section(store)
+    if cp is not None:
+        sections.insert(-1, ("cp", "Context parallelism (torch.distributed)", cp))
     if multi:
         sections.insert(2, ("compare", "Run comparison", _compare(rows, run_ids)))
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
@@ -124,6 +115,8 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
         for sid, title, content in sections
     )
     title = "attnzoo speed report: run " + ", ".join(str(r) for r in run_ids)
+    if not run_ids:
+        title = "attnzoo report (no speed runs)"
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -360,30 +353,6 @@ def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str
     )
     table = _table(head, body, "peers-table") if rows else "<p>No peer rows recorded.</p>"
     return note + table + (f"<ul>{missing}</ul>" if missing else "")
-
-
-def _quality(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    head = ["task", "mechanism", "d_model", "layers", "best lr", "seed", "best metric",
-            "final metric", "steps", "status", "params", "state floats", "seconds"]  # fmt: skip
-    best = [r for r in rows if r["best_of_sweep"]] or rows
-    body = [
-        [
-            _td(r["task"]), _td(r["mixer"]), _td(r["d_model"]), _td(r["num_layers"]),
-            _td(f"{r['lr']:g}"), _td(r["seed"]), _num(r["best_metric"], ".3f"),
-            _num(r["final_metric"], ".3f"), _td(r["steps_run"]), _td(r["status"]),
-            _td(r["params"]), _td("-" if r["state_size"] is None else r["state_size"]),
-            _num(r["seconds"], ".1f"),
-        ]
-        for r in sorted(best, key=lambda r: (r["task"], r["d_model"], -(r["best_metric"] or 0)))
-    ]  # fmt: skip
-    note = (
-        f'<p class="muted">Run {run["run_id"]} ({_e(run["status"])}, {_e(_when(run["started_at"]))}): '
-        "each row is the best learning rate of its (task, mechanism, width, seed) group; the metric "
-        "is measured on fixed held-out batches (accuracy, higher is better; for the regression task, "
-        "MSE, lower is better). State floats: the streaming state of all layers "
-        "after one sequence (a KV cache for attention).</p>"
-    )
-    return note + _table(head, body, "quality-table")
 
 
 def _masks(rows: list[dict[str, Any]]) -> str:

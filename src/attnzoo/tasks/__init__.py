@@ -9,6 +9,7 @@ import nothing from ``attnzoo.mixers`` or ``attnzoo.models``.
 - :mod:`attnzoo.tasks.pointer`: sorting and planar convex hull for pointer networks.
 - :mod:`attnzoo.tasks.regression`: in-context (locally / piecewise) linear regression.
 - :mod:`attnzoo.tasks.images`: seeded synthetic shapes classification.
+- :mod:`attnzoo.tasks.digits`: scikit-learn's 8x8 digits, upsampled, fixed seeded split.
 """
 
-from attnzoo.tasks import images, listops, mqar, pointer, regression  # noqa: F401
+from attnzoo.tasks import digits, images, listops, mqar, pointer, regression  # noqa: F401

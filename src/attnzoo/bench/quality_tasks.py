@@ -1,0 +1,396 @@
+"""Quality-bench task adapters: what a task hands the trainer (:class:`TaskParts`), the task
+registry (:data:`TASKS`) and every registered task. :mod:`attnzoo.bench.quality` (suites and the
+runner) imports this module.
+
+A :class:`QualityTask` builds, for a (mixer, width, depth, task settings), the model constructor,
+the batch generator, the loss and the metric. Settings are checked by name: an unknown key is a
+``ValueError`` that names it and the valid ones.
+
+**Sequence tasks** (``mqar``, ``listops``, ``regression``) train a :class:`SequenceModel`:
+causal with a short convolution and learned positions for MQAR (Zoology's setting), non-causal
+with mean pooling for ListOps, causal over continuous rows for in-context regression (its metric
+is an MSE: lower is better).
+
+**Pointer tasks** (``pointer-sort``, ``pointer-hull``; :mod:`attnzoo.tasks.pointer`) train a
+:class:`PointerNet` with teacher forcing; their metric is *greedy* decoding (the model's own
+choices fed back, chosen inputs masked) scored by exact match on held-out batches of the training
+range ``train_n``, and two extra evaluations on the final model: the same greedy exact match on
+``eval_examples`` (setting, default 512) fresh ``train_n`` examples and as many of the longer
+``test_n`` (the generalisation test), named ``greedy_n{lo}_{hi}``; their generator is seeded
+with 12345, so every model is scored on the same examples.
+
+**Image tasks** (``shapes``, :mod:`attnzoo.tasks.images`; ``digits``, :mod:`attnzoo.tasks.digits`)
+train ``create_model("metaformer_tiny", mixer=...)`` with widths ``dims = (d, 2d, 4d, 8d)``
+(``d = d_model``, the first stage's width; metaformer_tiny's own ``(32, 64, 128, 256)`` is
+``d = 32``) and depths ``(1, 1, num_layers, 1)`` (metaformer_tiny's ``(1, 1, 2, 1)`` at
+``num_layers = 2``). A 2-D mixer runs on the channels-last grids, a 1-D mixer (with the
+``noncausal-self`` pattern) on the row-major flattened tokens. Digits evaluates on its whole
+fixed test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnzoo.config import suggest
+from attnzoo.models import create_model
+from attnzoo.models.sequence import SequenceModel
+from attnzoo.registry import get_spec
+from attnzoo.tasks import digits, images, listops, mqar, pointer, regression
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskParts:
+    """What the trainer needs for one (task, mixer, width, depth, settings).
+
+    Attributes:
+        model_fn, batch_fn, loss_fn, metric_fn: see :mod:`attnzoo.bench.train`.
+        task_config: the task's settings as trained (stored as JSON with every row).
+        seq_len: tokens per sequence for the streaming-state size; ``None``: not defined.
+        predict_fn: ``(model, inputs) -> predictions`` for the metric (e.g. greedy decoding).
+        held_out: fixed evaluation batches (a held-out split) instead of draws from batch_fn.
+        extra_evals: name -> ``f(final model) -> float``, stored in the ``quality_eval`` table.
+    """
+
+    model_fn: Callable[[], nn.Module]
+    batch_fn: Callable[[int, torch.Generator], tuple[Any, Any]]
+    loss_fn: Callable[[Any, Any], Tensor]
+    metric_fn: Callable[[Any, Any], float]
+    task_config: dict[str, Any]
+    seq_len: int | None
+    predict_fn: Callable[[nn.Module, Any], Any] | None = None
+    held_out: Sequence[tuple[Any, Any]] | None = None
+    extra_evals: dict[str, Callable[[nn.Module], float]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityTask:
+    """``build(mixer, d_model, num_layers, settings) -> TaskParts``; ``causal``: the mixers it
+    trains run causally (language-model style) or not."""
+
+    name: str
+    description: str
+    causal: bool
+    build: Callable[[str, int, int, dict[str, Any]], TaskParts]
+    maximize: bool = True  # False for error metrics (lower is better)
+
+
+TASKS: dict[str, QualityTask] = {}
+
+
+def register_task(task: QualityTask) -> QualityTask:
+    TASKS[task.name] = task
+    return task
+
+
+def split_settings(
+    owner: str, fields: Sequence[str], settings: Mapping[str, Any], options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split ``settings`` into the task config's ``fields`` and the adapter's ``options`` (with
+    their defaults); an unknown key is a ``ValueError`` naming it and the valid ones."""
+    valid = [*fields, *options]
+    for key in settings:
+        if key not in valid:
+            raise ValueError(
+                f"{owner}: unknown setting {key!r}{suggest(str(key), valid)}; valid: "
+                f"{', '.join(valid)}"
+            )
+    cfg = {k: v for k, v in settings.items() if k in fields}
+    return cfg, {k: settings.get(k, v) for k, v in options.items()}
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def parse_config(owner: str, cls: Callable[..., Any], settings: Mapping[str, Any]) -> Any:
+    """``cls(**settings)`` for a task's config dataclass; unknown keys fail as in
+    :func:`split_settings`, bad values with the config's own error."""
+    return cls(**split_settings(owner, _field_names(cls), settings, {})[0])  # type: ignore[arg-type]
+
+
+# ---- sequence tasks: MQAR, ListOps, in-context regression -----------------------------------
+
+
+def _mqar(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    cfg = parse_config("mqar", mqar.MQARConfig, settings)
+
+    def model_fn() -> nn.Module:
+        return SequenceModel(vocab_size=cfg.vocab_size, d_model=d_model, num_layers=num_layers,
+                             mixer=mixer, causal=True, max_len=cfg.seq_len, short_conv=4)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = mqar.make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, mqar.loss, mqar.metric, dataclasses.asdict(cfg),
+                     cfg.seq_len)  # fmt: skip
+
+
+register_task(QualityTask("mqar", "Zoology's multi-query associative recall (accuracy over the "
+                          "queried positions)", True, _mqar))  # fmt: skip
+
+
+def _listops(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    """A non-causal sequence classifier; mean pooling runs over the right padding too (the pad
+    token has its own embedding, so the model can learn to discount it)."""
+    cfg = parse_config("listops", listops.ListOpsConfig, settings)
+
+    def model_fn() -> nn.Module:
+        return SequenceModel(vocab_size=listops.VOCAB_SIZE, d_model=d_model,
+                             num_layers=num_layers, mixer=mixer, causal=False,
+                             num_outputs=listops.NUM_CLASSES, pool="mean",
+                             max_len=cfg.max_length)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = listops.make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, listops.loss, listops.metric, dataclasses.asdict(cfg),
+                     cfg.max_length)  # fmt: skip
+
+
+register_task(QualityTask("listops", "LRA's ListOps, scaled down (accuracy of the 10-way value)",
+                          False, _listops))  # fmt: skip
+
+
+def _regression(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    """In-context regression: continuous rows through a linear input map, a causal model, the
+    task's MSE at the query rows (lower is better)."""
+    cfg = parse_config("regression", regression.RegressionConfig, settings)
+    probe = regression.make_batch(cfg, 1, torch.Generator().manual_seed(0))
+    L, E = probe.inputs.shape[1:]
+
+    def model_fn() -> nn.Module:
+        return SequenceModel(vocab_size=1, input_dim=E, d_model=d_model, num_layers=num_layers,
+                             mixer=mixer, causal=True, num_outputs=cfg.d_y, max_len=L)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = regression.make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, regression.loss, regression.metric,
+                     dataclasses.asdict(cfg), L)  # fmt: skip
+
+
+register_task(QualityTask("regression", "in-context (piecewise / locally) linear regression "
+                          "(MSE at the query rows; lower is better)", True, _regression,
+                          maximize=False))  # fmt: skip
+
+
+# ---- pointer tasks ---------------------------------------------------------------------------
+
+#: kernel of the decoder's causal depthwise convolution: its only source of order
+DECODER_CONV = 4
+
+
+class PointerNet(nn.Module):
+    """A pointer network whose encoder and decoder are blocks of one registered 1-D mixer.
+
+    Encoder: :class:`SequenceModel` blocks, non-causal, over the ``N`` padded inputs, each input
+    ``[features, is_real]`` (the flag tells padding apart; the mixers take no key mask). No
+    position embedding: the inputs are a set (a sort's order comes from the values alone).
+    Decoder: causal blocks over ``[start, e_{p_0}, e_{p_1}, ...]`` (a learned start vector, then
+    the encoder states of the inputs already pointed at; zeros after the end token / past
+    ``n``). It has no absolute positions either: a causal depthwise convolution (kernel
+    :data:`DECODER_CONV`) before each mixer gives it the last choices, at any length, so the
+    longer ``test_n`` needs nothing learned per step. Head: :class:`attnzoo.tasks.pointer.
+    PointerHead` over (decoder states, encoder states) with the exclusion mask.
+
+    Args:
+        mixer: a registered mixer with both ``noncausal-self`` and ``causal-self`` patterns.
+        d_model: width ``D``. num_layers: blocks of the encoder and of the decoder.
+        feature_dim: features ``F`` per input (1 for sorting, 2 for hull points).
+        end_slot: give the head the end-token slot (hull).
+    """
+
+    def __init__(
+        self, mixer: str, d_model: int, num_layers: int, feature_dim: int, end_slot: bool
+    ) -> None:
+        super().__init__()
+        spec = get_spec(mixer)
+        need = ("noncausal-self", "causal-self")
+        lacks = [p for p in need if p not in spec.patterns]
+        if spec.dims != 1 or lacks:
+            what = f"dims={spec.dims}" if spec.dims != 1 else f"the {' and '.join(lacks)} pattern"
+            raise ValueError(
+                f"PointerNet: mixer {mixer!r} lacks {what}; the encoder needs a 1-D noncausal-self "
+                f"mixer and the decoder causal-self (it supports {', '.join(spec.patterns)})"
+            )
+        common = {"vocab_size": 1, "d_model": d_model, "num_layers": num_layers, "mixer": mixer,
+                  "num_outputs": d_model, "positions": False}  # fmt: skip
+        self.encoder = SequenceModel(input_dim=feature_dim + 1, causal=False, **common)
+        self.decoder = SequenceModel(input_dim=d_model, causal=True, short_conv=DECODER_CONV,
+                                     **common)  # fmt: skip
+        self.start = nn.Parameter(torch.randn(d_model) * d_model**-0.5)
+        self.head = pointer.PointerHead(d_model, end_slot=end_slot)
+        self.end_slot = end_slot
+
+    def encode(self, batch: pointer.Batch) -> Tensor:
+        """Shapes: inputs ``[B, N, F]`` -> encoder states ``[B, N, D]``."""
+        flag = batch.input_mask[..., None].to(batch.inputs.dtype)  # [B, N, 1]
+        return self.encoder(torch.cat([batch.inputs, flag], dim=-1))  # [B, N, D]
+
+    def _feed(self, enc: Tensor, pointers: Tensor) -> Tensor:
+        """Encoder states of ``pointers`` ``[B, m]``; zeros for END / IGNORE_INDEX ``[B, m, D]``."""
+        n = enc.shape[1]
+        ok = (pointers >= 0) & (pointers < n)  # [B, m]
+        idx = pointers.clamp(0, n - 1)[..., None].expand(-1, -1, enc.shape[-1])  # [B, m, D]
+        return enc.gather(1, idx) * ok[..., None]
+
+    def _decode(self, enc: Tensor, prev: Tensor) -> Tensor:
+        """Decoder states for the steps after ``[start, prev...]``: ``[B, m + 1, D]``."""
+        start = self.start.expand(enc.shape[0], 1, -1)  # [B, 1, D]
+        return self.decoder(torch.cat([start, self._feed(enc, prev)], dim=1))
+
+    def forward(self, batch: pointer.Batch) -> Tensor:
+        """Teacher-forced pointer logits.
+
+        Shapes:
+            batch: ``inputs [B, N, F]``, ``targets [B, M]``, ``exclude [B, M, N]``; returns
+            ``[B, M, N]`` (``[B, M, N + 1]`` with the end slot).
+        """
+        enc = self.encode(batch)  # [B, N, D]
+        dec = self._decode(enc, batch.targets[:, :-1])  # [B, M, D]
+        return self.head(enc, dec, batch.exclude)
+
+    @torch.no_grad()
+    def greedy(self, batch: pointer.Batch) -> Tensor:
+        """Greedy decoding: at each step the best-scoring input not chosen yet (padding never);
+        a row stops after ``END`` (hull) or after its ``n`` inputs (sorting). The decoder is
+        re-run on the growing prefix (exact, ``M`` forwards of at most ``M`` tokens).
+
+        Shapes:
+            returns ``[B, M]`` int64 pointers like ``batch.targets``: ``END = N`` for hull,
+            ``IGNORE_INDEX`` after a row stopped.
+        """
+        enc = self.encode(batch)  # [B, N, D]
+        bsz, n = batch.input_mask.shape
+        steps = batch.targets.shape[1]
+        chosen = ~batch.input_mask  # [B, N]
+        preds = torch.full((bsz, steps), pointer.IGNORE_INDEX, dtype=torch.int64)  # [B, M]
+        active = torch.ones(bsz, dtype=torch.bool)  # [B]
+        prev = preds[:, :0]  # [B, 0]
+        for i in range(steps):
+            if not self.end_slot:
+                active = active & ~chosen.all(dim=1)
+            if not bool(active.any()):
+                break
+            dec = self._decode(enc, prev)[:, -1:]  # [B, 1, D]
+            p = self.head(enc, dec, chosen[:, None])[:, 0].argmax(dim=-1)  # [B]
+            p = torch.where(active, p, pointer.IGNORE_INDEX)
+            preds[:, i] = p
+            picked = active & (p < n)  # [B]
+            chosen = chosen | (F.one_hot(p.clamp(0, n - 1), n).bool() & picked[:, None])
+            active = picked
+            prev = preds[:, : i + 1]
+        return preds
+
+
+def greedy_accuracy(model: nn.Module, batches: Sequence[pointer.Batch]) -> float:
+    """Exact-match accuracy (:func:`attnzoo.tasks.pointer.metric`) of greedy decoding, weighted
+    by batch size."""
+    hits = sum(pointer.metric(model.greedy(b), b.targets) * len(b.lengths) for b in batches)
+    return hits / sum(len(b.lengths) for b in batches)
+
+
+def _pointer(kind: str) -> Callable[[str, int, int, dict[str, Any]], TaskParts]:
+    owner = f"pointer-{kind}"
+
+    def build(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+        fields = [f for f in _field_names(pointer.PointerConfig) if f != "task"]
+        cfg_kw, opt = split_settings(owner, fields, settings, {"eval_examples": 512})
+        cfg = pointer.PointerConfig(task=kind, **cfg_kw)  # type: ignore[arg-type]
+        count = opt["eval_examples"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{owner}: eval_examples must be an int >= 1, got {count!r}")
+
+        def model_fn() -> nn.Module:
+            return PointerNet(mixer, d_model, num_layers, cfg.feature_dim, kind == "hull")
+
+        def batch_fn(batch_size: int, g: torch.Generator) -> tuple[pointer.Batch, Tensor]:
+            b = pointer.make_batch(cfg, batch_size, g)
+            return b, b.targets
+
+        def fixed(split: pointer.Split) -> Callable[[nn.Module], float]:
+            def evaluate(model: nn.Module) -> float:
+                g = torch.Generator().manual_seed(12345)  # the same examples for every model
+                sizes = [min(128, count - i) for i in range(0, count, 128)]
+                return greedy_accuracy(model, [pointer.make_batch(cfg, s, g, split) for s in sizes])
+
+            return evaluate
+
+        evals = {f"greedy_n{lo}_{hi}": fixed(split)  # type: ignore[arg-type]
+                 for split, (lo, hi) in (("train", cfg.train_n), ("test", cfg.test_n))}  # fmt: skip
+        return TaskParts(model_fn, batch_fn, pointer.loss, pointer.metric,
+                         {**dataclasses.asdict(cfg), "eval_examples": count}, None,
+                         predict_fn=lambda model, b: model.greedy(b), extra_evals=evals)  # fmt: skip
+
+    return build
+
+
+register_task(QualityTask("pointer-sort", "pointer network sorting n = 5..10 numbers (greedy "
+                          "exact match; extra: longer n)", False, _pointer("sort")))  # fmt: skip
+register_task(QualityTask("pointer-hull", "pointer network planar convex hull of n = 5..10 points "
+                          "(greedy exact match; extra: longer n)", False, _pointer("hull")))  # fmt: skip
+
+
+# ---- image tasks -----------------------------------------------------------------------------
+
+#: metaformer_tiny's total stride: the smallest image side it accepts
+MIN_IMAGE_SIZE = 32
+
+
+def image_model(mixer: str, d_model: int, num_layers: int, num_classes: int, in_chans: int) -> nn.Module:  # fmt: skip
+    """``metaformer_tiny`` with ``dims = (d, 2d, 4d, 8d)`` and ``depths = (1, 1, num_layers, 1)``.
+
+    Shapes: ``[B, in_chans, H, W] -> [B, num_classes]``."""
+    return create_model("metaformer_tiny", mixer=mixer, num_classes=num_classes, in_chans=in_chans,
+                        dims=tuple(d_model * 2**i for i in range(4)),
+                        depths=(1, 1, num_layers, 1))  # fmt: skip
+
+
+def _check_size(owner: str, size: int) -> None:
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"{owner}: image_size must be >= {MIN_IMAGE_SIZE} (metaformer_tiny downsamples by "
+            f"{MIN_IMAGE_SIZE}), got {size}"
+        )
+
+
+def _shapes(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    cfg = parse_config("shapes", images.ShapesConfig, settings)
+    _check_size("shapes", cfg.image_size)
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = images.make_batch(cfg, batch_size, g)
+        return b.images, b.labels
+
+    return TaskParts(lambda: image_model(mixer, d_model, num_layers, cfg.num_classes, 3), batch_fn,
+                     images.loss, images.metric, dataclasses.asdict(cfg), None)  # fmt: skip
+
+
+def _digits(mixer: str, d_model: int, num_layers: int, settings: dict[str, Any]) -> TaskParts:
+    cfg = parse_config("digits", digits.DigitsConfig, settings)
+    _check_size("digits", cfg.image_size)
+    test = digits.load_split(cfg, "test")
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = digits.make_batch(cfg, batch_size, g)
+        return b.images, b.labels
+
+    return TaskParts(lambda: image_model(mixer, d_model, num_layers, digits.NUM_CLASSES, 1),
+                     batch_fn, digits.loss, digits.metric, dataclasses.asdict(cfg), None,
+                     held_out=[(test.images, test.labels)])  # fmt: skip
+
+
+register_task(QualityTask("shapes", "synthetic shapes, 32x32 RGB, metaformer_tiny (top-1 "
+                          "accuracy)", False, _shapes))  # fmt: skip
+register_task(QualityTask("digits", "scikit-learn 8x8 digits upsampled to 32x32, metaformer_tiny "
+                          "(top-1 accuracy on the fixed test split)", False, _digits))  # fmt: skip
