@@ -13,7 +13,8 @@ is an MSE: lower is better).
 
 **Pointer tasks** (``pointer-sort``, ``pointer-hull``; :mod:`attnzoo.tasks.pointer`) train a
 :class:`PointerNet` with teacher forcing; their metric is *greedy* decoding (the model's own
-choices fed back, chosen inputs masked) scored by exact match on held-out batches of the training
+choices fed back; for hull the inputs already chosen are masked, sorting decodes unconstrained,
+see :class:`PointerNet`) scored by exact match on held-out batches of the training
 range ``train_n``, and two extra evaluations on the final model: the same greedy exact match on
 ``eval_examples`` (setting, default 512) fresh ``train_n`` examples and as many of the longer
 ``test_n`` (the generalisation test), named ``greedy_n{lo}_{hi}``; their generator is seeded
@@ -201,17 +202,31 @@ class PointerNet(nn.Module):
     ``n``). It has no absolute positions either: a causal depthwise convolution (kernel
     :data:`DECODER_CONV`) before each mixer gives it the last choices, at any length, so the
     longer ``test_n`` needs nothing learned per step. Head: :class:`attnzoo.tasks.pointer.
-    PointerHead` over (decoder states, encoder states) with the exclusion mask.
+    PointerHead` over (decoder states, encoder states); padding is always masked.
+
+    ``mask_chosen``: also mask the inputs already pointed at (in training, the exclusion mask;
+    in decoding, the model's own choices). Sorting trains and decodes *without* it, as Vinyals
+    et al. did (their outputs are unconstrained): with it, sorting reduces to "point at the
+    smallest input left", which any encoder whose score happens to be monotone in the value
+    solves untrained (untrained d=64 softmax/linear/sigmoid nets scored exact match 1.0, or 0.0
+    for the reverse order, on n = 5..10 and 11..20). Hull keeps it (an untrained net scores ~0).
 
     Args:
         mixer: a registered mixer with both ``noncausal-self`` and ``causal-self`` patterns.
         d_model: width ``D``. num_layers: blocks of the encoder and of the decoder.
         feature_dim: features ``F`` per input (1 for sorting, 2 for hull points).
         end_slot: give the head the end-token slot (hull).
+        mask_chosen: mask inputs already chosen (see above).
     """
 
     def __init__(
-        self, mixer: str, d_model: int, num_layers: int, feature_dim: int, end_slot: bool
+        self,
+        mixer: str,
+        d_model: int,
+        num_layers: int,
+        feature_dim: int,
+        end_slot: bool,
+        mask_chosen: bool = True,
     ) -> None:
         super().__init__()
         spec = get_spec(mixer)
@@ -231,6 +246,7 @@ class PointerNet(nn.Module):
         self.start = nn.Parameter(torch.randn(d_model) * d_model**-0.5)
         self.head = pointer.PointerHead(d_model, end_slot=end_slot)
         self.end_slot = end_slot
+        self.mask_chosen = mask_chosen
 
     def encode(self, batch: pointer.Batch) -> Tensor:
         """Shapes: inputs ``[B, N, F]`` -> encoder states ``[B, N, D]``."""
@@ -258,13 +274,15 @@ class PointerNet(nn.Module):
         """
         enc = self.encode(batch)  # [B, N, D]
         dec = self._decode(enc, batch.targets[:, :-1])  # [B, M, D]
-        return self.head(enc, dec, batch.exclude)
+        exclude = batch.exclude if self.mask_chosen else ~batch.input_mask  # [B, M, N] / [B, N]
+        return self.head(enc, dec, exclude)
 
     @torch.no_grad()
     def greedy(self, batch: pointer.Batch) -> Tensor:
-        """Greedy decoding: at each step the best-scoring input not chosen yet (padding never);
-        a row stops after ``END`` (hull) or after its ``n`` inputs (sorting). The decoder is
-        re-run on the growing prefix (exact, ``M`` forwards of at most ``M`` tokens).
+        """Greedy decoding: at each step the best-scoring input (padding never; with
+        ``mask_chosen`` none chosen before); a row stops after ``END`` (hull) or after ``n``
+        pointers (sorting). The decoder is re-run on the growing prefix (exact, ``M`` forwards
+        of at most ``M`` tokens).
 
         Shapes:
             returns ``[B, M]`` int64 pointers like ``batch.targets``: ``END = N`` for hull,
@@ -279,7 +297,7 @@ class PointerNet(nn.Module):
         prev = preds[:, :0]  # [B, 0]
         for i in range(steps):
             if not self.end_slot:
-                active = active & ~chosen.all(dim=1)
+                active = active & (batch.lengths > i)  # n pointers per row
             if not bool(active.any()):
                 break
             dec = self._decode(enc, prev)[:, -1:]  # [B, 1, D]
@@ -287,7 +305,8 @@ class PointerNet(nn.Module):
             p = torch.where(active, p, pointer.IGNORE_INDEX)
             preds[:, i] = p
             picked = active & (p < n)  # [B]
-            chosen = chosen | (F.one_hot(p.clamp(0, n - 1), n).bool() & picked[:, None])
+            if self.mask_chosen:
+                chosen = chosen | (F.one_hot(p.clamp(0, n - 1), n).bool() & picked[:, None])
             active = picked
             prev = preds[:, : i + 1]
         return preds
@@ -312,7 +331,8 @@ def _pointer(kind: str) -> Callable[[str, int, int, dict[str, Any]], TaskParts]:
             raise ValueError(f"{owner}: eval_examples must be an int >= 1, got {count!r}")
 
         def model_fn() -> nn.Module:
-            return PointerNet(mixer, d_model, num_layers, cfg.feature_dim, kind == "hull")
+            return PointerNet(mixer, d_model, num_layers, cfg.feature_dim, kind == "hull",
+                              mask_chosen=kind == "hull")  # fmt: skip
 
         def batch_fn(batch_size: int, g: torch.Generator) -> tuple[pointer.Batch, Tensor]:
             b = pointer.make_batch(cfg, batch_size, g)
