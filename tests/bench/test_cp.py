@@ -3,6 +3,8 @@ workers into a store (exactness, counted == analytic bytes, load balance, memory
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,22 @@ def test_cli_bench_cp_lists_strategies_and_rejects_bad_flags(tmp_path: Path) -> 
         assert name in out.output
     bad = runner.invoke(app, ["bench", "cp", "--strategy", "rign", "--db", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "did you mean 'ring'" in bad.output
+
+
+def test_bench_cp_under_torchrun(tmp_path: Path) -> None:
+    """`torchrun -m attnzoo bench cp`: the launched processes are the workers, rank 0 writes."""
+    db = tmp_path / "tr.duckdb"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc-per-node", "2", "-m", "attnzoo", "bench", "cp", "--db", str(db),
+           "--seq-lens", "32", "--heads", "2", "--head-dim", "8", "--strategy", "ring,state-gla",
+           "--masks", "causal", "--repeats", "1", "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    store = Store(db, read_only=True)
+    (run,) = store.runs("cp")
+    assert run["env"]["cp_launch"] == "torchrun" and run["config"]["world_sizes"] == [2]
+    rows = store.cp([run["run_id"]])
+    assert {(r["strategy"], r["rank"]) for r in rows} == {("ring", 0), ("ring", 1),
+                                                         ("state-gla", 0), ("state-gla", 1)}  # fmt: skip
+    assert all(r["bytes_sent"] == r["bytes_analytic"] > 0 for r in rows)
+    assert all(r["exact"] for r in rows if r["rank"] == 0)

@@ -165,10 +165,13 @@ def _case(
     T, family = case["seq_len"], STRATEGIES[case["strategy"]].family
     sharding = layout(case, world_size)
     pos = positions(case, sharding, rank)  # [T_r]
-    x = global_inputs(plan, T, family)
+    device = _device()
+    x = {n: t.to(device) for n, t in global_inputs(plan, T, family).items()}
+    pos = pos.to(device)
     local = {n: t.index_select(1, pos) for n, t in x.items()}
     grad_out = torch.randn(plan.batch, T, plan.heads, plan.head_dim,
                            generator=torch.Generator().manual_seed(plan.seed + 1)) * 0.5  # fmt: skip
+    grad_out = grad_out.to(device)
     g_local = grad_out.index_select(1, pos)
     call = _call(plan, case, comm, grids, sharding, world_size)
     comms = _comms(case["strategy"], comm, grids, world_size)
@@ -196,8 +199,8 @@ def _case(
         walls.append(wall)
         cpus.append(cpu)
     dist.barrier()
-    peak = peak_memory_bytes(once)
-    slowest = torch.tensor(walls, dtype=torch.float64)
+    peak = peak_memory_bytes(once, device)
+    slowest = torch.tensor(walls, dtype=torch.float64, device=device)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # per repeat, the slowest rank (not counted)
     pairs = work_pairs(case, sharding, rank, world_size) if family == "softmax" else None
     return {
@@ -216,6 +219,13 @@ def _case(
     }
 
 
+def _device() -> torch.device:
+    """NCCL needs the tensors on this rank's GPU (``init_from_env`` set it); gloo uses the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _error(
     plan: CPPlan,
     case: dict[str, Any],
@@ -231,16 +241,17 @@ def _error(
     strategy's traffic."""
     mine = [out.detach()] + ([ins[n].grad for n in ("q", "k", "v")] if backward else [])
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.gather_object((pos, mine), gathered if dist.get_rank() == 0 else None, dst=0)
+    packet = (pos.cpu(), [t.cpu() for t in mine])  # compared on the CPU, whatever the device
+    dist.gather_object(packet, gathered if dist.get_rank() == 0 else None, dst=0)
     if dist.get_rank() != 0:
         return None
     fn = reference(plan, case, x)
     ref_in = {n: t.detach().requires_grad_(backward and n != "gk") for n, t in x.items()}
     want_out = fn(**ref_in)
-    want = [want_out.detach()]
+    want = [want_out.detach().cpu()]
     if backward:
         want_out.backward(grad_out)
-        want += [ref_in[n].grad for n in ("q", "k", "v")]
+        want += [ref_in[n].grad.cpu() for n in ("q", "k", "v")]
     got = [torch.zeros_like(w) for w in want]
     for p, tensors in gathered:
         for g, t in zip(got, tensors, strict=True):
