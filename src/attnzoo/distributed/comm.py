@@ -132,6 +132,29 @@ class Comm:
         """
         return _SendRecv.apply(x, self, to, frm, self._recv_shape(x, shape))
 
+    def send(self, x: Tensor, to: int) -> Tensor:
+        """Blocking one-way send of ``x`` to rank ``to``; returns a zero scalar to add to
+        something the loss depends on, so that autograd reaches the send. Backward: receives
+        ``x``'s gradient from ``to`` (which calls :meth:`recv_like`).
+
+        Shapes:
+            x ``[*]`` -> ``[]`` (zero)
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"send: x must be a torch.Tensor, got {type(x).__name__}")
+        return _Send.apply(x, self, self._peer("to", to))
+
+    def recv_like(self, like: Tensor, frm: int) -> Tensor:
+        """Blocking receive from rank ``frm`` of a tensor shaped like ``like`` (which only
+        anchors the autograd node). Backward: sends the gradient back to ``frm``.
+
+        Shapes:
+            like ``[*]`` -> ``[*]``
+        """
+        if not isinstance(like, Tensor):
+            raise TypeError(f"recv_like: like must be a torch.Tensor, got {type(like).__name__}")
+        return _Recv.apply(like, self, self._peer("frm", frm))
+
     def all_reduce(self, x: Tensor) -> Tensor:
         """Sum of ``x`` over all ranks. Backward: the all-reduce (sum) of the gradient.
 
@@ -380,3 +403,37 @@ def _all_reduce(comm: Comm, x: Tensor) -> Tensor:
         mine = n // P + (1 if comm.rank < n % P else 0)  # torch.tensor_split's chunk sizes
         comm.bytes_sent += 2 * (n - mine) * x.element_size()
     return out
+
+
+class _Send(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, comm: Comm, to: int) -> Tensor:
+        x = x.detach().contiguous()
+        dist.send(x, comm._global(to), group=comm.group)
+        comm.bytes_sent += x.numel() * x.element_size()
+        ctx.cfg = (comm, to, x.shape, x.dtype, x.device)
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx: Any, _unused: Tensor) -> tuple[Tensor | None, ...]:
+        comm, to, shape, dtype, device = ctx.cfg
+        g = torch.empty(shape, dtype=dtype, device=device)
+        dist.recv(g, comm._global(to), group=comm.group)
+        return g, None, None
+
+
+class _Recv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, like: Tensor, comm: Comm, frm: int) -> Tensor:
+        out = torch.empty_like(like, memory_format=torch.contiguous_format)
+        dist.recv(out, comm._global(frm), group=comm.group)
+        ctx.cfg = (comm, frm)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        comm, frm = ctx.cfg
+        g = g.contiguous()
+        dist.send(g, comm._global(frm), group=comm.group)
+        comm.bytes_sent += g.numel() * g.element_size()
+        return None, None, None

@@ -38,7 +38,6 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from attnzoo.distributed.comm import Comm
@@ -295,53 +294,10 @@ def _sequential(state: Tensor, log_a: Tensor | None, comm: Comm) -> tuple[Tensor
     if r == 0:
         s_in = torch.zeros_like(state)
     else:
-        s_in = _Recv.apply(state, comm, r - 1)  # state only anchors the autograd node
+        s_in = comm.recv_like(state, r - 1)  # state only anchors the autograd node
     if r == P - 1:
         return s_in, state.new_zeros(())
-    return s_in, _Send.apply(_decayed(s_in, log_a) + state, comm, r + 1)
-
-
-def _peer(comm: Comm, rank: int) -> int:
-    """Global rank of a rank of ``comm``'s group (what ``dist.send``/``recv`` take)."""
-    return rank if comm.group is None else dist.get_global_rank(comm.group, rank)
-
-
-class _Send(torch.autograd.Function):
-    """Blocking send of ``x``; returns a zero scalar. Backward: receive ``x``'s gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, comm: Comm, to: int) -> Tensor:
-        x = x.detach().contiguous()
-        dist.send(x, _peer(comm, to), group=comm.group)
-        comm.bytes_sent += x.numel() * x.element_size()
-        ctx.cfg = (comm, to, x.shape, x.dtype, x.device)
-        return x.new_zeros(())
-
-    @staticmethod
-    def backward(ctx: Any, _unused: Tensor) -> tuple[Tensor | None, ...]:
-        comm, to, shape, dtype, device = ctx.cfg
-        g = torch.empty(shape, dtype=dtype, device=device)
-        dist.recv(g, _peer(comm, to), group=comm.group)
-        return g, None, None
-
-
-class _Recv(torch.autograd.Function):
-    """Blocking receive of a tensor shaped like ``like``. Backward: send its gradient back."""
-
-    @staticmethod
-    def forward(ctx: Any, like: Tensor, comm: Comm, frm: int) -> Tensor:
-        out = torch.empty_like(like, memory_format=torch.contiguous_format)
-        dist.recv(out, _peer(comm, frm), group=comm.group)
-        ctx.cfg = (comm, frm)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        comm, frm = ctx.cfg
-        g = g.contiguous()
-        dist.send(g, _peer(comm, frm), group=comm.group)
-        comm.bytes_sent += g.numel() * g.element_size()
-        return None, None, None
+    return s_in, comm.send(_decayed(s_in, log_a) + state, r + 1)
 
 
 # ---- checks ---------------------------------------------------------------------------------
