@@ -41,6 +41,7 @@ def test_cases_skip_what_a_strategy_cannot_do() -> None:
         and cases[("ring", "causal")]["sharding"] == "zigzag"
     )
     assert cases[("ring", "full")]["sharding"] == "contiguous"
+    assert cases[("ring-contiguous", "causal")]["sharding"] == "contiguous"  # the unbalanced one
     assert "world size >= 4" in cases[("hybrid", "full")]["skip"]
     assert "computes ('causal',) only" in cases[("state-gla", "full")]["skip"]
     assert cases[("ulysses", "causal")]["sharding"] == "contiguous"

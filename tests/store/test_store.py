@@ -213,7 +213,7 @@ def test_v3_store_reads_then_migrates_to_latest_keeping_rows(tmp_path: Path) -> 
     (curve,) = reader.curves()
     assert curve["metric"] == 0.5 and curve["task_config"] is None
     store = Store(path)
-    assert store.schema_version == LATEST == 5
+    assert store.schema_version == LATEST == 6
     assert [c["task_config"] for c in store.curves()] == [None] and store.quality_evals() == []
     store.add_curve_point(1, {**CURVE_ROW, "step": 20, "task_config": '{"seq_len": 64}'})
     assert [c["task_config"] for c in store.curves([1])] == [None, '{"seq_len": 64}']
@@ -263,14 +263,17 @@ def test_best_of_sweep_narrows_to_one_task_point(tmp_path: Path) -> None:
 CP_ROW = {"strategy": "ring", "sharding": "zigzag", "mask": "causal", "seq_len": 64,
           "mode": "fwd", "world_size": 2, "rank": 0, "latency_s": 0.01, "rank_wall_s": 0.01,
           "rank_cpu_s": 0.008, "peak_bytes": 1024, "bytes_sent": 512, "bytes_analytic": 512,
-          "pairs": 1040.0, "max_abs_err": 1e-7, "exact": True}  # fmt: skip
+          "pairs": 1040.0, "max_abs_err": 1e-7, "ref_max": 1.5, "exact": True}  # fmt: skip
 
 
 def test_cp_rows_and_skips_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "cp.duckdb")
     run = store.begin_run(kind="cp", suite="cp", command="t", config={}, env={})
     store.add_cp(run, CP_ROW)
-    store.add_cp(run, {**CP_ROW, "rank": 1, "max_abs_err": None, "exact": None, "pairs": None})
+    store.add_cp(
+        run,
+        {**CP_ROW, "rank": 1, "max_abs_err": None, "ref_max": None, "exact": None, "pairs": None},
+    )
     store.add_cp_skip(run, {k: CP_ROW[k] for k in ("strategy", "sharding", "mask", "seq_len",
                                                    "mode", "world_size")} | {"reason": "r"})  # fmt: skip
     rows = store.cp([run])

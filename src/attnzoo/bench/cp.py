@@ -38,7 +38,9 @@ from attnzoo.config import suggest
 MODES = ("fwd", "fwd+bwd")
 SOFTMAX_MASKS = ("full", "causal", "sliding-window", "document")
 HYBRID_ULYSSES = 2  # the hybrid grid: Ulysses groups of 2, ring across world / 2 of them
-TOLERANCE = 1e-4  # max abs error vs one process (fp32, inputs ~N(0, 0.5^2))
+# exact: max |distributed - one process| <= RTOL * max(1, max |one process|) over the output
+# (and input gradients); unnormalised linear attention sums thousands of terms (|o| ~ 100)
+RTOL = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Strategy:
         return {"ulysses": world_size, "hybrid": HYBRID_ULYSSES}.get(self.name, 1)
 
     def sharding_kind(self, mask: str) -> str:
-        if self.family != "softmax" or self.name == "ulysses":
+        if self.family != "softmax" or self.name in ("ulysses", "ring-contiguous"):
             return "contiguous"
         return "zigzag" if mask != "full" else "contiguous"
 
@@ -77,44 +79,51 @@ STRATEGIES: dict[str, Strategy] = {
             SOFTMAX_MASKS,
             "ring attention, P2P K/V shifts overlapped "
             "with compute; zigzag sharding for masked (causal) cases",
-        ),  # fmt: skip
+        ),
+        Strategy(
+            "ring-contiguous",
+            "softmax",
+            SOFTMAX_MASKS,
+            "ring attention (P2P) on contiguous shards: no causal load balance (the baseline "
+            "that zigzag sharding fixes)",
+        ),
         Strategy(
             "ring-allgather",
             "softmax",
             SOFTMAX_MASKS,
             "ring attention's all-gather variant: gather all K/V, attend once",
-        ),  # fmt: skip
+        ),
         Strategy(
             "ulysses",
             "softmax",
             SOFTMAX_MASKS,
             "DeepSpeed-Ulysses: all-to-all sequence shards <-> head shards, local exact attention",
-        ),  # fmt: skip
+        ),
         Strategy(
             "hybrid",
             "softmax",
             SOFTMAX_MASKS,
             "Ulysses inside groups of 2 x ring across them (USP)",
             min_world=4,
-        ),  # fmt: skip
+        ),
         Strategy(
             "state-linear",
             "linear",
             ("causal",),
             "linear attention, chunk states combined across ranks (all-gather prefix)",
-        ),  # fmt: skip
+        ),
         Strategy(
             "state-lightning",
             "lightning",
             ("causal",),
             "Lightning attention (per-head decay), states combined across ranks",
-        ),  # fmt: skip
+        ),
         Strategy(
             "state-gla",
             "gla",
             ("causal",),
             "gated linear attention (data-dependent gates), states combined across ranks",
-        ),  # fmt: skip
+        ),
     )
 }
 

@@ -209,6 +209,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        6,
+        "cp rows record the scale of their error (max |one process|): exact is relative",
+        ["""ALTER TABLE cp ADD COLUMN ref_max DOUBLE"""],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -42,7 +42,7 @@ CURVE_COLUMNS = ("task", "mixer", "d_model", "lr", "seed", "step", "train_loss",
 EVAL_COLUMNS = ("task", "mixer", "d_model", "lr", "seed", "name", "value")
 CP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_size", "rank", "latency_s",
               "rank_wall_s", "rank_cpu_s", "peak_bytes", "bytes_sent", "bytes_analytic", "pairs",
-              "max_abs_err", "exact")  # fmt: skip
+              "max_abs_err", "ref_max", "exact")  # fmt: skip
 CP_SKIP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_size", "reason")
 PEER_COLUMNS = (
     "case_name", "mechanism", "peer", "size", "n", "ours_s", "peer_s", "ratio", "ours_flops",
