@@ -24,6 +24,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/attnzoo bench speed --suite quick
 	$(BIN)/attnzoo bench peers --suite quick
 	$(BIN)/attnzoo bench quality --suite quick
+	$(BIN)/attnzoo bench cp --seq-lens 1024 --world-size 1,2,4
 	$(BIN)/attnzoo report
 
 # The report test drives Debian's Chromium (headless). Installed here when missing.
