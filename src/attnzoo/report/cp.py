@@ -50,12 +50,19 @@ def cp_section(store: Store) -> str | None:
             "max abs err", "exact"]  # fmt: skip
     body = [_row(key, rs, cases) for key, rs in sorted(cases.items(), key=_order)]
     tab = table(head, body, "cp-table") if body else "<p>No context-parallel rows recorded.</p>"
+    grouped: dict[tuple, list[Row]] = defaultdict(list)
+    for s_ in skips:  # one line per (strategy, mask, reason): the same skip at every T and world
+        grouped[(s_["strategy"], s_["mask"], s_["reason"])].append(s_)
     missing = "".join(
-        f"<li>{esc(s['strategy'])} {esc(s['mask'])} T={s['seq_len']} {esc(s['mode'])} world "
-        f"{s['world_size']}: {esc(s['reason'])}</li>"
-        for s in skips
+        f"<li>{esc(name)}, {esc(mask)} mask: {esc(reason)} (skipped at world "
+        f"{_values(rs, 'world_size')}, T = {_values(rs, 'seq_len')}, {_values(rs, 'mode')})</li>"
+        for (name, mask, reason), rs in grouped.items()
     )
     return note + tab + _memory_plot(cases) + (f"<ul>{missing}</ul>" if missing else "")
+
+
+def _values(rows: list[Row], key: str) -> str:
+    return ", ".join(esc(v) for v in sorted({r[key] for r in rows}))
 
 
 def _order(item: tuple[tuple, list[Row]]) -> tuple:
