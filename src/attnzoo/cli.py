@@ -404,6 +404,15 @@ def bench_quality(
     ] = None,
     seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps per run at most.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
+    set_: Annotated[
+        str | None,
+        typer.Option(
+            "--set",
+            help="Task settings for every point, e.g. seq_len=256,"
+            "num_kv_pairs=16,vocab_size=512 (identical points are merged).",
+        ),
+    ] = None,  # fmt: skip
     db: DbOption = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -425,9 +434,13 @@ def bench_quality(
             changes["lrs"] = tuple(float(x) for x in _words(lrs) or ())
         if steps is not None:
             changes["steps"] = steps
+        if batch_size is not None:
+            changes["batch_size"] = batch_size
         plan = QUALITY_SUITES[suite].replace(**changes)
         if task is not None:
             plan = plan.select_tasks(_words(task) or ())
+        if set_ is not None:
+            plan = plan.with_settings(_settings(set_))
         check_suite(plan)
     except (TypeError, ValueError) as e:
         raise _fail(str(e)) from None
@@ -541,6 +554,20 @@ def _cp_cases(rows: list[dict]) -> list[list[str]]:
                       f"{max(cpu) / max(min(cpu), 1e-12):.2f}x",
                       "-" if not err0 else f"{err0[0]:.1e}"])  # fmt: skip
     return table
+
+
+def _settings(text: str) -> dict:
+    """``key=value,...`` with JSON values (numbers, true/false, strings as they are)."""
+    out: dict = {}
+    for item in _words(text) or ():
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set: expected key=value pairs such as seq_len=256, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def _point(task: str, task_config: str | None) -> str:

@@ -323,3 +323,18 @@ def test_cli_pointer_suite_shows_extra_evals(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["bench", "quality", "--db", str(tmp_path / "c.duckdb"),
                                    "--suite", "pointer", "--mixers", "lightning"])  # fmt: skip
     assert bad.exit_code == 2 and "lacks the noncausal-self pattern" in bad.stderr
+
+
+def test_set_overrides_every_point_and_merges_identical_ones(tmp_path: Path) -> None:
+    zoo = SUITES["zoology"]
+    one = zoo.with_settings({"seq_len": 256, "num_kv_pairs": 16})
+    assert len(zoo.grid_points()) == 3 and len(one.grid_points()) == 1
+    ((task, settings),) = one.grid_points()
+    assert task == "mqar" and settings["seq_len"] == 256 and settings["vocab_size"] == 512
+    runner = CliRunner()
+    bad = runner.invoke(app, ["bench", "quality", "--set", "seq_len", "--db", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "--set: expected key=value pairs" in bad.output
+    wrong = runner.invoke(
+        app, ["bench", "quality", "--set", "seq_lne=3", "--db", str(tmp_path / "x")]
+    )
+    assert wrong.exit_code != 0 and "seq_len" in wrong.output  # unknown setting, close match

@@ -136,6 +136,16 @@ class QualitySuite:
         points += [(t, {}) for t in dict.fromkeys(names) if t not in {q[0] for q in points}]
         return self.replace(points=tuple(points))
 
+    def with_settings(self, settings: Mapping[str, Any]) -> QualitySuite:
+        """Every point with ``settings`` laid over its own (``--set``); points that become
+        identical are merged."""
+        points: list[TaskPoint] = []
+        for task, own in self.grid_points():
+            point = (task, {**own, **settings})
+            if point not in points:
+                points.append(point)
+        return self.replace(points=tuple(points))
+
     def replace(self, **changes: Any) -> QualitySuite:
         return dataclasses.replace(self, **changes)
 
