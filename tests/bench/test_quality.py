@@ -20,7 +20,7 @@ from attnzoo.bench.quality import (
     run_quality,
     state_size,
 )
-from attnzoo.bench.quality_tasks import PointerNet
+from attnzoo.bench.quality_tasks import PointerNet, greedy_accuracy
 from attnzoo.bench.train import TrainResult
 from attnzoo.cli import app
 from attnzoo.report.html import build_report
@@ -234,16 +234,16 @@ def test_pointer_suite_stores_extra_evals(tmp_path: Path) -> None:
     run = run_quality(suite, store, progress=False)
     rows, evals = store.quality([run]), store.quality_evals([run])
     assert len(rows) == 2 and all(r["state_size"] is None for r in rows)
-    assert sorted((e["lr"], e["name"]) for e in evals) == [
-        (1e-3, "greedy_n3_5"), (1e-3, "greedy_n6_8"), (1e-2, "greedy_n3_5"), (1e-2, "greedy_n6_8")
-    ]  # fmt: skip
+    names = ["greedy_n3_5", "greedy_n6_8", "pointers_n3_5", "pointers_n6_8"]
+    assert sorted((e["lr"], e["name"]) for e in evals) == [(lr, n) for lr in (1e-3, 1e-2)
+                                                           for n in names]  # fmt: skip
     assert all(0 <= e["value"] <= 1 and e["task_config"] == rows[0]["task_config"] for e in evals)
     assert json.loads(rows[0]["task_config"])["test_n"] == [6, 8]
 
 
 def test_extra_evals_decode_eval_examples_of_their_range() -> None:
     """Each extra evaluation greedily decodes ``eval_examples`` fresh examples with n in its
-    range; a decoder that answers the targets scores 1, one that answers padding 0."""
+    range; a decoder that answers the targets scores 1, one that never points right 0."""
     parts = TASKS["pointer-hull"].build("softmax", 8, 1, {**PTR, "eval_examples": 300})
 
     class Spy(torch.nn.Module):
@@ -253,13 +253,32 @@ def test_extra_evals_decode_eval_examples_of_their_range() -> None:
 
         def greedy(self, b: pointer.Batch) -> torch.Tensor:
             self.lengths += b.lengths.tolist()
-            return b.targets if self.right else torch.zeros_like(b.targets)
+            return b.targets if self.right else torch.full_like(b.targets, 10_000)  # never right
 
-    for name, (lo, hi) in (("greedy_n3_5", (3, 5)), ("greedy_n6_8", (6, 8))):
+    for name, (lo, hi) in (("greedy_n3_5", (3, 5)), ("greedy_n6_8", (6, 8)),
+                           ("pointers_n3_5", (3, 5)), ("pointers_n6_8", (6, 8))):  # fmt: skip
         spy = Spy(right=True)
         assert parts.extra_evals[name](spy) == 1.0
         assert len(spy.lengths) == 300 and set(spy.lengths) == set(range(lo, hi + 1))
         assert parts.extra_evals[name](Spy(right=False)) == 0.0
+
+
+def test_pointer_accuracy_counts_right_pointers() -> None:
+    """One wrong pointer of 5 (first example) and a right 3-pointer example: exact match 1/2,
+    right pointers 7/8."""
+    targets = torch.tensor([[0, 1, 2, 3, 4], [2, 0, 1, -100, -100]])
+    preds = torch.tensor([[0, 1, 2, 4, 4], [2, 0, 1, 3, 3]])
+    b = pointer.Batch(torch.zeros(2, 5, 1), torch.tensor([5, 3]), torch.ones(2, 5, dtype=torch.bool),
+                      targets, torch.zeros(2, 5, 5, dtype=torch.bool), None)  # fmt: skip
+
+    class Fixed(torch.nn.Module):
+        def greedy(self, _: pointer.Batch) -> torch.Tensor:
+            return preds
+
+    assert greedy_accuracy(Fixed(), [b]) == 0.5
+    assert greedy_accuracy(Fixed(), [b], per="pointer") == 7 / 8
+    with pytest.raises(ValueError, match="per must be 'sequence' or 'pointer', got 'token'"):
+        greedy_accuracy(Fixed(), [b], per="token")
 
 
 def test_task_points_keep_their_own_best_and_curves(

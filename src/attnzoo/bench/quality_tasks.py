@@ -312,11 +312,21 @@ class PointerNet(nn.Module):
         return preds
 
 
-def greedy_accuracy(model: nn.Module, batches: Sequence[pointer.Batch]) -> float:
-    """Exact-match accuracy (:func:`attnzoo.tasks.pointer.metric`) of greedy decoding, weighted
-    by batch size."""
-    hits = sum(pointer.metric(model.greedy(b), b.targets) * len(b.lengths) for b in batches)
-    return hits / sum(len(b.lengths) for b in batches)
+def greedy_accuracy(
+    model: nn.Module, batches: Sequence[pointer.Batch], per: str = "sequence"
+) -> float:
+    """Accuracy of greedy decoding: exact match (:func:`attnzoo.tasks.pointer.metric`,
+    ``per="sequence"``) weighted by batch size, or the fraction of right pointers
+    (:func:`~attnzoo.tasks.pointer.token_accuracy`, ``per="pointer"``) weighted by their count."""
+    if per == "sequence":
+        hits = sum(pointer.metric(model.greedy(b), b.targets) * len(b.lengths) for b in batches)
+        return hits / sum(len(b.lengths) for b in batches)
+    if per != "pointer":
+        raise ValueError(f"greedy_accuracy: per must be 'sequence' or 'pointer', got {per!r}")
+    scored = [int((b.targets != pointer.IGNORE_INDEX).sum()) for b in batches]
+    hits = sum(pointer.token_accuracy(model.greedy(b), b.targets) * n
+               for b, n in zip(batches, scored, strict=True))  # fmt: skip
+    return hits / sum(scored)
 
 
 def _pointer(kind: str) -> Callable[[str, int, int, dict[str, Any]], TaskParts]:
@@ -338,16 +348,20 @@ def _pointer(kind: str) -> Callable[[str, int, int, dict[str, Any]], TaskParts]:
             b = pointer.make_batch(cfg, batch_size, g)
             return b, b.targets
 
-        def fixed(split: pointer.Split) -> Callable[[nn.Module], float]:
+        def fixed(split: pointer.Split, per: str) -> Callable[[nn.Module], float]:
             def evaluate(model: nn.Module) -> float:
                 g = torch.Generator().manual_seed(12345)  # the same examples for every model
                 sizes = [min(128, count - i) for i in range(0, count, 128)]
-                return greedy_accuracy(model, [pointer.make_batch(cfg, s, g, split) for s in sizes])
+                batches = [pointer.make_batch(cfg, s, g, split) for s in sizes]
+                return greedy_accuracy(model, batches, per)
 
             return evaluate
 
-        evals = {f"greedy_n{lo}_{hi}": fixed(split)  # type: ignore[arg-type]
-                 for split, (lo, hi) in (("train", cfg.train_n), ("test", cfg.test_n))}  # fmt: skip
+        # exact match (the paper's accuracy) and the fraction of right pointers, which shows how
+        # gracefully longer inputs degrade when whole sequences stop being exact
+        ranges = (("train", cfg.train_n), ("test", cfg.test_n))
+        evals = {f"greedy_n{lo}_{hi}": fixed(split, "sequence") for split, (lo, hi) in ranges}
+        evals |= {f"pointers_n{lo}_{hi}": fixed(split, "pointer") for split, (lo, hi) in ranges}
         return TaskParts(model_fn, batch_fn, pointer.loss, pointer.metric,
                          {**dataclasses.asdict(cfg), "eval_examples": count}, None,
                          predict_fn=lambda model, b: model.greedy(b), extra_evals=evals)  # fmt: skip
