@@ -46,6 +46,12 @@ def cases_for(P: int) -> list[W.RingCase]:
             (kind, m, variant) for kind in kinds for m in masks(T) for variant in VARIANTS
         )
     ]
+    # tiles inside a ring step smaller than a shard (and not dividing it): partial tiles,
+    # tiles with no allowed pair skipped, rows whose keys span several tiles
+    out += [
+        W.RingCase(kind, T, m, "p2p", seed=300 + i, tiles=(3, 4))
+        for i, (kind, m) in enumerate((kind, m) for kind in kinds for m in masks(T))
+    ]
     if P == 2:
         # batch 2, grouped-query heads, and the remaining mask kinds
         extra = [Mask.causal_(), Mask.prefix_lm(6), Mask.block_causal(4)]
@@ -74,7 +80,8 @@ def world(request: pytest.FixtureRequest) -> tuple[int, list[W.RingCase], list[A
 
 
 def _name(c: W.RingCase) -> str:
-    return f"{c.variant}/{c.kind}/{c.mask.name}/T={c.T}/H={c.H},Hkv={c.Hkv}/{c.dtype}"
+    tiles = "" if c.tiles is None else f"/tiles={c.tiles}"
+    return f"{c.variant}/{c.kind}/{c.mask.name}/T={c.T}/H={c.H},Hkv={c.Hkv}/{c.dtype}{tiles}"
 
 
 def test_matches_single_process(world: tuple[int, list[W.RingCase], list[Any]]) -> None:

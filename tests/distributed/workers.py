@@ -146,6 +146,7 @@ class RingCase:
     K: int = 8
     seed: int = 0
     dtype: str = "float32"
+    tiles: tuple[int, int] | None = None  # (block_q, block_k) of the p2p path; None: defaults
 
     def inputs(self) -> list[Tensor]:
         """Global q, k, v and output gradient."""
@@ -168,7 +169,9 @@ def ring_cases(rank: int, world_size: int, cases: list[RingCase]) -> list[Any]:
         q, k, v, g = (shard(t, sh, rank).to(dtype) for t in case.inputs())
         q, k, v = (t.requires_grad_(True) for t in (q, k, v))
         comm.reset()
-        o = ring_attention(q, k, v, comm=comm, sharding=sh, mask=case.mask, variant=case.variant)  # type: ignore[arg-type]
+        tiles = {} if case.tiles is None else dict(zip(("block_q", "block_k"), case.tiles, strict=True))
+        o = ring_attention(q, k, v, comm=comm, sharding=sh, mask=case.mask, variant=case.variant,  # type: ignore[arg-type]
+                           **tiles)  # fmt: skip
         fwd = comm.bytes_sent
         (o * g).sum().backward()
         out.append((o.detach(), q.grad, k.grad, v.grad, fwd, comm.bytes_sent))

@@ -16,12 +16,18 @@ blocks are skipped. The backward is a second ring pass: each block's probabiliti
 from the saved LSE, ``dQ`` accumulates locally and the ``dK/dV`` accumulators (fp32) travel with
 their block and reach its owner after one more shift.
 
-``variant="allgather"`` gathers all K/V instead and attends once (autograd through the gather).
-Ring memory per rank: ``O(T_r * T_s)`` scores of one block pair; all-gather keeps all of K/V.
+Inside a ring step the work is tiled ``block_q x block_k`` (forward and backward): each tile's
+scores are built from the query ranges and the block's key positions, tiles without an allowed
+pair are skipped, and tile results merge by the same log-sum-exp rule. A rank's memory is the
+K/V block in flight plus one tile of scores: ``O(T_r * (K + V) + block_q * block_k)`` per head.
+
+``variant="allgather"`` gathers all K/V instead and attends once (autograd through the gather):
+the simple baseline, holding all of K/V and this rank's ``[T_r, T]`` scores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,7 +37,7 @@ from torch import Tensor
 
 from attnzoo.distributed.comm import Comm
 from attnzoo.distributed.shard import Sharding
-from attnzoo.ops.common import check_qkv, expand_kv, resolve_scale
+from attnzoo.ops.common import check_block, check_qkv, expand_kv, resolve_scale
 from attnzoo.ops.masks import Mask, as_mask
 
 OP = "ring_attention"
@@ -49,6 +55,8 @@ def ring_attention(
     mask: Mask | str | None = None,
     scale: float | None = None,
     variant: Literal["p2p", "allgather"] = "p2p",
+    block_q: int = 512,
+    block_k: int = 512,
 ) -> Tensor:
     """Exact softmax self-attention of this rank's queries over the whole sharded sequence.
 
@@ -62,6 +70,9 @@ def ring_attention(
         scale: score scale; ``None`` means ``1/sqrt(K)``.
         variant: ``"p2p"`` (ring of async send/recv overlapped with compute) or
             ``"allgather"`` (gather all K/V, attend once).
+        block_q, block_k: tile sizes inside one ring step of ``p2p`` (forward and backward):
+            scores are materialised ``block_q x block_k`` at a time, so a rank's memory is
+            ``O(T_r + block_q * block_k)`` per head, not ``O(T_r * T_s)``.
 
     Returns:
         This rank's output; rows without any allowed key are zero (zero gradient too).
@@ -69,7 +80,7 @@ def ring_attention(
     Shapes:
         q ``[B, T_r, H, K]``, k ``[B, T_r, Hkv, K]``, v ``[B, T_r, Hkv, V]`` -> ``[B, T_r, H, V]``
     """
-    plan = _plan(q, k, v, comm, sharding, mask, scale, variant)
+    plan = _plan(q, k, v, comm, sharding, mask, scale, variant, block_q, block_k)
     if variant == "allgather":
         return _allgather(q, k, v, comm, plan)
     return _RingP2P.apply(q, k, v, comm, plan)
@@ -77,13 +88,17 @@ def ring_attention(
 
 @dataclass(frozen=True)
 class _Plan:
-    """Per-call constants: block masks of this rank's queries against every rank's keys."""
+    """Per-call constants: the allowed key range of each of this rank's queries, the key
+    positions of every rank's block, which blocks have no allowed pair, the tile sizes."""
 
     sharding: Sharding
     scale: float
-    # masks[s]: None (every pair allowed), or [T_r, T_s] bool; skip[s]: block s has no pair
-    masks: tuple[Tensor | None, ...]
-    skip: tuple[bool, ...]
+    lo: Tensor  # [T_r] first allowed global key position of each local query
+    hi: Tensor  # [T_r] one past the last
+    kpos: tuple[Tensor, ...]  # global positions of rank s's keys, [T_s] each
+    skip: tuple[bool, ...]  # block s has no allowed (query, key) pair
+    block_q: int
+    block_k: int
 
 
 def _plan(
@@ -95,6 +110,8 @@ def _plan(
     mask: Mask | str | None,
     scale: float | None,
     variant: str,
+    block_q: int = 512,
+    block_k: int = 512,
 ) -> _Plan:
     if variant not in VARIANTS:
         raise ValueError(f"{OP}: variant must be one of {VARIANTS}, got {variant!r}")
@@ -108,6 +125,8 @@ def _plan(
         raise ValueError(
             f"{OP}: sharding.world_size={sharding.world_size} but comm.world_size={comm.world_size}"
         )
+    check_block(OP, "block_q", block_q)
+    check_block(OP, "block_k", block_k)
     _, Tq, S, _, _, K = check_qkv(OP, q, k, v)
     T_r = sharding.local_len(comm.rank)
     if Tq != T_r or S != T_r:
@@ -121,15 +140,36 @@ def _plan(
     lo, hi = m.ranges(T, T)  # [T] each
     qpos = sharding.positions(comm.rank)
     lo_q, hi_q = lo[qpos], hi[qpos]  # [T_r] each
-    masks: list[Tensor | None] = []
-    skip: list[bool] = []
-    for s in range(sharding.world_size):
-        kpos = sharding.positions(s)
-        allowed = (kpos[None, :] >= lo_q[:, None]) & (kpos[None, :] < hi_q[:, None])  # [T_r, T_s]
-        full = bool(allowed.all())
-        skip.append(not bool(allowed.any()))
-        masks.append(None if full else allowed.to(q.device))
-    return _Plan(sharding, resolve_scale(OP, scale, K), tuple(masks), tuple(skip))
+    kpos = tuple(sharding.positions(s) for s in range(sharding.world_size))
+    # a block is empty when no query's range holds one of its keys: count keys per range
+    skip = tuple(not bool((_keys_in(kp, lo_q, hi_q) > 0).any()) for kp in kpos)
+    dev = q.device
+    return _Plan(sharding, resolve_scale(OP, scale, K), lo_q.to(dev), hi_q.to(dev),
+                 tuple(kp.to(dev) for kp in kpos), skip, block_q, block_k)  # fmt: skip
+
+
+def _keys_in(kpos: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """How many of the positions ``kpos`` lie in each range ``[lo_i, hi_i)``.
+
+    Shapes: kpos ``[T_s]``, lo/hi ``[T_r]`` -> ``[T_r]``
+    """
+    srt = torch.sort(kpos).values
+    return torch.searchsorted(srt, hi) - torch.searchsorted(srt, lo)
+
+
+def _tiles(plan: _Plan, src: int) -> Iterator[tuple[slice, slice, Tensor | None]]:
+    """The non-empty ``block_q x block_k`` tiles of (this rank's queries, block ``src``'s keys):
+    query slice, key slice and the allowed mask (``None`` when every pair is allowed)."""
+    kpos, T_r = plan.kpos[src], plan.lo.shape[0]
+    for q0 in range(0, T_r, plan.block_q):
+        qs = slice(q0, q0 + plan.block_q)
+        lo, hi = plan.lo[qs, None], plan.hi[qs, None]  # [tq, 1]
+        for k0 in range(0, kpos.shape[0], plan.block_k):
+            ks = slice(k0, k0 + plan.block_k)
+            allowed = (kpos[None, ks] >= lo) & (kpos[None, ks] < hi)  # [tq, tk]
+            if not bool(allowed.any()):
+                continue
+            yield qs, ks, None if bool(allowed.all()) else allowed
 
 
 def _block_scores(qh: Tensor, kh: Tensor, allowed: Tensor | None, scale: float) -> Tensor:
@@ -192,8 +232,13 @@ class _RingP2P(torch.autograd.Function):
             )
             if not plan.skip[src]:
                 kh, vh = _heads(kv[..., :K], H), _heads(kv[..., K:], H)
-                blk_out, blk_lse = _block_forward(qh, kh, vh, plan.masks[src], plan.scale)
-                out, lse = _merge(out, lse, blk_out, blk_lse)
+                for qs, ks, allowed in _tiles(plan, src):
+                    blk_out, blk_lse = _block_forward(
+                        qh[:, :, qs], kh[:, :, ks], vh[:, :, ks], allowed, plan.scale
+                    )
+                    out[:, :, qs], lse[:, :, qs] = _merge(
+                        out[:, :, qs], lse[:, :, qs], blk_out, blk_lse
+                    )
             if pending is not None:
                 kv = pending.wait()
         ctx.save_for_backward(q, k, v, out, lse)
@@ -223,12 +268,15 @@ class _RingP2P(torch.autograd.Function):
             d_kv = q.new_zeros(B, sizes[src], Hkv, K + V, dtype=torch.float32)  # our share
             if not plan.skip[src]:
                 kh, vh = _heads(kv[..., :K], H), _heads(kv[..., K:], H)
-                s = _block_scores(qh, kh, plan.masks[src], plan.scale)  # [B, H, T_r, T_s]
-                p = torch.exp(s - safe_lse[..., None])
-                dv = p.transpose(-1, -2) @ do  # [B, H, T_s, V]
-                ds = p * (do @ vh.transpose(-1, -2) - delta[..., None]) * plan.scale
-                dq += ds @ kh
-                dk = ds.transpose(-1, -2) @ qh  # [B, H, T_s, K]
+                dk, dv = torch.zeros_like(kh), torch.zeros_like(vh)  # [B, H, T_s, K / V]
+                for qs, ks, allowed in _tiles(plan, src):
+                    s = _block_scores(qh[:, :, qs], kh[:, :, ks], allowed, plan.scale)
+                    p = torch.exp(s - safe_lse[:, :, qs, None])  # [B, H, tq, tk]
+                    dv[:, :, ks] += p.transpose(-1, -2) @ do[:, :, qs]
+                    dp = do[:, :, qs] @ vh[:, :, ks].transpose(-1, -2)  # [B, H, tq, tk]
+                    ds = p * (dp - delta[:, :, qs, None]) * plan.scale
+                    dq[:, :, qs] += ds @ kh[:, :, ks]
+                    dk[:, :, ks] += ds.transpose(-1, -2) @ qh[:, :, qs]
                 d_kv = torch.cat([_sum_groups(dk, Hkv), _sum_groups(dv, Hkv)], dim=-1)
             # the accumulator of block src arrives from the previous rank; add ours, pass it on
             if acc_pending is not None:
@@ -252,10 +300,8 @@ def _allgather(q: Tensor, k: Tensor, v: Tensor, comm: Comm, plan: _Plan) -> Tens
     sizes = plan.sharding.sizes
     kv = comm.all_gather(torch.cat([k, v], dim=-1), dim=1, sizes=sizes)  # [B, T, Hkv, K + V]
     kh, vh = _heads(kv[..., :K], H), _heads(kv[..., K:], H)  # [B, H, T, K], [B, H, T, V]
-    blocks = [torch.ones(plan.sharding.local_len(comm.rank), n, dtype=torch.bool) for n in sizes]
-    allowed = torch.cat(
-        [b.to(q.device) if m is None else m for b, m in zip(blocks, plan.masks, strict=True)], -1
-    )  # [T_r, T] in rank-concatenated key order
+    kpos = torch.cat(plan.kpos)  # [T] global positions in rank-concatenated key order
+    allowed = (kpos[None, :] >= plan.lo[:, None]) & (kpos[None, :] < plan.hi[:, None])  # [T_r, T]
     s = _block_scores(rearrange(q.float(), "b t h k -> b h t k"), kh, allowed, plan.scale)
     p = torch.softmax(s, dim=-1)  # [B, H, T_r, T]
     # rows with no allowed key: softmax gives NaN; their output (and gradient) is zero
