@@ -80,10 +80,16 @@ def build_quality_store(path: Path) -> tuple[Store, dict[str, int]]:
         store.add_speed(ids["speed"], row)
     store.finish_run(ids["speed"], "complete")
 
+    # covered by the newer zoology run (same point, mechanism, width): not shown
     ids["zoology_old"] = store.begin_run(kind="quality", suite="zoology", **new)
-    _model(store, ids["zoology_old"], "mqar", {"seq_len": 64, "num_kv_pairs": 4}, "softmax", 32, 0,
-           1e-3, 0.5, None, curve=False)  # fmt: skip
+    _model(store, ids["zoology_old"], "mqar", {"vocab_size": 256, "seq_len": 64,
+           "num_kv_pairs": 4, "power_a": 0.01}, "softmax", 64, 0, 1e-3, 0.5, None, curve=False)  # fmt: skip
     store.finish_run(ids["zoology_old"], "complete")
+    # a point the newer run did not train (a suite run in parts): shown
+    ids["zoology_part"] = store.begin_run(kind="quality", suite="zoology", **new)
+    _model(store, ids["zoology_part"], "mqar", {"vocab_size": 512, "seq_len": 256,
+           "num_kv_pairs": 16, "power_a": 0.01}, "softmax", 64, 0, 3e-3, 0.7, None, curve=False)  # fmt: skip
+    store.finish_run(ids["zoology_part"], "interrupted")
 
     ids["zoology"] = run = store.begin_run(kind="quality", suite="zoology", **new)
     for L, kv in ZOO_POINTS:
@@ -155,8 +161,11 @@ def ms(values: list[float], fmt: str) -> str:
 
 def test_every_suite_latest_run_with_rows(built: tuple[Store, dict[str, int], str]) -> None:
     _, ids, sec = built
-    overview = {r[0]: r for r in rows_of(sec, "quality-table")}
-    assert sorted(overview) == ["pointer", "regression", "zoology"]
+    table = rows_of(sec, "quality-table")
+    assert [r[0] for r in table] == ["zoology", "zoology", "regression", "pointer"]  # by run id
+    assert f'href="#quality-run-{ids["zoology_part"]}"' in table[0][1]
+    assert f'id="quality-run-{ids["zoology_part"]}"' in sec
+    overview = {r[0]: r for r in table}  # the later zoology row wins: the full run
     assert f'href="#quality-run-{ids["zoology"]}"' in overview["zoology"][1]
     assert overview["zoology"][4:] == ["48", "mqar", "gla, linear, softmax", "64, 128", "0, 1",
                                        "0.001, 0.003"]  # fmt: skip
@@ -226,9 +235,10 @@ def test_extra_evaluations_are_columns(built: tuple[Store, dict[str, int], str])
 
 def test_figures_and_labels(built: tuple[Store, dict[str, int], str]) -> None:
     _, ids, sec = built
-    # mqar and regression: width, state, curves, latency; pointer: width and latency only
-    assert sec.count("<svg") == 4 + 4 + 2
-    assert sec.count("<figure") == sec.count("</figure>") == 10
+    # mqar and regression: width, state, curves, latency; pointer and the partial zoology run
+    # (no state, no curves): width and latency only
+    assert sec.count("<svg") == 4 + 4 + 2 + 2
+    assert sec.count("<figure") == sec.count("</figure>") == 12
     assert sec.count('<figure style="grid-column:1/-1">') == 4  # MQAR's two panels: full width
     for text in ("model width d_model", "state floats after one sequence (all layers)",
                  "training step", "forward latency (ms)", "accuracy (higher is better)",
@@ -236,7 +246,8 @@ def test_figures_and_labels(built: tuple[Store, dict[str, int], str]) -> None:
                  f"run {ids['zoology']} mqar: best-of-sweep accuracy vs model width"):  # fmt: skip
         assert text in sec, text
     # Zoology's plot has one panel per grid point: both titles inside the first figure
-    first = sec[sec.index("<figure") : sec.index("</figure>")]
+    main = sec[sec.index(f'id="quality-run-{ids["zoology"]}"') :]
+    first = main[main.index("<figure") : main.index("</figure>")]
     assert "L=64, kv=4" in first and "L=128, kv=8" in first
     assert "<script" not in sec and not re.search(r'(?:src|href)\s*=\s*"(?:https?:)?//', sec)
 

@@ -61,12 +61,8 @@ def quality_section(store: Store, speed_run: int | None) -> str:
     """
     if speed_run is not None and (kind := store.run(speed_run)["kind"]) != "speed":
         raise ValueError(f"speed_run: run {speed_run} is a {kind} run, expected a speed run")
-    latest: dict[str, Row] = {}
-    for run in store.runs("quality"):  # ascending ids: a later run of a suite wins if it has rows
-        suite = run["suite"] or "(unnamed)"
-        if suite not in latest or store.quality([run["run_id"]]):
-            latest[suite] = run
-    if not latest:
+    shown = _shown_runs(store)
+    if not shown:
         return (
             "<p>No quality runs in this store: <code>attnzoo bench quality --suite quick</code> "
             "trains some.</p>"
@@ -74,7 +70,8 @@ def quality_section(store: Store, speed_run: int | None) -> str:
     speed = store.speed([speed_run], mode="fwd") if speed_run is not None else []
     where = f"speed run {speed_run}" if speed_run is not None else "no speed run (none stored)"
     intro = (
-        '<p class="muted">The latest run of every quality suite. Each model is trained once per '
+        '<p class="muted">The latest run of every quality suite (and older runs of a suite that '
+        "trained task points, mechanisms or widths no newer run did). Each model is trained once per "
         "learning rate; a table row is the best learning rate of its (task point, mechanism, "
         "width, seed) group in the metric's direction, as mean ± sample std over seeds, measured "
         "on fixed held-out batches; the best mechanism of each (task point, width) is in green. "
@@ -82,7 +79,8 @@ def quality_section(store: Store, speed_run: int | None) -> str:
         f"attention). Latencies: forward, from {_e(where)}.</p>"
     )
     overview, parts = [], []
-    for suite, run in sorted(latest.items(), key=lambda kv: kv[1]["run_id"]):
+    for run in shown:
+        suite = run["suite"] or "(unnamed)"
         rid, rows = run["run_id"], store.quality([run["run_id"]])
         overview.append(
             [_td(suite), f'<td><a href="#quality-run-{rid}">{rid}</a></td>',
@@ -94,6 +92,28 @@ def quality_section(store: Store, speed_run: int | None) -> str:
     head = ["suite", "run", "status", "started", "models trained", "tasks", "mechanisms",
             "widths", "seeds", "lrs"]  # fmt: skip
     return intro + _table(head, overview, "quality-table") + "\n".join(parts)
+
+
+def _shown_runs(store: Store) -> list[Row]:
+    """The runs to show, oldest first: per suite, the newest run with rows, and each older run
+    that trained a (task point, mechanism, width) no newer shown run of its suite covers (a
+    suite run in parts, e.g. one grid point or one mechanism at a time); a suite without any
+    rows shows its newest run."""
+    covered: dict[str, set[tuple]] = defaultdict(set)
+    shown: list[Row] = []
+    empty: dict[str, Row] = {}
+    for run in reversed(store.runs("quality")):  # newest first
+        suite = run["suite"] or "(unnamed)"
+        rows = store.quality([run["run_id"]])
+        if not rows:
+            empty.setdefault(suite, run)
+            continue
+        keys = {(r["task"], r["task_config"], r["mixer"], r["d_model"]) for r in rows}
+        if keys - covered[suite]:
+            shown.append(run)
+            covered[suite] |= keys
+    shown += [run for suite, run in empty.items() if suite not in covered]
+    return sorted(shown, key=lambda r: r["run_id"])
 
 
 def _run_block(store: Store, run: Row, rows: list[Row], speed: list[Row]) -> str:
