@@ -169,7 +169,9 @@ def ring_cases(rank: int, world_size: int, cases: list[RingCase]) -> list[Any]:
         q, k, v, g = (shard(t, sh, rank).to(dtype) for t in case.inputs())
         q, k, v = (t.requires_grad_(True) for t in (q, k, v))
         comm.reset()
-        tiles = {} if case.tiles is None else dict(zip(("block_q", "block_k"), case.tiles, strict=True))
+        tiles = (
+            {} if case.tiles is None else dict(zip(("block_q", "block_k"), case.tiles, strict=True))
+        )
         o = ring_attention(q, k, v, comm=comm, sharding=sh, mask=case.mask, variant=case.variant,  # type: ignore[arg-type]
                            **tiles)  # fmt: skip
         fwd = comm.bytes_sent
