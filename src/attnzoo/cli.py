@@ -539,20 +539,16 @@ def bench_cp(
 
 
 def _cp_cases(rows: list[dict]) -> list[list[str]]:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        key = (r["strategy"], r["mask"], r["seq_len"], r["mode"], r["world_size"])
-        groups.setdefault(key, []).append(r)
+    from attnzoo.report.cp import group_cases, summarise
+
     table = []
-    for (name, mask, T, mode, w), rs in groups.items():
-        cpu = [r["rank_cpu_s"] for r in rs]
-        err0 = [r["max_abs_err"] for r in rs if r["max_abs_err"] is not None]
-        table.append([name, mask, str(T), mode, str(w), f"{rs[0]['latency_s'] * 1e3:.1f}",
-                      f"{max(r['peak_bytes'] for r in rs) / 2**20:.1f}",
-                      f"{max(r['bytes_sent'] for r in rs) / 1024:.0f}",
-                      "=" if all(r["bytes_sent"] == r["bytes_analytic"] for r in rs) else "DIFFERS",
-                      f"{max(cpu) / max(min(cpu), 1e-12):.2f}x",
-                      "-" if not err0 else f"{err0[0]:.1e}"])  # fmt: skip
+    for (name, mask, T, mode, w), rs in group_cases(rows).items():
+        c = summarise(rs)
+        spread = "-" if c["cpu_spread"] is None else f"{c['cpu_spread']:.2f}x"
+        err_ = "-" if c["max_abs_err"] is None else f"{c['max_abs_err']:.1e}"
+        table.append([name, mask, str(T), mode, str(w), f"{c['latency_s'] * 1e3:.1f}",
+                      f"{c['peak_bytes'] / 2**20:.1f}", f"{c['bytes_sent'] / 1024:.0f}",
+                      "=" if c["bytes_equal"] else "DIFFERS", spread, err_])  # fmt: skip
     return table
 
 

@@ -90,7 +90,7 @@ def comm_checks(rank: int, world_size: int) -> dict[str, Any]:
         x = rand(40 + rank, 3, 2)
         peer = 1 - sub.rank
         res["sub"] = (sub.rank, sub.world_size, sub.all_gather(x, 0), sub.send_recv(x, peer, peer))
-    res["errors"] = _errors(
+    res["errors"] = errors_of(
         lambda: comm.all_to_all(torch.zeros(2, P + 1, 1), 1, 2),
         lambda: comm.all_to_all(torch.zeros(2, P, 1), 1, 1),
         lambda: comm.all_gather(torch.zeros(2, 3), 1, sizes=[3] * (P + 1)),
@@ -101,7 +101,7 @@ def comm_checks(rank: int, world_size: int) -> dict[str, Any]:
     return res
 
 
-def _errors(*calls: Any) -> list[str]:
+def errors_of(*calls: Any) -> list[str]:
     """``"TypeName: message"`` of what each call raises (``"no error"`` if it returns)."""
     msgs = []
     for call in calls:
@@ -124,7 +124,7 @@ def gather_checks(rank: int, world_size: int, x: Tensor, shardings: list[Shardin
         (full * rand(7, *full.shape)).sum().backward()
         out.append((full.detach(), local.grad))
     other = Sharding("contiguous", x.shape[1], world_size + 1)
-    errors = _errors(
+    errors = errors_of(
         lambda: gather_unshard(shard(x, other, 0), other, comm),
         lambda: gather_unshard(x[:, :1], shardings[0], comm),
     )
@@ -180,7 +180,7 @@ def ring_cases(rank: int, world_size: int, cases: list[RingCase]) -> list[Any]:
     return out
 
 
-def ring_errors(rank: int, world_size: int) -> list[str]:
+def ringerrors_of(rank: int, world_size: int) -> list[str]:
     """Messages of the errors ring_attention raises for bad arguments."""
     comm = Comm()
     sh = Sharding("contiguous", 8 * world_size, world_size)
@@ -189,7 +189,7 @@ def ring_errors(rank: int, world_size: int) -> list[str]:
     def call(q: Tensor = q, sharding: Any = sh, variant: str = "p2p", mask: Any = None) -> Any:
         return ring_attention(q, q, q, comm=comm, sharding=sharding, mask=mask, variant=variant)
 
-    return _errors(
+    return errors_of(
         lambda: call(variant="ring"),
         lambda: call(q=q[:, :5]),
         lambda: call(sharding=Sharding("contiguous", 16, world_size + 1)),
@@ -201,4 +201,4 @@ def ring_errors(rank: int, world_size: int) -> list[str]:
 
 def ring_suite(rank: int, world_size: int, cases: list[RingCase]) -> tuple[list[Any], list[str]]:
     """Every case of one world size, plus the argument errors, in one spawn."""
-    return ring_cases(rank, world_size, cases), ring_errors(rank, world_size)
+    return ring_cases(rank, world_size, cases), ringerrors_of(rank, world_size)

@@ -22,24 +22,7 @@ from attnzoo.distributed.state_passing import linear_state_passing
 from attnzoo.distributed.ulysses import ulysses_attention
 from attnzoo.ops.linear import feature_map
 from attnzoo.ops.masks import Mask
-
-
-def rand(seed: int, *shape: int) -> Tensor:
-    """Seeded normal tensor, identical in the parent and in every worker."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def errors_of(*calls: Callable[[], Any]) -> list[str]:
-    """``"TypeName: message"`` of what each call raises (``"no error"`` if it returns)."""
-    msgs = []
-    for call in calls:
-        try:
-            call()
-        except (ValueError, TypeError) as e:
-            msgs.append(f"{type(e).__name__}: {e}")
-        else:
-            msgs.append("no error")
-    return msgs
+from tests.distributed.workers import errors_of, rand
 
 
 # ---- softmax attention cases (Ulysses and hybrid) --------------------------------------------

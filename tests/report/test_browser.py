@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 import attnzoo as az
 from attnzoo.report import write_report
@@ -19,15 +21,13 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def test_report_renders_offline_in_chromium(
-    two_runs: tuple[Path, list[int]], tmp_path: Path
-) -> None:
+@contextlib.contextmanager
+def opened(page_path: Path) -> Iterator[tuple[Page, list[str], list[str]]]:
+    """The page in headless Chromium, with the console errors and the requests it made."""
     if not Path(CHROMIUM).exists():
         pytest.fail(
             "Chromium is not installed: `make test` installs Debian's chromium package (apt-get install chromium)"
         )
-    db, runs = two_runs
-    page_path = write_report(Store(db, read_only=True), tmp_path / "report", runs)
     errors: list[str] = []
     requests: list[str] = []
     ARTIFACTS.mkdir(exist_ok=True)
@@ -39,12 +39,21 @@ def test_report_renders_offline_in_chromium(
         page.on("request", lambda r: requests.append(r.url))
         page.goto(page_path.as_uri())
         page.wait_for_load_state("load")
+        yield page, errors, requests
+        browser.close()
+
+
+def test_report_renders_offline_in_chromium(
+    two_runs: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    db, runs = two_runs
+    page_path = write_report(Store(db, read_only=True), tmp_path / "report", runs)
+    with opened(page_path) as (page, errors, requests):
         shown = page.locator("#capability-table tbody tr td:first-child").all_inner_texts()
         n_svg = page.locator("svg").count()
         visible_w = page.locator("#latency svg").first.bounding_box()["width"]
         page.screenshot(path=str(ARTIFACTS / "report.png"))
         page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
-        browser.close()
     assert errors == []
     assert requests == [page_path.as_uri()], f"unexpected requests: {requests}"
     assert sorted(shown) == sorted(s.name for s in az.list_mixers())
@@ -53,28 +62,15 @@ def test_report_renders_offline_in_chromium(
 
 
 def test_quality_section_renders_in_chromium(tmp_path: Path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is not installed: `make test` installs Debian's chromium package")
     store, ids = build_quality_store(tmp_path / "q.duckdb")
     page_path = write_report(store, tmp_path / "report")
-    errors: list[str] = []
-    requests: list[str] = []
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(page_path.as_uri())
-        page.wait_for_load_state("load")
+    with opened(page_path) as (page, errors, requests):
         suites = page.locator("#quality-table tbody tr td:first-child").all_inner_texts()
         n_svg = page.locator("#quality svg").count()
         zoo = page.locator(f"#quality-run-{ids['zoology']} ~ div.grid figure").first
         zoo_w = zoo.locator("svg").bounding_box()["width"]
         heading = page.locator(f"#quality-{ids['regression']}-regression").inner_text()
         page.locator("#quality").screenshot(path=str(ARTIFACTS / "report-quality.png"))
-        browser.close()
     assert errors == []
     assert requests == [page_path.as_uri()], f"unexpected requests: {requests}"
     # the older zoology run trained a point the newer one did not: both are shown

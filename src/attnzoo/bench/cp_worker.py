@@ -116,18 +116,14 @@ def work_pairs(case: dict[str, Any], sharding: Sharding, rank: int, world_size: 
     """Attended (query, key) pairs this rank computes, per head of the model: ring computes its
     queries' rows for all heads, Ulysses every row for ``H / P`` heads, hybrid its ring shard's
     rows for ``H / U`` heads."""
-    rows = mask_of(case["mask"], case["seq_len"])
-    from attnzoo.ops.masks import as_mask
+    from attnzoo.distributed.ring import ring_work
 
-    lo, hi = as_mask(rows).ranges(case["seq_len"], case["seq_len"])
-    per_row = (hi - lo).double()  # [T]
-    name = case["strategy"]
-    if name == "ulysses":
-        return float(per_row.sum()) / world_size
-    if name == "hybrid":
-        r = rank // HYBRID_ULYSSES
-        return float(per_row[sharding.positions(r)].sum()) / HYBRID_ULYSSES
-    return float(per_row[sharding.positions(rank)].sum())
+    rows = ring_work(sharding, mask_of(case["mask"], case["seq_len"]))  # per shard of `sharding`
+    if case["strategy"] == "ulysses":
+        return sum(rows) / world_size
+    if case["strategy"] == "hybrid":
+        return rows[rank // HYBRID_ULYSSES] / HYBRID_ULYSSES
+    return float(rows[rank])
 
 
 def analytic_bytes(plan: CPPlan, case: dict[str, Any], sharding: Sharding, rank: int) -> int:

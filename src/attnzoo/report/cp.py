@@ -27,9 +27,7 @@ def cp_section(store: Store) -> str | None:
         return None
     run = store.run(run_id)
     rows, skips = store.cp([run_id]), store.cp_skips([run_id])
-    cases: dict[tuple, list[Row]] = defaultdict(list)
-    for r in rows:
-        cases[(*(r[k] for k in KEY), r["world_size"])].append(r)
+    cases = group_cases(rows)
     env, config = run.get("env") or {}, run.get("config") or {}
     launch = env.get("cp_launch", "spawned gloo workers on this machine")
     cpus = env.get("cpu_count")
@@ -70,25 +68,46 @@ def _order(item: tuple[tuple, list[Row]]) -> tuple:
     return strategy, mask, mode, T, world
 
 
-def _row(key: tuple, rs: list[Row], cases: dict[tuple, list[Row]]) -> list[str]:
-    strategy, mask, T, mode, world = key
-    peak = max(r["peak_bytes"] for r in rs)
-    base = cases.get((strategy, mask, T, mode, 1))
-    ratio = peak / max(r["peak_bytes"] for r in base) if base else None
+def group_cases(rows: list[Row]) -> dict[tuple, list[Row]]:
+    """cp rows by case ``(strategy, mask, T, mode, world size)``, ranks together."""
+    cases: dict[tuple, list[Row]] = defaultdict(list)
+    for r in rows:
+        cases[(*(r[k] for k in KEY), r["world_size"])].append(r)
+    return cases
+
+
+def summarise(rs: list[Row]) -> dict[str, Any]:
+    """One case's ranks folded: latency (slowest rank), the largest peak and bytes sent, whether
+    every rank's count equals the analytic one, max/min of CPU time and of pairs, rank 0's error
+    and whether the case is exact (``None`` where not defined)."""
     cpu = [r["rank_cpu_s"] for r in rs]
     pairs = [r["pairs"] for r in rs if r["pairs"] is not None]
     errs = [r["max_abs_err"] for r in rs if r["max_abs_err"] is not None]
     exact = [r["exact"] for r in rs if r["exact"] is not None]
-    equal = all(r["bytes_sent"] == r["bytes_analytic"] for r in rs)
-    ok = bool(exact) and all(exact)
+    return {
+        "latency_s": rs[0]["latency_s"],
+        "peak_bytes": max(r["peak_bytes"] for r in rs),
+        "bytes_sent": max(r["bytes_sent"] for r in rs),
+        "bytes_equal": all(r["bytes_sent"] == r["bytes_analytic"] for r in rs),
+        "cpu_spread": max(cpu) / min(cpu) if min(cpu) > 0 else None,
+        "pairs_spread": max(pairs) / min(pairs) if pairs and min(pairs) > 0 else None,
+        "max_abs_err": errs[0] if errs else None,
+        "exact": bool(exact) and all(exact),
+    }
+
+
+def _row(key: tuple, rs: list[Row], cases: dict[tuple, list[Row]]) -> list[str]:
+    strategy, mask, T, mode, world = key
+    c = summarise(rs)
+    base = cases.get((strategy, mask, T, mode, 1))
+    ratio = c["peak_bytes"] / summarise(base)["peak_bytes"] if base else None
+    equal, ok = c["bytes_equal"], c["exact"]
     return [
         td(strategy), td(mask), td(T), td(mode), td(world), td(rs[0]["sharding"]),
-        num(rs[0]["latency_s"] * 1e3, ".1f"), num(peak / 2**20, ".2f"),
-        num(ratio, ".2f"), num(max(r["bytes_sent"] for r in rs) / 1024, ".0f"),
+        num(c["latency_s"] * 1e3, ".1f"), num(c["peak_bytes"] / 2**20, ".2f"),
+        num(ratio, ".2f"), num(c["bytes_sent"] / 1024, ".0f"),
         td("yes" if equal else "NO", "ok" if equal else "bad"),
-        num(max(cpu) / min(cpu) if min(cpu) > 0 else None, ".2f"),
-        num(max(pairs) / min(pairs) if pairs and min(pairs) > 0 else None, ".2f"),
-        num(errs[0] if errs else None, ".1e"),
+        num(c["cpu_spread"], ".2f"), num(c["pairs_spread"], ".2f"), num(c["max_abs_err"], ".1e"),
         td("yes" if ok else "NO", "ok" if ok else "bad"),
     ]  # fmt: skip
 
