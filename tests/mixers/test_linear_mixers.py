@@ -10,7 +10,7 @@ import attnzoo as az
 from attnzoo.mixers.seq.lightning import alibi_slopes, lightning_slopes
 from attnzoo.ops.linear import linear_attention
 
-IMPLS = ["reference", "chunk", "recurrent"]
+IMPLS = ["reference", "chunk", "native", "recurrent"]
 
 
 # lightning is causal only (the paper defines no other form)

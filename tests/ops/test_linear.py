@@ -51,7 +51,7 @@ def test_impl_matches_reference(
     assert_all_close(got, want, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["chunk", "native", "recurrent"])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_noncausal_cross_and_gqa(impl: str, normalize: bool) -> None:
     xs = inputs(11, S=6, Hkv=1)
@@ -66,7 +66,7 @@ def test_noncausal_cross_and_gqa(impl: str, normalize: bool) -> None:
     torch.testing.assert_close(linear_attention(q, k, v, impl=impl, **kw), rep)
 
 
-def test_default_scale_is_one_and_auto_is_chunk() -> None:
+def test_default_scale_is_one_and_auto_matches_reference() -> None:
     q, k, v = inputs(20)
     d = log_decay()
     ref = linear_attention(q, k, v, causal=True, decay=d, scale=1.0, impl="reference")
@@ -112,7 +112,7 @@ def test_chunk_carries_state_across_super_blocks() -> None:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 def test_empty_sequence(impl: str) -> None:
     q, k, v = inputs(0)
     assert linear_attention(q, k, v, causal=True, impl=impl).shape == (B, 0, H, V)
@@ -144,7 +144,7 @@ def _fla() -> tuple:
     )
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_peer_fla_naive_recurrent_linear_attn(impl: str, normalize: bool) -> None:
     fla_rec, *_ = _fla()

@@ -32,6 +32,11 @@ with ``normalize=True`` the scale cancels (up to ``eps``).
   per input shape and dtype, a few seconds on first use): it fuses the layout copies and decay
   multiplies that make the eager path memory-bound on CPU. Same numbers as ``chunk`` up to fp32
   rounding; tested against ``reference`` forward and backward.
+- ``native`` is one fused C++ kernel per call (:mod:`attnzoo.ops.linear_native`): the chunk
+  algorithm with its GEMMs on strided views of the inputs and the decays applied in cache, built
+  on first use; its backward is the same kernel run three times. CPU, float32/float64, a constant
+  decay. ``auto`` takes it for such inputs when it builds here (and warns once when it does not),
+  else ``chunk``.
 - ``recurrent`` runs :func:`linear_attention_step` token by token:
   ``S_t = lambda S_{t-1} + k_t^T v_t``, ``o_t = scale * q_t S_t``.
 
@@ -53,11 +58,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from attnzoo import native
 from attnzoo.config import suggest
 from attnzoo.ops.chunks import decay_exp, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, expand_kv, resolve_scale
+from attnzoo.ops.linear_native import check_native, native_linear_causal, native_usable
 
-IMPLS = ("auto", "reference", "chunk", "compiled", "recurrent")
+IMPLS = ("auto", "reference", "chunk", "native", "compiled", "recurrent")
 FEATURE_MAPS = ("elu+1", "relu", "identity")
 OP = "linear_attention"
 SUPER = 16  # chunks per super-block of the chunk path (see the module docstring)
@@ -101,8 +108,9 @@ def linear_attention(
         scale: score scale; ``None`` means ``1``.
         normalize: divide by the summed scores plus ``eps`` (non-negative features assumed).
         eps: the normaliser's epsilon.
-        impl: ``"auto"`` (``chunk``), ``"reference"``, ``"chunk"``, ``"compiled"`` (``chunk``
-            through ``torch.compile``) or ``"recurrent"``.
+        impl: ``"auto"`` (``native`` where it applies, else ``chunk``), ``"reference"``,
+            ``"chunk"``, ``"native"`` (the fused C++ kernel), ``"compiled"`` (``chunk`` through
+            ``torch.compile``) or ``"recurrent"``.
         chunk_size: tokens per chunk of the ``chunk`` path.
 
     Shapes:
@@ -125,6 +133,8 @@ def linear_attention(
         raise ValueError(f"{OP}: eps must be a finite float >= 0, got {eps!r}")
     check_block(OP, "chunk_size", chunk_size)
     g = _check_decay(decay, causal, H, q)
+    if impl == "native":
+        check_native(OP, q, g)
     k, v = expand_kv(k, H), expand_kv(v, H)  # [B, S, H, K], [B, S, H, V]
     if impl == "reference":
         return _reference(q, k, v, g, causal, scale, normalize, eps)
@@ -133,7 +143,9 @@ def linear_attention(
     V = v.shape[-1]
     if normalize:  # the normaliser is the same attention applied to a column of ones
         v = torch.cat([v, v.new_ones(B, S, H, 1)], dim=-1)  # [B, S, H, V + 1]
-    if causal:
+    if causal and (impl == "native" or (impl == "auto" and _auto_native(q, g))):
+        o = native_linear_causal(q, k, v, g, scale, chunk_size)
+    elif causal:
         chunked = _compiled_chunk_causal() if impl == "compiled" else _chunk_causal
         o = chunked(q, k, v, g, scale, chunk_size)
     else:
@@ -206,6 +218,14 @@ def _check_decay(decay: Tensor | None, causal: bool, H: int, q: Tensor) -> Tenso
             f"got max {float(decay.max()):.4g}"
         )
     return decay.to(device=q.device, dtype=q.dtype)
+
+
+def _auto_native(q: Tensor, g: Tensor | None) -> bool:
+    if native_usable(q, g):
+        return True
+    if native.unavailable_reason() is not None:
+        native.warn_unavailable(OP)
+    return False
 
 
 # ---- paths ----------------------------------------------------------------------------------

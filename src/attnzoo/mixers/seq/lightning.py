@@ -76,7 +76,8 @@ class LightningConfig(HeadsConfig):
         num_heads: heads; ``None`` means :func:`default_heads`. Head width ``d_model // num_heads``.
         bias: bias on the q/k/v and output projections.
         layer_idx, num_layers: the layer's depth factor on the slopes (only if ``num_layers > 1``).
-        impl: ``auto`` | ``reference`` | ``chunk`` | ``compiled`` (``chunk`` through
+        impl: ``auto`` (``native`` on CPU when it builds, else ``chunk``) | ``reference`` |
+            ``chunk`` | ``native`` (the fused C++ CPU kernel) | ``compiled`` (``chunk`` through
             ``torch.compile``; compiles once per input shape) | ``recurrent``.
         chunk_size: tokens per chunk of the ``chunk`` path.
     """
@@ -85,7 +86,7 @@ class LightningConfig(HeadsConfig):
     bias: bool = False
     layer_idx: int = 0
     num_layers: int = 1
-    impl: Literal["auto", "reference", "chunk", "compiled", "recurrent"] = "auto"
+    impl: Literal["auto", "reference", "chunk", "native", "compiled", "recurrent"] = "auto"
     chunk_size: int = 64
 
     def validate(self) -> None:

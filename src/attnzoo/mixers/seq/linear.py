@@ -57,14 +57,15 @@ class LinearConfig(AttentionConfig):
     Attributes:
         feature_map: ``"elu+1"`` (the paper's), ``"relu"`` or ``"identity"``.
         normalize: divide by the summed scores (the paper's form); needs a non-negative map.
-        impl: ``auto`` | ``reference`` | ``chunk`` | ``compiled`` (``chunk`` through
+        impl: ``auto`` (``native`` on CPU when it builds, else ``chunk``) | ``reference`` |
+            ``chunk`` | ``native`` (the fused C++ CPU kernel) | ``compiled`` (``chunk`` through
             ``torch.compile``; compiles once per input shape) | ``recurrent``.
         chunk_size: tokens per chunk of the ``chunk`` path.
     """
 
     feature_map: str = "elu+1"
     normalize: bool = True
-    impl: Literal["auto", "reference", "chunk", "compiled", "recurrent"] = "auto"
+    impl: Literal["auto", "reference", "chunk", "native", "compiled", "recurrent"] = "auto"
     chunk_size: int = 64
 
     def validate(self) -> None:

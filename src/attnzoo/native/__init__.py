@@ -1,0 +1,120 @@
+"""attnzoo's native CPU kernels: C++ sources compiled on first use with torch's JIT extension loader.
+
+The kernels call the BLAS that torch itself links (MKL on x86-64 wheels) and run their (batch,
+head) pairs in parallel on torch's OpenMP threads. They are built once per source version and torch
+build into torch's extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``);
+the first build takes about half a minute and needs a C++ compiler (``g++``) and ``ninja`` (a
+pinned dependency).
+
+- :func:`load` returns the compiled module or raises :class:`NativeUnavailable` with the reason
+  (the compiler's output included).
+- :func:`available` says whether :func:`load` works here, building on the first call. The ops'
+  ``impl="auto"`` picks the native path only when it is available, and warns once (with the reason)
+  when it is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+SOURCES = ("linear_chunk.cpp",)
+NAME = "attnzoo_native"
+_STATE: dict[str, object] = {}
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernels could not be built or loaded on this machine (the message says why)."""
+
+
+def load() -> ModuleType:
+    """The compiled native module (built on first use; cached on disk and in this process)."""
+    if "module" in _STATE:
+        return _STATE["module"]  # type: ignore[return-value]
+    if "error" in _STATE:
+        raise NativeUnavailable(str(_STATE["error"]))
+    try:
+        module = _build()
+    except Exception as exc:  # the compiler, ninja or the loader failed: keep the reason
+        _STATE["error"] = f"attnzoo's native CPU kernels could not be built: {exc}"
+        raise NativeUnavailable(str(_STATE["error"])) from exc
+    _STATE["module"] = module
+    return module
+
+
+def available() -> bool:
+    """Whether the native kernels load here (builds them on the first call)."""
+    try:
+        load()
+    except NativeUnavailable:
+        return False
+    return True
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is false (``None`` if they loaded or were never tried)."""
+    error = _STATE.get("error")
+    return None if error is None else str(error)
+
+
+def warn_unavailable(op: str) -> None:
+    """Warn once per process that ``impl='auto'`` of ``op`` runs its portable path instead."""
+    key = f"warned:{op}"
+    if key not in _STATE:
+        _STATE[key] = True
+        warnings.warn(
+            f"{op}: impl='auto' uses the portable 'chunk' path because {unavailable_reason()}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _build() -> ModuleType:
+    here = Path(__file__).parent
+    sources = [str(here / name) for name in SOURCES]
+    with _quiet_cuda_notice(), _ninja_on_path():
+        from torch.utils.cpp_extension import load as load_extension
+
+        return load_extension(
+            NAME,
+            sources,
+            extra_cflags=["-O3", "-fopenmp"],  # without -fopenmp at::parallel_for runs serially
+            extra_ldflags=["-fopenmp"],
+            verbose=False,
+        )
+
+
+@contextmanager
+def _quiet_cuda_notice():  # noqa: ANN202
+    """torch's extension module logs "No CUDA runtime is found" on import on CPU machines."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextmanager
+def _ninja_on_path():  # noqa: ANN202
+    """torch runs ``ninja`` from ``PATH``; the pinned ``ninja`` package sits beside this Python,
+    which is not on ``PATH`` when the venv is not activated (e.g. ``.venv/bin/attnzoo``)."""
+    old = os.environ.get("PATH", "")
+    extra = [str(Path(sys.executable).parent)]
+    try:
+        import ninja  # the PyPI package: its BIN_DIR holds the executable
+
+        extra.insert(0, ninja.BIN_DIR)
+    except ImportError:
+        pass
+    os.environ["PATH"] = os.pathsep.join([*extra, old])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
