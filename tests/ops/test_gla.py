@@ -39,7 +39,10 @@ def op(impl: str, **kw: object):  # noqa: ANN201
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("gates", ["normal", "strong"])
 @pytest.mark.parametrize("T", LENGTHS)
-@pytest.mark.parametrize("impl,chunk_size", [("chunk", 16), ("chunk", 64), ("recurrent", 16)])
+@pytest.mark.parametrize(
+    "impl,chunk_size",
+    [("chunk", 16), ("chunk", 64), ("native", 16), ("native", 64), ("recurrent", 16)],
+)
 def test_impl_matches_reference(
     impl: str, chunk_size: int, T: int, gates: str, reverse: bool
 ) -> None:
@@ -51,7 +54,7 @@ def test_impl_matches_reference(
     got = fwd_bwd(op(impl, reverse=reverse, chunk_size=chunk_size), x, g)
     # strong gates in chunks of 64: within-chunk cumulative gates reach -320 and their fp32
     # differences are off by ~eps*320 (see test_sub_chunked_intra_chunk_form); errors seen ~2e-5
-    loose = impl == "chunk" and chunk_size > 16 and gates == "strong"
+    loose = impl in ("chunk", "native") and chunk_size > 16 and gates == "strong"
     assert_all_close(got, want, *((1e-4, 1e-4) if loose else ()))
 
 
@@ -67,7 +70,7 @@ def test_sub_chunked_intra_chunk_form(chunk_size: int) -> None:
     assert_all_close(fwd_bwd(op("chunk", chunk_size=chunk_size), x, g), want, atol=1e-4, rtol=1e-4)
 
 
-def test_auto_is_chunk_and_default_chunk_size_handles_partial_chunks() -> None:
+def test_auto_and_default_chunk_size_handle_partial_chunks() -> None:
     x = inputs(150)
     want = gated_linear_attention(*x, impl="reference")
     torch.testing.assert_close(gated_linear_attention(*x), want, atol=2e-5, rtol=1e-5)
@@ -76,7 +79,8 @@ def test_auto_is_chunk_and_default_chunk_size_handles_partial_chunks() -> None:
     )
 
 
-def test_long_sequence_with_strong_gates_is_stable() -> None:
+@pytest.mark.parametrize("impl", ["chunk", "native"])
+def test_long_sequence_with_strong_gates_is_stable(impl: str) -> None:
     """T=2048, gates down to -5 per step: the cumulative log decay reaches about -5000, so
     exp(G_t) * exp(-G_s) would overflow; the chunk path only exponentiates differences <= 0
     and must stay finite and equal to the step loop, forward and backward."""
@@ -84,7 +88,7 @@ def test_long_sequence_with_strong_gates_is_stable() -> None:
     assert float(x[3].sum(dim=1).min()) < -4000  # the claim above holds for this draw
     g = torch.randn(1, 2048, H, V)
     want = fwd_bwd(op("recurrent"), x, g)
-    got = fwd_bwd(op("chunk", chunk_size=64), x, g)
+    got = fwd_bwd(op(impl, chunk_size=64), x, g)
     for t in got:
         assert torch.isfinite(t).all()
     assert_all_close(got, want, atol=1e-4, rtol=1e-4)
@@ -111,7 +115,7 @@ def fla_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tenso
     return naive_recurrent_gla(q, k, v, gk)[0]
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 @pytest.mark.parametrize("gates", ["normal", "strong"])
 @pytest.mark.parametrize("T", [7, 100])
 def test_matches_fla_naive_recurrent_gla(impl: str, gates: str, T: int) -> None:
@@ -147,7 +151,7 @@ def explicit_scans(
     return out
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 @pytest.mark.parametrize("T", [1, 7, 63])
 def test_bidirectional_equals_forward_plus_reverse_scans(impl: str, T: int) -> None:
     q, k, v, gf = inputs(T)
@@ -170,7 +174,7 @@ def test_bidirectional_equals_op_with_reverse() -> None:
 
 
 # ---- edge cases and errors --------------------------------------------------------------------
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 def test_empty_sequence(impl: str) -> None:
     out = gated_linear_attention(*inputs(0), impl=impl)
     assert out.shape == (B, 0, H, V)
@@ -179,7 +183,7 @@ def test_empty_sequence(impl: str) -> None:
 def test_float64_paths_agree_tightly() -> None:
     x = inputs(45, "strong", dtype=torch.float64)  # values not representable in fp32
     want = gated_linear_attention(*x, impl="recurrent")
-    for impl in ("reference", "chunk"):
+    for impl in ("reference", "chunk", "native"):
         got = gated_linear_attention(*x, impl=impl, chunk_size=10)
         torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
 

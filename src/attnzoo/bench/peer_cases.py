@@ -63,12 +63,12 @@ def _lightning(T: int, g: torch.Generator, impl: str = "chunk") -> PeerPair:
     )
 
 
-def _gla(T: int, g: torch.Generator) -> PeerPair:
+def _gla(T: int, g: torch.Generator, impl: str = "chunk") -> PeerPair:
     q, k, v = _qkv(T, g)
     gk = F.logsigmoid(torch.randn(B, T, H, K, generator=g)) / 16  # GLA's gate parametrisation
     peer = _fla("fla.ops.gla.naive", "naive_recurrent_gla")
     return PeerPair(
-        ours=lambda: gated_linear_attention(q, k, v, gk, impl="chunk"),
+        ours=lambda: gated_linear_attention(q, k, v, gk, impl=impl),
         peer=lambda: peer(q, k, v, gk)[0],
         flops=chunk_flops(B, H, K, K, T, CHUNK),
         size=f"B={B} T={T} H={H} K=V={K}",
@@ -84,6 +84,17 @@ register_case(PeerCase("lightning/fla-naive-chunk-simple-gla", "lightning",
 register_case(PeerCase("gla/fla-naive-recurrent", "gla", "fla naive_recurrent_gla", FLA, _gla,
                        (2048, 8192), (2048,), rtol=1e-3,
                        notes="peer is a token loop (fla has no naive chunked GLA)", smoke_size=100))  # fmt: skip
+# the fused C++ kernels (impl='native', what impl='auto' runs on CPU)
+register_case(PeerCase("gla-native/fla-naive-recurrent", "gla", "fla naive_recurrent_gla", FLA,
+                       functools.partial(_gla, impl="native"), (2048, 8192), (2048,), rtol=1e-3,
+                       notes="ours: impl='native'; peer is a token loop", smoke_size=100))  # fmt: skip
+register_case(PeerCase("linear-native/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
+                       FLA, functools.partial(_linear, impl="native"), SEQ, (2048, 8192),
+                       smoke_size=192, notes="ours: impl='native'"))  # fmt: skip
+register_case(PeerCase("lightning-native/fla-naive-chunk-simple-gla", "lightning",
+                       "fla naive_chunk_simple_gla", FLA,
+                       functools.partial(_lightning, impl="native"), SEQ, (2048, 8192),
+                       smoke_size=192, notes="ours: impl='native'"))  # fmt: skip
 # the same math through torch.compile (inductor fuses the eager path's memory passes)
 register_case(PeerCase("linear-compiled/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
                        FLA, functools.partial(_linear, impl="compiled"), SEQ, (2048, 8192),

@@ -2,7 +2,8 @@
 
 The kernels call the BLAS that torch itself links (MKL on x86-64 wheels) and run their (batch,
 head) pairs in parallel on torch's OpenMP threads. They are built once per source version and torch
-build into torch's extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``);
+build into torch's extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``),
+named by a digest of the sources;
 the first build takes about half a minute and needs a C++ compiler (``g++``) and ``ninja`` (a
 pinned dependency).
 
@@ -15,6 +16,7 @@ pinned dependency).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -23,7 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
-SOURCES = ("linear_chunk.cpp",)
+SOURCES = ("bindings.cpp", "linear_chunk.cpp", "gla_chunk.cpp")
+HEADERS = ("kernels.h",)
 NAME = "attnzoo_native"
 _STATE: dict[str, object] = {}
 
@@ -77,13 +80,18 @@ def warn_unavailable(op: str) -> None:
 def _build() -> ModuleType:
     here = Path(__file__).parent
     sources = [str(here / name) for name in SOURCES]
+    # torch's loader rebuilds when the .cpp files change, not the headers: name the build by a
+    # digest of every file, so an edited kernel never meets a stale build
+    digest = hashlib.sha256(b"".join((here / f).read_bytes() for f in SOURCES + HEADERS))
     with _quiet_cuda_notice(), _ninja_on_path():
         from torch.utils.cpp_extension import load as load_extension
 
         return load_extension(
-            NAME,
+            f"{NAME}_{digest.hexdigest()[:12]}",
             sources,
-            extra_cflags=["-O3", "-fopenmp"],  # without -fopenmp at::parallel_for runs serially
+            # without -fopenmp at::parallel_for runs serially; without -fno-trapping-math gcc
+            # does not if-convert (so does not vectorise) the clamps of kernels.h's fast_exp
+            extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"],
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )

@@ -20,44 +20,14 @@
 
 #include <ATen/Parallel.h>
 
-#include <cmath>
-#include <cstdint>
 #include <vector>
 
-extern "C" {
-// the Fortran BLAS entry points of the BLAS that torch links (MKL on x86-64 wheels)
-void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-            const float* beta, float* c, const int* ldc);
-void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc);
-}
+#include "kernels.h"
 
 namespace {
 
-constexpr double kFlush = -60.0;  // log-weights below this are exact zeros
-
-inline double flush_exp(double log_w) { return log_w > kFlush ? std::exp(log_w) : 0.0; }
-
-inline void gemm_col(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
-                     const float* b, int ldb, float beta, float* c, int ldc) {
-  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-inline void gemm_col(char ta, char tb, int m, int n, int k, double alpha, const double* a,
-                     int lda, const double* b, int ldb, double beta, double* c, int ldc) {
-  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-
-// Row-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C (column-major BLAS on C^T).
-template <typename T>
-inline void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
-                    int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  gemm_col(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m),
-           static_cast<int>(k), alpha, b, static_cast<int>(ldb), a, static_cast<int>(lda), beta,
-           c, static_cast<int>(ldc));
-}
+using attnzoo::flush_exp;
+using attnzoo::gemm_rm;
 
 struct Strides {
   int64_t q, k, v, o;  // elements between consecutive tokens
@@ -210,9 +180,4 @@ torch::Tensor linear_chunk_forward(const torch::Tensor& q, const torch::Tensor& 
     });
   });
   return o;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear_chunk_forward", &linear_chunk_forward,
-        "chunked (anti-)causal linear attention with a per-head scalar decay");
 }

@@ -23,6 +23,9 @@ of ViG's bidirectional form, see :func:`bidirectional_gla`.
   ``eps * |cumulative gate|``, so very strong gates and large chunks cost precision (~3e-5 at
   gates of -5 per step and ``chunk_size=128``); the step loop has no such cancellation.
   Time O(B·H·T·(C·K + K·V)), memory O(B·H·T·(16·K + C)) with ``C = chunk_size``.
+- ``native`` is a fused C++ forward with the same stabilisation (:mod:`attnzoo.ops.gla_native`);
+  its backward recomputes through ``chunk``. ``auto`` takes it on CPU for float32/float64 when it
+  builds here (and warns once when it does not).
 - ``recurrent`` is the step loop (:func:`gla_step`), O(T) sequential steps.
 
 Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training", 2023.
@@ -37,10 +40,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from attnzoo import native
 from attnzoo.ops.chunks import decay_exp, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, resolve_scale
+from attnzoo.ops.gla_native import CHUNK_PATH, check_native, gla_chunk, native_usable
 
-IMPLS = ("auto", "reference", "chunk", "recurrent")
+IMPLS = ("auto", "reference", "chunk", "native", "recurrent")
 OP = "gated_linear_attention"
 SUB = 16  # sub-chunk length inside a chunk (see _intra_scores)
 SPAN_LIMIT = 30.0  # largest within-chunk log decay the one-GEMM intra form takes (e^30 ~ 1e13)
@@ -66,7 +71,8 @@ def gated_linear_attention(
             ``chunk`` path may then overflow.
         scale: query scale; ``None`` means ``1/sqrt(K)``.
         reverse: run the recurrence from the last token to the first.
-        impl: ``"auto"`` (chunk), ``"reference"``, ``"chunk"`` or ``"recurrent"``.
+        impl: ``"auto"`` (``native`` on CPU float32/float64 when it builds, else ``chunk``),
+            ``"reference"``, ``"chunk"``, ``"native"`` (fused C++ forward) or ``"recurrent"``.
         chunk_size: chunk length of the chunk path (need not divide ``T``).
 
     Shapes:
@@ -178,6 +184,14 @@ def _dispatch(
         return _reference(q, k, v, gk, scale)
     if impl == "recurrent":
         return _recurrent(q, k, v, gk, scale)
+    if impl == "native":
+        check_native(OP, q)
+        return gla_chunk(q, k, v, gk, float(scale), int(chunk_size))
+    if impl == "auto":
+        if native_usable(q):
+            return gla_chunk(q, k, v, gk, float(scale), int(chunk_size))
+        if native.unavailable_reason() is not None:
+            native.warn_unavailable(OP)
     return _chunk(q, k, v, gk, scale, chunk_size)
 
 
@@ -307,3 +321,6 @@ def _intra_scores(q: Tensor, k: Tensor, b: Tensor) -> Tensor:
     on = torch.einsum("...mts,mn->...mtns", diag, eye)  # [B, H, N, M, SUB, M, SUB]
     scores = off + rearrange(on, "... m t n s -> ... m t (n s)")
     return rearrange(scores, "... m t s -> ... (m t) s")
+
+
+CHUNK_PATH.append(_chunk)  # the native op's backward differentiates this path

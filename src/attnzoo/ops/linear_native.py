@@ -72,7 +72,7 @@ def native_linear_causal(
     return linear_chunk(q, k, v, logd, float(scale), int(chunk_size), False)
 
 
-def _rows(x: Tensor) -> Tensor:
+def rows(x: Tensor) -> Tensor:
     """The kernel reads ``[B, T, H, D]`` through strides; it needs unit-stride, non-overlapping rows
     (an expanded GQA head is fine, an expanded time axis is not)."""
     if x.stride(-1) != 1 or x.stride(1) < x.shape[-1]:
@@ -92,7 +92,7 @@ def linear_chunk(
         q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, logd ``[H]`` float64 -> ``[B, T, H, V]``
     """
     kernel = native.load().linear_chunk_forward
-    return kernel(_rows(q), _rows(k), _rows(v), logd, scale, chunk, reverse)
+    return kernel(rows(q), rows(k), rows(v), logd, scale, chunk, reverse)
 
 
 @linear_chunk.register_fake

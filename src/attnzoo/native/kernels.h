@@ -1,0 +1,73 @@
+// Helpers shared by attnzoo's native kernels: row-major GEMM on torch's BLAS, decay weights.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+extern "C" {
+// the Fortran BLAS entry points of the BLAS that torch links (MKL on x86-64 wheels)
+void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc);
+}
+
+namespace attnzoo {
+
+constexpr double kFlush = -60.0;  // log-weights below this are exact zeros
+
+inline double flush_exp(double log_w) { return log_w > kFlush ? std::exp(log_w) : 0.0; }
+
+inline void gemm_col(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda,
+                     const float* b, int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+inline void gemm_col(char ta, char tb, int m, int n, int k, double alpha, const double* a,
+                     int lda, const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// Row-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C (column-major BLAS on C^T).
+template <typename T>
+inline void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                    int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  gemm_col(tb ? 'T' : 'N', ta ? 'T' : 'N', static_cast<int>(n), static_cast<int>(m),
+           static_cast<int>(k), alpha, b, static_cast<int>(ldb), a, static_cast<int>(lda), beta,
+           c, static_cast<int>(ldc));
+}
+
+// exp(x) for x <= ~88, in plain arithmetic that compilers vectorise (a loop of std::exp is not):
+// 2^n * p(f) with n = round(x / ln 2), f = x - n ln 2 in [-ln2/2, ln2/2] and p the degree-6
+// Taylor polynomial (relative error < 2e-7 on that interval, i.e. ~1-2 ulp in float32).
+// Inputs below kFlush give exactly 0, as flush_exp does (no subnormals); inputs above 88 are
+// clamped (callers only pass bounded exponents).
+inline float fast_exp(float x) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
+                  kLn2Lo = -2.12194440e-4f;
+  constexpr float kLow = static_cast<float>(kFlush);
+  const float keep = x > kLow ? 1.0f : 0.0f;
+  x = x > kLow ? (x < 88.0f ? x : 88.0f) : kLow;
+  // round to nearest by the 1.5 * 2^23 trick (plain adds, so it vectorises without SSE4.1)
+  constexpr float kRound = 12582912.0f;
+  const float n = (x * kLog2e + kRound) - kRound;
+  const float f = x - n * kLn2Hi - n * kLn2Lo;
+  float p = 1.0f / 720.0f;
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return p * two_n * keep;
+}
+
+inline double fast_exp(double x) { return flush_exp(x); }
+
+}  // namespace attnzoo
