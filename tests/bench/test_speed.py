@@ -130,9 +130,11 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path: Path) -
 
 
 def test_ctrl_c_keeps_finished_measurements(tmp_path: Path) -> None:
+    # lengths up to 8192: the run must still be busy when the 5th row lands (with 2048 at most
+    # it once finished in the instant between that row and the signal)
     db = tmp_path / "int.duckdb"
     cmd = [sys.executable, "-m", "attnzoo.cli", "bench", "speed", "--db", str(db), "--mixers", "softmax,sigmoid",
-           "--seq-lens", "32,64,128,256,512,1024,2048", "--repeats", "5", "--no-progress"]  # fmt: skip
+           "--seq-lens", "32,64,128,256,512,1024,2048,4096,8192", "--repeats", "5", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     kept = 0

@@ -108,7 +108,9 @@ def test_matches_single_process(world: tuple[int, list[W.StateCase], list[Any]])
             scale = max(1.0, w.abs().max().item())  # raw sums over T tokens reach ~1e2
             err = (got[name] - w).abs().max().item() / scale
             worst = max(worst, err)
-            if not err < 2e-6:
+            # fp32: GLA's native kernel scales q and k by e^{+-b} within a chunk (|b| <= 30),
+            # so its rounding differs from the unsharded run's by up to ~3e-6 (seen 2.8e-6)
+            if not err < 5e-6:
                 failures.append(
                     f"{_name(case)} {name}: max error {err:.2e} (relative to {scale:.1f})"
                 )

@@ -67,7 +67,7 @@ def randomise_norms(m: az.Mixer) -> None:
                 p.uniform_(0.5, 1.5)
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_gla_matches_layer_by_hand(causal: bool, impl: str) -> None:
     m = az.build_mixer("gla", d_model=64, num_heads=2, causal=causal, impl=impl, chunk_size=8)
@@ -81,7 +81,7 @@ def test_gla_matches_layer_by_hand(causal: bool, impl: str) -> None:
     torch.testing.assert_close(gx, gx_want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("impl", ["reference", "chunk", "native", "recurrent"])
 def test_gla_step_equals_forward(impl: str) -> None:
     m = az.build_mixer("gla", d_model=48, num_heads=3, causal=True, impl=impl, chunk_size=4)
     randomise_norms(m)

@@ -63,7 +63,8 @@ class GLAConfig(HeadsConfig):
         gate_low_rank_dim: inner width of the low-rank gate projection.
         gate_logit_normalizer: ``gk = logsigmoid(.) / gate_logit_normalizer``.
         norm_eps: epsilon of the per-head RMSNorm.
-        impl: op path, ``auto`` | ``reference`` | ``chunk`` | ``recurrent``.
+        impl: op path, ``auto`` (``native`` on CPU when it builds, else ``chunk``) |
+            ``reference`` | ``chunk`` | ``native`` (fused C++ CPU forward) | ``recurrent``.
         chunk_size: chunk length of the ``chunk`` path.
     """
 
@@ -73,7 +74,7 @@ class GLAConfig(HeadsConfig):
     gate_low_rank_dim: int = 16
     gate_logit_normalizer: float = 16.0
     norm_eps: float = 1e-5
-    impl: Literal["auto", "reference", "chunk", "recurrent"] = "auto"
+    impl: Literal["auto", "reference", "chunk", "native", "recurrent"] = "auto"
     chunk_size: int = 64
 
     def validate(self) -> None:

@@ -63,7 +63,8 @@ class ViGConfig(HeadsConfig):
         gate_logit_normalizer: ``gk = logsigmoid(.) / gate_logit_normalizer``.
         norm_eps: epsilon of the two per-head RMSNorms.
         conv_bias: bias on the depthwise 3x3 convolution (ViG's default: off).
-        impl: op path, ``auto`` | ``reference`` | ``chunk`` | ``recurrent``.
+        impl: op path, ``auto`` (``native`` on CPU when it builds, else ``chunk``) |
+            ``reference`` | ``chunk`` | ``native`` (fused C++ CPU forward) | ``recurrent``.
         chunk_size: chunk length of the ``chunk`` path.
     """
 
@@ -73,7 +74,7 @@ class ViGConfig(HeadsConfig):
     gate_logit_normalizer: float = 16.0
     norm_eps: float = 1e-5
     conv_bias: bool = False
-    impl: Literal["auto", "reference", "chunk", "recurrent"] = "auto"
+    impl: Literal["auto", "reference", "chunk", "native", "recurrent"] = "auto"
     chunk_size: int = 64
 
     def validate(self) -> None:
