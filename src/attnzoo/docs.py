@@ -2,8 +2,8 @@
 
 ``python -m attnzoo.docs --write README.md [--db attnzoo.duckdb]`` replaces the text between the
 two markers (``make readme``); ``--check README.md`` exits 1 when the registry-derived columns are
-stale (a test runs the same check). The speed column comes from the store's latest speed run
-and is left as it is by ``--check``, since it depends on the machine that measured it.
+stale (a test runs the same check). The speed column comes from the store's newest runs that
+measured each mechanism and is left as it is by ``--check``, since it depends on the machine that measured it.
 """
 
 from __future__ import annotations
@@ -34,45 +34,55 @@ SPEED_T = 1024
 
 def speed_column(db: Path | None) -> dict[str, str]:
     """Per mechanism, from the store: its best forward latency at T=1024 (1-D: causal-self vs
-    softmax's; 2-D: non-causal on a 32x32 grid) from the latest speed run, and its speed ratio
-    against its peer implementation at the largest size of the latest peers run."""
+    softmax's; 2-D: non-causal on a 32x32 grid) from the newest speed run that measured that
+    cell, and its speed ratio against its peer implementation at the largest size of the newest
+    peers run that compared it (a focused run, e.g. ``--suite linear``, does not blank the rest)."""
     if db is None or not db.exists():
         return {}
     from attnzoo.store import Store
 
     store = Store(db, read_only=True)
     out: dict[str, str] = {}
-    run = store.latest_run_id("speed")
-    if run is not None:
+    side = round(SPEED_T**0.5)
+    for run in _newest_first(store, "speed"):
         best: dict[str, float] = {}
         for r in store.speed(
             [run], pattern="causal-self", mode="fwd", mask="causal", seq_len=SPEED_T
         ):
             best[r["mixer"]] = min(best.get(r["mixer"], float("inf")), r["median_s"])
-        base = best.get("softmax")
+        soft = best.get("softmax")
         for name, t in best.items():
-            rel = f", {t / base:.2f}x softmax" if base else ""
-            out[name] = f"{t * 1e3:.2f} ms{rel} (causal fwd, T={SPEED_T}, run {run})"
-        side = round(SPEED_T**0.5)
+            if name not in out:
+                rel = f", {t / soft:.2f}x softmax" if soft else ""
+                out[name] = f"{t * 1e3:.2f} ms{rel} (causal fwd, T={SPEED_T}, run {run})"
         grid: dict[str, float] = {}
         for r in store.speed([run], pattern="noncausal-self", mode="fwd", seq_len=side * side):
             if r["mixer"] not in out:
                 grid[r["mixer"]] = min(grid.get(r["mixer"], float("inf")), r["median_s"])
         for name, t in grid.items():
             out[name] = f"{t * 1e3:.2f} ms (fwd, {side}x{side} grid, run {run})"
-    peer_run = store.latest_run_id("peers")
-    if peer_run is not None:
+    compared: set[str] = set()
+    for peer_run in _newest_first(store, "peers"):
         largest: dict[str, dict] = {}
         for r in store.peers([peer_run]):  # per mechanism: the largest size, then the best case
-            best = largest.get(r["mechanism"])
-            if r["ok"] and (best is None or (r["n"], r["ratio"]) > (best["n"], best["ratio"])):
+            best_r = largest.get(r["mechanism"])
+            if r["ok"] and (
+                best_r is None or (r["n"], r["ratio"]) > (best_r["n"], best_r["ratio"])
+            ):
                 largest[r["mechanism"]] = r
         for name, r in largest.items():
+            if name in compared:
+                continue
+            compared.add(name)
             how = r["case_name"].split("/")[0]
             vs = (f"{r['ratio']:.2f}x {r['peer'].split(' ')[0]} speed ({how}) at {r['size']} "
                   f"(run {peer_run})")  # fmt: skip
             out[name] = f"{out[name]}; {vs}" if name in out else vs
     return out
+
+
+def _newest_first(store: object, kind: str) -> list[int]:
+    return [r["run_id"] for r in reversed(store.runs(kind))]  # type: ignore[attr-defined]
 
 
 def feature_table(speed: dict[str, str] | None = None) -> str:
