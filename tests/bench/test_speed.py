@@ -130,26 +130,31 @@ def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path: Path) -
 
 
 def test_ctrl_c_keeps_finished_measurements(tmp_path: Path) -> None:
-    # lengths up to 8192: the run must still be busy when the 5th row lands (with 2048 at most
-    # it once finished in the instant between that row and the signal)
     db = tmp_path / "int.duckdb"
     cmd = [sys.executable, "-m", "attnzoo.cli", "bench", "speed", "--db", str(db), "--mixers", "softmax,sigmoid",
-           "--seq-lens", "32,64,128,256,512,1024,2048,4096,8192", "--repeats", "5", "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    kept = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        try:
-            kept = len(Store(db, read_only=True, wait=0.2).speed())
-        except Exception:  # noqa: BLE001  (not created yet, or locked this instant)
-            continue
-        if kept >= 5:
-            break
-    assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+           "--seq-lens", "32,64,128,256,512,1024,2048", "--repeats", "5", "--no-progress"]  # fmt: skip
+    # a shell that started us in the background (`nohup ... &`) leaves SIGINT ignored, and the
+    # child would inherit that and never see Ctrl-C: restore the default in the child
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        kept = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                kept = len(Store(db, read_only=True, wait=0.2).speed())
+            except Exception:  # noqa: BLE001  (not created yet, or locked this instant)
+                continue
+            if kept >= 5:
+                break
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+    finally:  # never leave the child running (it would load the machine)
+        if proc.poll() is None:
+            proc.kill()
     assert "interrupted" in stderr
     store = Store(db)
     (run,) = store.runs()
