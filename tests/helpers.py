@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -25,3 +26,16 @@ def assert_all_close(
     names = ["output"] + [f"grad[{i}]" for i in range(len(got) - 1)]
     for name, a, b in zip(names, got, want, strict=True):
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[tuple]:
+    """Record the calls of ``module.name`` (which still runs) for the rest of the test."""
+    calls: list[tuple] = []
+    real = getattr(module, name)
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls

@@ -17,6 +17,7 @@ from attnzoo.distributed import Sharding, run_workers
 from attnzoo.distributed.hybrid import hybrid_bytes, hybrid_positions
 from attnzoo.ops import Mask, softmax_attention
 from tests.distributed import workers_b as W
+from tests.distributed.workers import shard_masks
 
 P = 4
 GRIDS = [(2, 2), (1, 4), (4, 1)]  # (ulysses, ring); made in this order by every rank
@@ -25,14 +26,7 @@ T = 19  # uneven everywhere: ring shards of 10/9 (zigzag 5+5 / 5+4), pieces of 5
 
 def masks() -> list[Mask]:
     docs = [6, 4, T - 10]
-    return [
-        Mask.full(),
-        Mask.causal_(),
-        Mask.sliding_window(4),
-        Mask.sliding_window(3, causal=False),
-        Mask.document(docs),
-        Mask.document(docs, causal=True),
-    ]
+    return shard_masks(docs, window=4)
 
 
 def cases() -> list[W.AttnCase]:

@@ -25,12 +25,7 @@ LENGTHS = {1: 9, 2: 17, 3: 23, 4: 30}
 def masks(T: int) -> list[Mask]:
     docs = [T // 3, T // 4, T - T // 3 - T // 4]  # boundaries fall inside shards
     return [
-        Mask.full(),
-        Mask.causal_(),
-        Mask.sliding_window(5),
-        Mask.sliding_window(4, causal=False),
-        Mask.document(docs),
-        Mask.document(docs, causal=True),
+        *W.shard_masks(docs, window=5),
         # the first 3 queries of the last document see no key: zero rows, fully masked blocks
         Mask.document([5, 0, T - 5], kv_lengths=[5, 3, T - 8], causal=True),
     ]

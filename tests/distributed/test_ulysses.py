@@ -16,6 +16,7 @@ from attnzoo.distributed import Sharding, run_workers, unshard
 from attnzoo.distributed.ulysses import exchange_order, ulysses_bytes
 from attnzoo.ops import Mask, softmax_attention
 from tests.distributed import workers_b as W
+from tests.distributed.workers import shard_masks
 
 KINDS = ("contiguous", "zigzag", "striped")
 LENGTHS = {2: 13, 3: 14, 4: 18}  # uneven shards at every world size
@@ -25,12 +26,7 @@ HEADS = {2: (4, 2), 3: (3, 3), 4: (4, 4)}  # (H, Hkv): GQA where the group size 
 def masks(T: int) -> list[Mask]:
     docs = [T // 3, T // 4, T - T // 3 - T // 4]  # boundaries fall inside shards
     return [
-        Mask.full(),
-        Mask.causal_(),
-        Mask.sliding_window(4),
-        Mask.sliding_window(3, causal=False),
-        Mask.document(docs),
-        Mask.document(docs, causal=True),
+        *shard_masks(docs, window=4),
         Mask.prefix_lm(5),
         Mask.block_causal(4),
     ]

@@ -23,6 +23,19 @@ def rand(seed: int, *shape: int) -> Tensor:
 
 
 # ---- launch -------------------------------------------------------------------------------
+def shard_masks(docs: list[int], window: int) -> list[Mask]:
+    """The masks every context-parallel test runs: full, causal, a causal and a two-sided sliding
+    window (``window``, ``window - 1``), and documents ``docs`` without and with causality."""
+    return [
+        Mask.full(),
+        Mask.causal_(),
+        Mask.sliding_window(window),
+        Mask.sliding_window(window - 1, causal=False),
+        Mask.document(docs),
+        Mask.document(docs, causal=True),
+    ]
+
+
 def whoami(rank: int, world_size: int, tag: str) -> dict[str, Any]:
     t = torch.full((2,), float(rank))
     dist.all_reduce(t)  # the group works

@@ -76,30 +76,21 @@ def _gla(T: int, g: torch.Generator, impl: str = "chunk") -> PeerPair:
 
 
 SEQ = (2048, 8192, 32768)
-register_case(PeerCase("linear/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn", FLA,
-                       _linear, SEQ, (2048, 8192), smoke_size=192))  # fmt: skip
-register_case(PeerCase("lightning/fla-naive-chunk-simple-gla", "lightning",
-                       "fla naive_chunk_simple_gla", FLA, _lightning, SEQ, (2048, 8192),
-                       smoke_size=192))  # fmt: skip
-register_case(PeerCase("gla/fla-naive-recurrent", "gla", "fla naive_recurrent_gla", FLA, _gla,
-                       (2048, 8192), (2048,), rtol=1e-3,
-                       notes="peer is a token loop (fla has no naive chunked GLA)", smoke_size=100))  # fmt: skip
-# the fused C++ kernels (impl='native', what impl='auto' runs on CPU)
-register_case(PeerCase("gla-native/fla-naive-recurrent", "gla", "fla naive_recurrent_gla", FLA,
-                       functools.partial(_gla, impl="native"), (2048, 8192), (2048,), rtol=1e-3,
-                       notes="ours: impl='native'; peer is a token loop", smoke_size=100))  # fmt: skip
-register_case(PeerCase("linear-native/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
-                       FLA, functools.partial(_linear, impl="native"), SEQ, (2048, 8192),
-                       smoke_size=192, notes="ours: impl='native'"))  # fmt: skip
-register_case(PeerCase("lightning-native/fla-naive-chunk-simple-gla", "lightning",
-                       "fla naive_chunk_simple_gla", FLA,
-                       functools.partial(_lightning, impl="native"), SEQ, (2048, 8192),
-                       smoke_size=192, notes="ours: impl='native'"))  # fmt: skip
-# the same math through torch.compile (inductor fuses the eager path's memory passes)
-register_case(PeerCase("linear-compiled/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
-                       FLA, functools.partial(_linear, impl="compiled"), SEQ, (2048, 8192),
-                       smoke_size=192, notes="ours: impl='compiled'"))  # fmt: skip
-register_case(PeerCase("lightning-compiled/fla-naive-chunk-simple-gla", "lightning",
-                       "fla naive_chunk_simple_gla", FLA,
-                       functools.partial(_lightning, impl="compiled"), SEQ, (2048, 8192),
-                       smoke_size=192, notes="ours: impl='compiled'"))  # fmt: skip
+GLA_NOTE = "peer is a token loop (fla has no naive chunked GLA)"
+# impl 'chunk' (eager PyTorch), 'native' (the fused C++ kernels, what impl='auto' runs on CPU) and
+# 'compiled' (chunk through torch.compile, which fuses the eager path's memory passes; no GLA)
+for impl in ("chunk", "native", "compiled"):
+    tag = "" if impl == "chunk" else f"-{impl}"
+    ours = "" if impl == "chunk" else f"ours: impl={impl!r}"
+    register_case(PeerCase(f"linear{tag}/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
+                           FLA, functools.partial(_linear, impl=impl), SEQ, (2048, 8192),
+                           smoke_size=192, notes=ours))  # fmt: skip
+    register_case(PeerCase(f"lightning{tag}/fla-naive-chunk-simple-gla", "lightning",
+                           "fla naive_chunk_simple_gla", FLA,
+                           functools.partial(_lightning, impl=impl), SEQ, (2048, 8192),
+                           smoke_size=192, notes=ours))  # fmt: skip
+    if impl != "compiled":
+        register_case(PeerCase(f"gla{tag}/fla-naive-recurrent", "gla", "fla naive_recurrent_gla",
+                               FLA, functools.partial(_gla, impl=impl), (2048, 8192), (2048,),
+                               rtol=1e-3, smoke_size=100,
+                               notes="; ".join(filter(None, (ours, GLA_NOTE)))))  # fmt: skip

@@ -43,7 +43,6 @@ from attnzoo.ops.common import check_qkv
 from attnzoo.ops.masks import Mask
 
 OP = "hybrid_attention"
-HYBRID_MASKS = ("full", "causal", "sliding-window", "document", "prefix-lm", "block-causal")
 
 
 class Grid(NamedTuple):

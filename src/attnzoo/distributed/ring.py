@@ -42,7 +42,6 @@ from attnzoo.ops.masks import Mask, as_mask
 
 OP = "ring_attention"
 VARIANTS = ("p2p", "allgather")
-RING_MASKS = ("full", "causal", "sliding-window", "document", "prefix-lm", "block-causal")
 
 
 def ring_attention(

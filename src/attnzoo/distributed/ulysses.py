@@ -33,7 +33,6 @@ from attnzoo.ops.masks import Mask
 from attnzoo.ops.softmax import softmax_attention
 
 OP = "ulysses_attention"
-ULYSSES_MASKS = ("full", "causal", "sliding-window", "document", "prefix-lm", "block-causal")
 
 
 def ulysses_attention(

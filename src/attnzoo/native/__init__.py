@@ -1,17 +1,17 @@
 """attnzoo's native CPU kernels: C++ sources compiled on first use with torch's JIT extension loader.
 
 The kernels call the BLAS that torch itself links (MKL on x86-64 wheels) and run their (batch,
-head) pairs in parallel on torch's OpenMP threads. They are built once per source version and torch
-build into torch's extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``),
-named by a digest of the sources;
-the first build takes about half a minute and needs a C++ compiler (``g++``) and ``ninja`` (a
-pinned dependency).
+head) pairs in parallel on torch's OpenMP threads. They are built once per source version into
+torch's extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``), named by a
+digest of the sources; the first build takes about 40 s and needs a C++ compiler (``g++``) and
+``ninja`` (a pinned dependency).
 
 - :func:`load` returns the compiled module or raises :class:`NativeUnavailable` with the reason
   (the compiler's output included).
-- :func:`available` says whether :func:`load` works here, building on the first call. The ops'
-  ``impl="auto"`` picks the native path only when it is available, and warns once (with the reason)
-  when it is not.
+- :func:`available` says whether :func:`load` works here, building on the first call.
+- For the ops: :func:`check_inputs` refuses what ``impl="native"`` cannot take (naming it),
+  :func:`use_for_auto` decides ``impl="auto"`` (native for CPU float32/float64 inputs when it
+  builds; when it does not, it warns once with the reason), :func:`rows` prepares an input.
 """
 
 from __future__ import annotations
@@ -25,9 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+import torch
+from torch import Tensor
+
 SOURCES = ("bindings.cpp", "linear_chunk.cpp", "gla_chunk.cpp")
 HEADERS = ("kernels.h",)
 NAME = "attnzoo_native"
+DTYPES = (torch.float32, torch.float64)
 _STATE: dict[str, object] = {}
 
 
@@ -65,8 +69,25 @@ def unavailable_reason() -> str | None:
     return None if error is None else str(error)
 
 
-def warn_unavailable(op: str) -> None:
-    """Warn once per process that ``impl='auto'`` of ``op`` runs its portable path instead."""
+def check_inputs(op: str, x: Tensor) -> None:
+    """Refuse inputs the kernels do not take, naming the value and the alternative."""
+    if x.device.type != "cpu":
+        raise ValueError(
+            f"{op}: impl='native' runs on the CPU, got tensors on {x.device}; use impl='chunk'"
+        )
+    if x.dtype not in DTYPES:
+        raise TypeError(
+            f"{op}: impl='native' takes float32 or float64, got {x.dtype}; use impl='chunk'"
+        )
+
+
+def use_for_auto(op: str, x: Tensor) -> bool:
+    """Whether ``impl="auto"`` of ``op`` runs natively on inputs like ``x``: CPU, float32 or
+    float64, and the kernels build here. When they do not, warn once per op (with the reason)."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES:
+        return False
+    if available():
+        return True
     key = f"warned:{op}"
     if key not in _STATE:
         _STATE[key] = True
@@ -75,6 +96,15 @@ def warn_unavailable(op: str) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
+    return False
+
+
+def rows(x: Tensor) -> Tensor:
+    """The kernels read ``[B, T, H, D]`` through strides; they need unit-stride, non-overlapping
+    rows (an expanded GQA head is fine, an expanded time axis is not): copy only otherwise."""
+    if x.stride(-1) != 1 or x.stride(1) < x.shape[-1]:
+        return x.contiguous()
+    return x
 
 
 def _build() -> ModuleType:

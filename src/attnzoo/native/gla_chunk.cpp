@@ -16,12 +16,8 @@
 // When the whole chunk is one block (span <= 30, the common case; r = 0) the scaled rows also
 // give e^{b_i} q_i for the read-out and e^{b_{c-1}} (k_j / e^{b_j}) for the update: c*K
 // exponentials per chunk instead of 4*c*K.
-// So long sequences with strong gates stay finite. (B, H) pairs run on torch's threads; a thread
-// advances its heads chunk by chunk.
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
-
+// So long sequences with strong gates stay finite. (B, H) pairs run on torch's threads
+// (attnzoo::scan_heads).
 #include <algorithm>
 #include <vector>
 
@@ -29,8 +25,11 @@
 
 namespace {
 
+using attnzoo::check_rows;
 using attnzoo::fast_exp;
 using attnzoo::gemm_rm;
+using attnzoo::head_ptr;
+using attnzoo::scan_heads;
 
 constexpr double kSpanLimit = 30.0;  // largest block span the one-GEMM diagonal form takes
 
@@ -206,13 +205,6 @@ class GlaScan {
   std::vector<T> S_;  // [K, V] state
 };
 
-void check_rows(const torch::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, " must be [B, T, H, D], got ", x.dim(), " dims");
-  TORCH_CHECK(x.stride(3) == 1 && x.stride(1) >= x.size(3),
-              name, ": rows must be unit-stride and not overlap, got strides ", x.strides());
-  TORCH_CHECK(x.device().is_cpu(), name, " must be on the CPU");
-}
-
 }  // namespace
 
 // q, k, g [B, T, H, K], v [B, T, H, V] (unit-stride rows) -> o [B, T, H, V] contiguous.
@@ -234,28 +226,13 @@ torch::Tensor gla_chunk_forward(const torch::Tensor& q, const torch::Tensor& k,
   if (len == 0 || B * H == 0) return o;
   const int64_t C = std::min(chunk, len);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gla_chunk_forward", [&] {
-    const scalar_t* qp = q.data_ptr<scalar_t>();
-    const scalar_t* kp = k.data_ptr<scalar_t>();
-    const scalar_t* vp = v.data_ptr<scalar_t>();
-    const scalar_t* gp = g.data_ptr<scalar_t>();
-    scalar_t* op = o.data_ptr<scalar_t>();
+    using Scan = GlaScan<scalar_t>;
     const GlaStrides st{q.stride(1), k.stride(1), v.stride(1), g.stride(1), H * V};
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      GlaScratch<scalar_t> scratch(C, K);
-      std::vector<GlaScan<scalar_t>> heads;
-      heads.reserve(end - begin);
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        heads.emplace_back(qp + b * q.stride(0) + h * q.stride(2),
-                           kp + b * k.stride(0) + h * k.stride(2),
-                           vp + b * v.stride(0) + h * v.stride(2),
-                           gp + b * g.stride(0) + h * g.stride(2), op + (b * len * H + h) * V,
-                           len, K, V, st, scale, C);
-      }
-      const int64_t n_chunks = heads.front().chunks();
-      for (int64_t step = 0; step < n_chunks; ++step) {
-        for (auto& head : heads) head.chunk(step, scratch);
-      }
+    scalar_t* op = o.data_ptr<scalar_t>();
+    scan_heads<Scan, GlaScratch<scalar_t>>(B, H, C, K, [&](int64_t b, int64_t h) {
+      return Scan(head_ptr<scalar_t>(q, b, h), head_ptr<scalar_t>(k, b, h),
+                  head_ptr<scalar_t>(v, b, h), head_ptr<scalar_t>(g, b, h),
+                  op + (b * len * H + h) * V, len, K, V, st, scale, C);
     });
   });
   return o;

@@ -1,9 +1,15 @@
-// Helpers shared by attnzoo's native kernels: row-major GEMM on torch's BLAS, decay weights.
+// Helpers shared by attnzoo's native kernels: row-major GEMM on torch's BLAS, decay weights,
+// input checks and the per-(batch, head) scan driver.
 #pragma once
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 extern "C" {
 // the Fortran BLAS entry points of the BLAS that torch links (MKL on x86-64 wheels)
@@ -69,5 +75,37 @@ inline float fast_exp(float x) {
 }
 
 inline double fast_exp(double x) { return flush_exp(x); }
+
+// A [B, T, H, D] CPU input whose rows (one token of one head) are unit-stride and do not overlap:
+// the kernels hand them to BLAS with the token stride as leading dimension.
+inline void check_rows(const torch::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, name, " must be [B, T, H, D], got ", x.dim(), " dims");
+  TORCH_CHECK(x.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(x.stride(3) == 1 && x.stride(1) >= x.size(3),
+              name, ": rows must be unit-stride and not overlap, got strides ", x.strides());
+}
+
+// The first element of (batch b, head h) of a [B, T, H, D] tensor.
+template <typename T>
+inline T* head_ptr(const torch::Tensor& x, int64_t b, int64_t h) {
+  return x.data_ptr<T>() + b * x.stride(0) + h * x.stride(2);
+}
+
+// Runs one Scan per (batch, head) on torch's threads. A thread advances all its heads chunk by
+// chunk (their rows of one chunk share memory pages), sharing one Scratch(C, K) among them.
+// `make(b, h)` builds a head's Scan, which has `chunks()` and `chunk(step, scratch)`.
+template <typename Scan, typename Scratch, typename Make>
+void scan_heads(int64_t B, int64_t H, int64_t C, int64_t K, const Make& make) {
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    Scratch scratch(C, K);
+    std::vector<Scan> heads;
+    heads.reserve(end - begin);
+    for (int64_t bh = begin; bh < end; ++bh) heads.push_back(make(bh / H, bh % H));
+    const int64_t n_chunks = heads.front().chunks();
+    for (int64_t step = 0; step < n_chunks; ++step) {
+      for (auto& head : heads) head.chunk(step, scratch);
+    }
+  });
+}
 
 }  // namespace attnzoo

@@ -14,20 +14,18 @@
 // exp(-60) are flushed to 0 (as attnzoo.ops.chunks.decay_exp does): subnormal floats make x86
 // arithmetic ~100x slower. The reverse form is what the backward pass needs:
 //   dq = fwd(do, v, k),  dk = rev(v, do, q),  dv = rev(k, q, do).
-// (B, H) pairs run in parallel (at::parallel_for); each calls single-threaded GEMMs. A thread
-// advances its heads together, chunk by chunk: their rows share memory pages.
-#include <torch/extension.h>
-
-#include <ATen/Parallel.h>
-
+// (B, H) pairs run in parallel (attnzoo::scan_heads); each calls single-threaded GEMMs.
 #include <vector>
 
 #include "kernels.h"
 
 namespace {
 
+using attnzoo::check_rows;
 using attnzoo::flush_exp;
 using attnzoo::gemm_rm;
+using attnzoo::head_ptr;
+using attnzoo::scan_heads;
 
 struct Strides {
   int64_t q, k, v, o;  // elements between consecutive tokens
@@ -125,12 +123,6 @@ class HeadScan {
   std::vector<T> S_;     // [K, V] state
 };
 
-void check_rows(const torch::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, " must be [B, T, H, D], got ", x.dim(), " dims");
-  TORCH_CHECK(x.stride(3) == 1 && x.stride(1) >= x.size(3),
-              name, ": rows must be unit-stride and not overlap, got strides ", x.strides());
-}
-
 }  // namespace
 
 // q, k [B, T, H, K], v [B, T, H, V] (any strides with unit-stride rows), logd [H] (float64,
@@ -141,8 +133,6 @@ torch::Tensor linear_chunk_forward(const torch::Tensor& q, const torch::Tensor& 
   check_rows(q, "q");
   check_rows(k, "k");
   check_rows(v, "v");
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(),
-              "linear_chunk_forward runs on the CPU");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
               "q, k, v must share a dtype");
   TORCH_CHECK(q.sizes() == k.sizes(), "q and k must have the same shape");
@@ -157,26 +147,13 @@ torch::Tensor linear_chunk_forward(const torch::Tensor& q, const torch::Tensor& 
   const auto logd_c = logd.contiguous();
   const double* ld = logd_c.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "linear_chunk_forward", [&] {
-    const scalar_t* qp = q.data_ptr<scalar_t>();
-    const scalar_t* kp = k.data_ptr<scalar_t>();
-    const scalar_t* vp = v.data_ptr<scalar_t>();
-    scalar_t* op = o.data_ptr<scalar_t>();
+    using Scan = HeadScan<scalar_t>;
     const Strides st{q.stride(1), k.stride(1), v.stride(1), H * V};
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      Scratch<scalar_t> scratch(C, K);
-      std::vector<HeadScan<scalar_t>> heads;
-      heads.reserve(end - begin);
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        heads.emplace_back(qp + b * q.stride(0) + h * q.stride(2),
-                           kp + b * k.stride(0) + h * k.stride(2),
-                           vp + b * v.stride(0) + h * v.stride(2), op + (b * len * H + h) * V,
-                           len, K, V, st, ld[h], scale, C, reverse);
-      }
-      const int64_t n_chunks = heads.front().chunks();
-      for (int64_t step = 0; step < n_chunks; ++step) {
-        for (auto& head : heads) head.chunk(step, scratch);
-      }
+    scalar_t* op = o.data_ptr<scalar_t>();
+    scan_heads<Scan, Scratch<scalar_t>>(B, H, C, K, [&](int64_t b, int64_t h) {
+      return Scan(head_ptr<scalar_t>(q, b, h), head_ptr<scalar_t>(k, b, h),
+                  head_ptr<scalar_t>(v, b, h), op + (b * len * H + h) * V, len, K, V, st, ld[h],
+                  scale, C, reverse);
     });
   });
   return o;

@@ -43,7 +43,7 @@ from torch import Tensor
 from attnzoo import native
 from attnzoo.ops.chunks import decay_exp, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, resolve_scale
-from attnzoo.ops.gla_native import CHUNK_PATH, check_native, gla_chunk, native_usable
+from attnzoo.ops.gla_native import gla_chunk
 
 IMPLS = ("auto", "reference", "chunk", "native", "recurrent")
 OP = "gated_linear_attention"
@@ -185,13 +185,9 @@ def _dispatch(
     if impl == "recurrent":
         return _recurrent(q, k, v, gk, scale)
     if impl == "native":
-        check_native(OP, q)
+        native.check_inputs(OP, q)
+    if impl == "native" or (impl == "auto" and native.use_for_auto(OP, q)):
         return gla_chunk(q, k, v, gk, float(scale), int(chunk_size))
-    if impl == "auto":
-        if native_usable(q):
-            return gla_chunk(q, k, v, gk, float(scale), int(chunk_size))
-        if native.unavailable_reason() is not None:
-            native.warn_unavailable(OP)
     return _chunk(q, k, v, gk, scale, chunk_size)
 
 
@@ -321,6 +317,3 @@ def _intra_scores(q: Tensor, k: Tensor, b: Tensor) -> Tensor:
     on = torch.einsum("...mts,mn->...mtns", diag, eye)  # [B, H, N, M, SUB, M, SUB]
     scores = off + rearrange(on, "... m t n s -> ... m t (n s)")
     return rearrange(scores, "... m t s -> ... (m t) s")
-
-
-CHUNK_PATH.append(_chunk)  # the native op's backward differentiates this path

@@ -14,34 +14,10 @@ op ``attnzoo::gla_chunk`` (``torch.compile`` traces it). CPU only, float32 and f
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from attnzoo import native
-from attnzoo.ops.linear_native import rows
-
-DTYPES = (torch.float32, torch.float64)
-# the portable chunk path, set by attnzoo.ops.gla (which imports this module) to avoid a cycle
-CHUNK_PATH: list[Callable[..., Tensor]] = []
-
-
-def check_native(op: str, q: Tensor) -> None:
-    """Refuse inputs the native kernel does not take, naming the value and the alternative."""
-    if q.device.type != "cpu":
-        raise ValueError(
-            f"{op}: impl='native' runs on the CPU, got tensors on {q.device}; use impl='chunk'"
-        )
-    if q.dtype not in DTYPES:
-        raise TypeError(
-            f"{op}: impl='native' takes float32 or float64, got {q.dtype}; use impl='chunk'"
-        )
-
-
-def native_usable(q: Tensor) -> bool:
-    """Whether ``impl="auto"`` may take the native path for these inputs."""
-    return q.device.type == "cpu" and q.dtype in DTYPES and native.available()
 
 
 @torch.library.custom_op("attnzoo::gla_chunk", mutates_args=())
@@ -52,7 +28,7 @@ def gla_chunk(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, scale: float, chunk: 
         q, k, gk ``[B, T, H, K]``, v ``[B, T, H, V]`` -> ``[B, T, H, V]``
     """
     kernel = native.load().gla_chunk_forward
-    return kernel(rows(q), rows(k), rows(v), rows(gk), scale, chunk)
+    return kernel(*(native.rows(t) for t in (q, k, v, gk)), scale, chunk)
 
 
 @gla_chunk.register_fake
@@ -69,13 +45,15 @@ def _setup_context(ctx, inputs: tuple, output: Tensor) -> None:  # noqa: ANN001
 
 def _backward(ctx, do: Tensor):  # noqa: ANN001, ANN202
     """Recompute through the portable chunk path and differentiate it (see the module doc)."""
+    from attnzoo.ops.gla import _chunk  # deferred: attnzoo.ops.gla imports this module
+
     saved = ctx.saved_tensors
     with torch.enable_grad():
         leaves = [
             t.detach().requires_grad_(need)
             for t, need in zip(saved, ctx.needs_input_grad[:4], strict=True)
         ]
-        o = CHUNK_PATH[0](*leaves, ctx.scale, ctx.chunk)
+        o = _chunk(*leaves, ctx.scale, ctx.chunk)
         wanted = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(o, wanted, do, create_graph=torch.is_grad_enabled()))
     out = [next(grads) if t.requires_grad else None for t in leaves]

@@ -58,11 +58,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from attnzoo import native
 from attnzoo.config import suggest
 from attnzoo.ops.chunks import decay_exp, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, expand_kv, resolve_scale
-from attnzoo.ops.linear_native import check_native, native_linear_causal, native_usable
+from attnzoo.ops.linear_native import check_native, native_for_auto, native_linear_causal
 
 IMPLS = ("auto", "reference", "chunk", "native", "compiled", "recurrent")
 FEATURE_MAPS = ("elu+1", "relu", "identity")
@@ -143,7 +142,7 @@ def linear_attention(
     V = v.shape[-1]
     if normalize:  # the normaliser is the same attention applied to a column of ones
         v = torch.cat([v, v.new_ones(B, S, H, 1)], dim=-1)  # [B, S, H, V + 1]
-    if causal and (impl == "native" or (impl == "auto" and _auto_native(q, g))):
+    if causal and (impl == "native" or (impl == "auto" and native_for_auto(OP, q, g))):
         o = native_linear_causal(q, k, v, g, scale, chunk_size)
     elif causal:
         chunked = _compiled_chunk_causal() if impl == "compiled" else _chunk_causal
@@ -218,14 +217,6 @@ def _check_decay(decay: Tensor | None, causal: bool, H: int, q: Tensor) -> Tenso
             f"got max {float(decay.max()):.4g}"
         )
     return decay.to(device=q.device, dtype=q.dtype)
-
-
-def _auto_native(q: Tensor, g: Tensor | None) -> bool:
-    if native_usable(q, g):
-        return True
-    if native.unavailable_reason() is not None:
-        native.warn_unavailable(OP)
-    return False
 
 
 # ---- paths ----------------------------------------------------------------------------------

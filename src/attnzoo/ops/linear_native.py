@@ -24,19 +24,10 @@ from torch import Tensor
 
 from attnzoo import native
 
-DTYPES = (torch.float32, torch.float64)
-
 
 def check_native(op: str, q: Tensor, g: Tensor | None) -> None:
     """Refuse inputs the native kernel does not take, naming the value and the alternative."""
-    if q.device.type != "cpu":
-        raise ValueError(
-            f"{op}: impl='native' runs on the CPU, got tensors on {q.device}; use impl='chunk'"
-        )
-    if q.dtype not in DTYPES:
-        raise TypeError(
-            f"{op}: impl='native' takes float32 or float64, got {q.dtype}; use impl='chunk'"
-        )
+    native.check_inputs(op, q)
     if g is not None and g.requires_grad:
         raise ValueError(
             f"{op}: impl='native' treats the decay as a constant, got a decay that requires grad; "
@@ -44,14 +35,9 @@ def check_native(op: str, q: Tensor, g: Tensor | None) -> None:
         )
 
 
-def native_usable(q: Tensor, g: Tensor | None) -> bool:
-    """Whether ``impl="auto"`` may take the native path for these inputs."""
-    return (
-        q.device.type == "cpu"
-        and q.dtype in DTYPES
-        and (g is None or not g.requires_grad)
-        and native.available()
-    )
+def native_for_auto(op: str, q: Tensor, g: Tensor | None) -> bool:
+    """Whether ``impl="auto"`` takes the native path (a learned decay goes to ``chunk``)."""
+    return (g is None or not g.requires_grad) and native.use_for_auto(op, q)
 
 
 def native_linear_causal(
@@ -72,14 +58,6 @@ def native_linear_causal(
     return linear_chunk(q, k, v, logd, float(scale), int(chunk_size), False)
 
 
-def rows(x: Tensor) -> Tensor:
-    """The kernel reads ``[B, T, H, D]`` through strides; it needs unit-stride, non-overlapping rows
-    (an expanded GQA head is fine, an expanded time axis is not)."""
-    if x.stride(-1) != 1 or x.stride(1) < x.shape[-1]:
-        return x.contiguous()
-    return x
-
-
 # A torch custom op, so that torch.compile traces through it (no graph break) and autograd
 # (including double backward: the backward is made of this op) knows it.
 @torch.library.custom_op("attnzoo::linear_chunk", mutates_args=())
@@ -92,7 +70,7 @@ def linear_chunk(
         q, k ``[B, T, H, K]``, v ``[B, T, H, V]``, logd ``[H]`` float64 -> ``[B, T, H, V]``
     """
     kernel = native.load().linear_chunk_forward
-    return kernel(rows(q), rows(k), rows(v), logd, scale, chunk, reverse)
+    return kernel(native.rows(q), native.rows(k), native.rows(v), logd, scale, chunk, reverse)
 
 
 @linear_chunk.register_fake
