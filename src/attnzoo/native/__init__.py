@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import sys
 import warnings
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ SOURCES = ("bindings.cpp", "linear_chunk.cpp", "gla_chunk.cpp")
 HEADERS = ("kernels.h",)
 NAME = "attnzoo_native"
 DTYPES = (torch.float32, torch.float64)
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
 _STATE: dict[str, object] = {}
 
 
@@ -110,9 +112,11 @@ def rows(x: Tensor) -> Tensor:
 def _build() -> ModuleType:
     here = Path(__file__).parent
     sources = [str(here / name) for name in SOURCES]
-    # torch's loader rebuilds when the .cpp files change, not the headers: name the build by a
-    # digest of every file, so an edited kernel never meets a stale build
-    digest = hashlib.sha256(b"".join((here / f).read_bytes() for f in SOURCES + HEADERS))
+    # torch's loader rebuilds when the .cpp files change, not the headers, and knows nothing of
+    # -march=native: name the build by a digest of every file and of this CPU, so an edited
+    # kernel never meets a stale build and a cache shared by two kinds of CPU holds one each
+    files = b"".join((here / f).read_bytes() for f in SOURCES + HEADERS)
+    digest = hashlib.sha256(files + _cpu_identity())
     with _quiet_cuda_notice(), _ninja_on_path():
         from torch.utils.cpp_extension import load as load_extension
 
@@ -120,11 +124,24 @@ def _build() -> ModuleType:
             f"{NAME}_{digest.hexdigest()[:12]}",
             sources,
             # without -fopenmp at::parallel_for runs serially; without -fno-trapping-math gcc
-            # does not if-convert (so does not vectorise) the clamps of kernels.h's fast_exp
-            extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"],
+            # does not if-convert (so does not vectorise) the clamps of kernels.h's fast_exp;
+            # -march=native: the build runs on the machine that uses it, so its elementwise
+            # loops may use the widest vectors this CPU has (AVX-512 here, 4x SSE2's width)
+            extra_cflags=FLAGS,
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
+
+
+def _cpu_identity() -> bytes:
+    """What -march=native depends on: the CPU's model and feature flags (Linux), else its name."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}".encode()
+    keep = ("model name", "flags", "Features", "CPU part")  # x86 and ARM spellings
+    lines = {ln.split(":")[0].strip(): ln for ln in info.splitlines() if ln.startswith(keep)}
+    return "\n".join(sorted(lines.values())).encode()
 
 
 @contextmanager
