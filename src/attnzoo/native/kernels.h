@@ -76,6 +76,35 @@ inline float fast_exp(float x) {
 
 inline double fast_exp(double x) { return flush_exp(x); }
 
+// e = exp(x) and inv = exp(-x) from one range reduction (no division, so a loop of it vectorises),
+// as accurate as fast_exp; below kFlush e = 0 and inv = exp(60); x is clamped at 88.
+inline void fast_exp_pair(float x, float& e, float& inv) {
+  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
+                  kLn2Lo = -2.12194440e-4f;
+  constexpr float kLow = static_cast<float>(kFlush);
+  const float keep = x > kLow ? 1.0f : 0.0f;
+  x = x > kLow ? (x < 88.0f ? x : 88.0f) : kLow;
+  constexpr float kRound = 12582912.0f;
+  const float n = (x * kLog2e + kRound) - kRound;
+  const float f = x - n * kLn2Hi - n * kLn2Lo;
+  // p(f) = even(f^2) + f odd(f^2), p(-f) = even - f odd: one set of terms serves both
+  const float f2 = f * f;
+  const float even = ((f2 * (1.0f / 720.0f) + 1.0f / 24.0f) * f2 + 0.5f) * f2 + 1.0f;
+  const float odd = ((f2 * (1.0f / 5040.0f) + 1.0f / 120.0f) * f2 + 1.0f / 6.0f) * f2 + 1.0f;
+  const int32_t ni = static_cast<int32_t>(n);
+  const int32_t up = (ni + 127) << 23, down = (127 - ni) << 23;
+  float two_n, two_minus_n;
+  std::memcpy(&two_n, &up, sizeof two_n);
+  std::memcpy(&two_minus_n, &down, sizeof two_minus_n);
+  e = (even + f * odd) * two_n * keep;
+  inv = (even - f * odd) * two_minus_n;
+}
+
+inline void fast_exp_pair(double x, double& e, double& inv) {
+  e = flush_exp(x);
+  inv = std::exp(-(x > kFlush ? x : kFlush));
+}
+
 // A [B, T, H, D] CPU input whose rows (one token of one head) are unit-stride and do not overlap:
 // the kernels hand them to BLAS with the token stride as leading dimension.
 inline void check_rows(const torch::Tensor& x, const char* name) {
