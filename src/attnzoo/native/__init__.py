@@ -29,8 +29,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-SOURCES = ("bindings.cpp", "linear_chunk.cpp", "gla_chunk.cpp")
-HEADERS = ("kernels.h",)
+SOURCES = ("bindings.cpp", "linear_chunk.cpp", "gla_chunk.cpp", "gla_grad.cpp")
+HEADERS = ("kernels.h", "gla.h")
 NAME = "attnzoo_native"
 DTYPES = (torch.float32, torch.float64)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]

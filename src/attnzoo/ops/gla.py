@@ -23,8 +23,8 @@ of ViG's bidirectional form, see :func:`bidirectional_gla`.
   ``eps * |cumulative gate|``, so very strong gates and large chunks cost precision (~3e-5 at
   gates of -5 per step and ``chunk_size=128``); the step loop has no such cancellation.
   Time O(B·H·T·(C·K + K·V)), memory O(B·H·T·(16·K + C)) with ``C = chunk_size``.
-- ``native`` is a fused C++ forward with the same stabilisation (:mod:`attnzoo.ops.gla_native`);
-  its backward recomputes through ``chunk``. ``auto`` takes it on CPU for float32/float64 when it
+- ``native`` is fused C++ forward and backward kernels with the same stabilisation
+  (:mod:`attnzoo.ops.gla_native`; a double backward recomputes through ``chunk``). ``auto`` takes it on CPU for float32/float64 when it
   builds here (and warns once when it does not).
 - ``recurrent`` is the step loop (:func:`gla_step`), O(T) sequential steps.
 
@@ -72,7 +72,7 @@ def gated_linear_attention(
         scale: query scale; ``None`` means ``1/sqrt(K)``.
         reverse: run the recurrence from the last token to the first.
         impl: ``"auto"`` (``native`` on CPU float32/float64 when it builds, else ``chunk``),
-            ``"reference"``, ``"chunk"``, ``"native"`` (fused C++ forward) or ``"recurrent"``.
+            ``"reference"``, ``"chunk"``, ``"native"`` (fused C++ kernels) or ``"recurrent"``.
         chunk_size: chunk length of the chunk path (need not divide ``T``).
 
     Shapes:
