@@ -150,8 +150,9 @@ SUITES: dict[str, SpeedSuite] = {
         skip_impls=("reference", "recurrent"),
         modes=("fwd", "fwdbwd"),
     ),  # fmt: skip  (step mode's T-step prefill would triple the quick suite: --mode step)
-    # issue 4's scaling claims: linear family vs softmax, forward and one streaming step, B=1,
-    # H=8, K=V=64, T from 2k to 32k (time/memory exponents; step latency flat vs KV-cache growth)
+    # issue 4's scaling claims: linear family vs softmax, forward, training (forward + backward)
+    # and one streaming step, B=1, H=8, K=V=64, T from 2k to 32k (time/memory exponents; step
+    # latency flat vs KV-cache growth)
     "linear": SpeedSuite(
         name="linear",
         mixers=("softmax", "linear", "lightning", "gla"),
@@ -159,7 +160,7 @@ SUITES: dict[str, SpeedSuite] = {
         patterns=("causal-self",),
         masks=(),
         heads=8,
-        modes=("fwd", "step"),
+        modes=("fwd", "fwdbwd", "step"),
         repeats=3,
         memory_budget=8 * GiB,
         time_cap=120.0,

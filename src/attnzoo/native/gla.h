@@ -56,41 +56,34 @@ struct Rows {
   T* row(int64_t i) const { return p + i * ld; }
 };
 
-// One row of the gate pass: b = prev + g, qe = q e^b (e^b itself when q is null), ke = k e^-b,
-// inv = e^-b when asked. The factors lie in [e^-30, e^30] on one-leaf chunks; other chunks use
+// One row of the gate pass: b = prev + g, qe = q e^b (e^b itself without q), ke = k e^-b, and
+// inv = e^-b with kInv. The factors lie in [e^-30, e^30] on one-leaf chunks; other chunks use
 // only b and qe (whose factors are <= 1). Unaliased pointers, so that it vectorises.
+template <typename T, bool kQ, bool kInv>
+inline void gate_row_as(const T* __restrict prev, const T* __restrict g, const T* __restrict q,
+                        const T* __restrict k, T* __restrict b, T* __restrict qe,
+                        T* __restrict ke, T* __restrict inv, int64_t K) {
+#pragma omp simd
+  for (int64_t d = 0; d < K; ++d) {
+    b[d] = prev[d] + g[d];
+    T e, i;
+    fast_exp_pair(b[d], e, i);
+    qe[d] = kQ ? q[d] * e : e;
+    ke[d] = k[d] * i;
+    if (kInv) inv[d] = i;
+  }
+}
+
+// gate_row_as for a q (or null) and an inv (or null)
 template <typename T>
-inline void gate_row(const T* __restrict prev, const T* __restrict g, const T* __restrict q,
-                     const T* __restrict k, T* __restrict b, T* __restrict qe,
-                     T* __restrict ke, T* __restrict inv, int64_t K) {
-  if (q != nullptr && inv == nullptr) {
-#pragma omp simd
-    for (int64_t d = 0; d < K; ++d) {
-      b[d] = prev[d] + g[d];
-      T e, i;
-      fast_exp_pair(b[d], e, i);
-      qe[d] = q[d] * e;
-      ke[d] = k[d] * i;
-    }
-  } else if (q != nullptr) {
-#pragma omp simd
-    for (int64_t d = 0; d < K; ++d) {
-      b[d] = prev[d] + g[d];
-      T e, i;
-      fast_exp_pair(b[d], e, i);
-      qe[d] = q[d] * e;
-      ke[d] = k[d] * i;
-      inv[d] = i;
-    }
+inline void gate_row(const T* prev, const T* g, const T* q, const T* k, T* b, T* qe, T* ke,
+                     T* inv, int64_t K) {
+  if (q == nullptr) {
+    gate_row_as<T, false, false>(prev, g, q, k, b, qe, ke, inv, K);
+  } else if (inv == nullptr) {
+    gate_row_as<T, true, false>(prev, g, q, k, b, qe, ke, inv, K);
   } else {
-#pragma omp simd
-    for (int64_t d = 0; d < K; ++d) {
-      b[d] = prev[d] + g[d];
-      T e, i;
-      fast_exp_pair(b[d], e, i);
-      qe[d] = e;
-      ke[d] = k[d] * i;
-    }
+    gate_row_as<T, true, true>(prev, g, q, k, b, qe, ke, inv, K);
   }
 }
 

@@ -12,12 +12,8 @@
 // exponential pairs per chunk. (B, H) pairs run on torch's threads (attnzoo::scan_heads).
 #include "gla.h"
 
+namespace attnzoo::gla {
 namespace {
-
-using attnzoo::gemm_rm;
-using attnzoo::scan_heads;
-using attnzoo::gla::Rows;
-using attnzoo::gla::Scratch;
 
 template <typename T>
 class GlaScan {
@@ -31,7 +27,6 @@ class GlaScan {
   int64_t chunks() const { return (len_ + C_ - 1) / C_; }
 
   void chunk(int64_t step, Scratch<T>& w) {
-    using namespace attnzoo::gla;
     const int64_t t0 = step * C_, K = K_, V = V_, C = C_;
     const int64_t c = std::min(C, len_ - t0);
     const Rows<const T> q{q_.row(t0), q_.ld}, k{k_.row(t0), k_.ld}, v{v_.row(t0), v_.ld},
@@ -58,6 +53,7 @@ class GlaScan {
 };
 
 }  // namespace
+}  // namespace attnzoo::gla
 
 // q, k, g [B, T, H, K], v [B, T, H, V] (unit-stride rows) -> o [B, T, H, V] contiguous.
 torch::Tensor gla_chunk_forward(const torch::Tensor& q, const torch::Tensor& k,
@@ -72,7 +68,8 @@ torch::Tensor gla_chunk_forward(const torch::Tensor& q, const torch::Tensor& k,
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gla_chunk_forward", [&] {
     using T = scalar_t;
     using attnzoo::head_ptr;
-    scan_heads<GlaScan<T>, Scratch<T>>(B, H, C, K, [&](int64_t b, int64_t h) {
+    using namespace attnzoo::gla;
+    attnzoo::scan_heads<GlaScan<T>, Scratch<T>>(B, H, C, K, [&](int64_t b, int64_t h) {
       return GlaScan<T>({head_ptr<T>(q, b, h), q.stride(1)}, {head_ptr<T>(k, b, h), k.stride(1)},
                         {head_ptr<T>(v, b, h), v.stride(1)}, {head_ptr<T>(g, b, h), g.stride(1)},
                         {head_ptr<T>(o, b, h), H * V}, len, K, V, scale, C);

@@ -19,12 +19,8 @@
 // gate pass's rows and fuses its products into one GEMM chain. Strong gates stay finite.
 #include "gla.h"
 
+namespace attnzoo::gla {
 namespace {
-
-using attnzoo::gemm_rm;
-using attnzoo::scan_heads;
-using attnzoo::gla::Rows;
-using attnzoo::gla::Scratch;
 
 // acc += q dq - k dk; dg = acc (one row of the reverse cumulative sum)
 template <typename T>
@@ -74,11 +70,10 @@ class GlaGrad {
   // P = tril(do v^T) for the chunk's rows [c, c]
   void output_scores(Rows<const T> dout, Rows<const T> v, int64_t c, Scratch<T>& w) const {
     gemm_rm<T>(false, true, c, c, V_, T(1), dout.p, dout.ld, v.p, v.ld, T(0), w.P.data(), C_);
-    attnzoo::gla::zero_upper(w.P.data(), C_, 0, c);
+    zero_upper(w.P.data(), C_, 0, c);
   }
 
   void dq_chunk(int64_t n, Scratch<T>& w) {
-    using namespace attnzoo::gla;
     const int64_t t0 = n * C_, K = K_, V = V_, C = C_;
     const int64_t c = std::min(C, len_ - t0);
     const auto k = at(in_.k, t0), v = at(in_.v, t0), g = at(in_.g, t0), dout = at(in_.dout, t0);
@@ -111,7 +106,6 @@ class GlaGrad {
   }
 
   void dkv_chunk(int64_t n, Scratch<T>& w) {
-    using namespace attnzoo::gla;
     const int64_t t0 = n * C_, K = K_, V = V_, C = C_;
     const int64_t c = std::min(C, len_ - t0);
     const bool first = n + 1 == count();  // the last chunk: R = 0
@@ -137,9 +131,13 @@ class GlaGrad {
         gemm_rm<T>(false, false, c, V, K, s_, w.ke.data(), K, R, V, T(1), dv.p, dv.ld);
         gemm_rm<T>(false, true, c, K, V, T(1), v.p, v.ld, R, V, T(0), X, K);
       }
-      // X += P^T (q e^b); dk = s e^-b X
+      // X += P^T (q e^b); dk = s e^-b X, in the same row pass as the gate gradient
       gemm_rm<T>(true, false, c, K, c, T(1), P, C, w.qe.data(), K, first ? T(0) : T(1), X, K);
-      for (int64_t j = 0; j < c; ++j) mul_row<T>(X + j * K, w.inv.data() + j * K, s_, dk.row(j), K);
+      if (first) std::fill(acc_.begin(), acc_.end(), T(0));
+      for (int64_t j = c - 1; j >= 0; --j) {
+        mul_row<T>(X + j * K, w.inv.data() + j * K, s_, dk.row(j), K);
+        gate_grad_row<T>(q.row(j), dq.row(j), k.row(j), dk.row(j), acc_.data(), dg.row(j), K);
+      }
     } else {
       const T* last = w.b.data() + (c - 1) * K;
       if (!first) {  // exponents b_last - b <= 0 taken whole: e^-b alone may be clamped here
@@ -166,9 +164,11 @@ class GlaGrad {
       gemm_rm<T>(true, false, K, V, c, T(1), w.qe.data(), K, dout.p, dout.ld,
                  first ? T(0) : T(1), R, V);
     }
-    if (first) std::fill(acc_.begin(), acc_.end(), T(0));
-    for (int64_t i = c - 1; i >= 0; --i)
-      gate_grad_row<T>(q.row(i), dq.row(i), k.row(i), dk.row(i), acc_.data(), dg.row(i), K);
+    if (!one_leaf) {  // the gate gradient (the one-leaf path made it with dk)
+      if (first) std::fill(acc_.begin(), acc_.end(), T(0));
+      for (int64_t i = c - 1; i >= 0; --i)
+        gate_grad_row<T>(q.row(i), dq.row(i), k.row(i), dk.row(i), acc_.data(), dg.row(i), K);
+    }
   }
 
   // R [K, V] <- diag(f) R
@@ -190,6 +190,7 @@ class GlaGrad {
 };
 
 }  // namespace
+}  // namespace attnzoo::gla
 
 // q, k, g [B, T, H, K], v, dout [B, T, H, V] (unit-stride rows)
 //   -> dq, dk [B, T, H, K], dv [B, T, H, V], dg [B, T, H, K], contiguous.
@@ -212,6 +213,7 @@ std::vector<torch::Tensor> gla_chunk_backward(const torch::Tensor& q, const torc
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gla_chunk_backward", [&] {
     using T = scalar_t;
     using attnzoo::head_ptr;
+    using namespace attnzoo::gla;
     using Grad = GlaGrad<T>;
     auto in = [&](const torch::Tensor& x, int64_t b, int64_t h) -> Rows<const T> {
       return {head_ptr<T>(x, b, h), x.stride(1)};
@@ -219,7 +221,7 @@ std::vector<torch::Tensor> gla_chunk_backward(const torch::Tensor& q, const torc
     auto out = [&](const torch::Tensor& x, int64_t b, int64_t h) -> Rows<T> {
       return {head_ptr<T>(x, b, h), x.stride(1)};
     };
-    scan_heads<Grad, Scratch<T>>(B, H, C, K, [&](int64_t b, int64_t h) {
+    attnzoo::scan_heads<Grad, Scratch<T>>(B, H, C, K, [&](int64_t b, int64_t h) {
       return Grad({in(q, b, h), in(k, b, h), in(v, b, h), in(g, b, h), in(dout, b, h)},
                   {out(dq, b, h), out(dk, b, h), out(dv, b, h), out(dg, b, h)}, len, K, V,
                   scale, C);

@@ -46,12 +46,17 @@ inline void gemm_rm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, 
            c, static_cast<int>(ldc));
 }
 
-// exp(x) for x <= ~88, in plain arithmetic that compilers vectorise (a loop of std::exp is not):
-// 2^n * p(f) with n = round(x / ln 2), f = x - n ln 2 in [-ln2/2, ln2/2] and p the degree-6
-// Taylor polynomial (relative error < 2e-7 on that interval, i.e. ~1-2 ulp in float32).
+// exp in plain arithmetic that compilers vectorise (a loop of std::exp is not): with
+// n = round(x / ln 2) and f = x - n ln 2 in [-ln2/2, ln2/2], exp(x) = 2^n p(f) and
+// exp(-x) = 2^-n p(-f), p the degree-7 Taylor polynomial (relative error < 1e-8 on that
+// interval, so ~1 ulp in float32) split as p(+-f) = even(f^2) +- f odd(f^2).
 // Inputs below kFlush give exactly 0, as flush_exp does (no subnormals); inputs above 88 are
 // clamped (callers only pass bounded exponents).
-inline float fast_exp(float x) {
+struct ExpParts {
+  float even, odd, n, keep;  // p(+-f) = even +- odd; keep = 0 below kFlush
+};
+
+inline ExpParts exp_parts(float x) {
   constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
                   kLn2Lo = -2.12194440e-4f;
   constexpr float kLow = static_cast<float>(kFlush);
@@ -61,43 +66,33 @@ inline float fast_exp(float x) {
   constexpr float kRound = 12582912.0f;
   const float n = (x * kLog2e + kRound) - kRound;
   const float f = x - n * kLn2Hi - n * kLn2Lo;
-  float p = 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
+  const float f2 = f * f;
+  const float even = ((f2 * (1.0f / 720.0f) + 1.0f / 24.0f) * f2 + 0.5f) * f2 + 1.0f;
+  const float odd = ((f2 * (1.0f / 5040.0f) + 1.0f / 120.0f) * f2 + 1.0f / 6.0f) * f2 + 1.0f;
+  return {even, f * odd, n, keep};
+}
+
+// 2^n for an integral n in [-126, 127]
+inline float pow2(float n) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return p * two_n * keep;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+
+inline float fast_exp(float x) {
+  const ExpParts p = exp_parts(x);
+  return (p.even + p.odd) * pow2(p.n) * p.keep;
 }
 
 inline double fast_exp(double x) { return flush_exp(x); }
 
-// e = exp(x) and inv = exp(-x) from one range reduction (no division, so a loop of it vectorises),
-// as accurate as fast_exp; below kFlush e = 0 and inv = exp(60); x is clamped at 88.
+// e = exp(x) and inv = exp(-x) from one range reduction (no division); below kFlush e = 0 and
+// inv = exp(60).
 inline void fast_exp_pair(float x, float& e, float& inv) {
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f,
-                  kLn2Lo = -2.12194440e-4f;
-  constexpr float kLow = static_cast<float>(kFlush);
-  const float keep = x > kLow ? 1.0f : 0.0f;
-  x = x > kLow ? (x < 88.0f ? x : 88.0f) : kLow;
-  constexpr float kRound = 12582912.0f;
-  const float n = (x * kLog2e + kRound) - kRound;
-  const float f = x - n * kLn2Hi - n * kLn2Lo;
-  // p(f) = even(f^2) + f odd(f^2), p(-f) = even - f odd: one set of terms serves both
-  const float f2 = f * f;
-  const float even = ((f2 * (1.0f / 720.0f) + 1.0f / 24.0f) * f2 + 0.5f) * f2 + 1.0f;
-  const float odd = ((f2 * (1.0f / 5040.0f) + 1.0f / 120.0f) * f2 + 1.0f / 6.0f) * f2 + 1.0f;
-  const int32_t ni = static_cast<int32_t>(n);
-  const int32_t up = (ni + 127) << 23, down = (127 - ni) << 23;
-  float two_n, two_minus_n;
-  std::memcpy(&two_n, &up, sizeof two_n);
-  std::memcpy(&two_minus_n, &down, sizeof two_minus_n);
-  e = (even + f * odd) * two_n * keep;
-  inv = (even - f * odd) * two_minus_n;
+  const ExpParts p = exp_parts(x);
+  e = (p.even + p.odd) * pow2(p.n) * p.keep;
+  inv = (p.even - p.odd) * pow2(-p.n);
 }
 
 inline void fast_exp_pair(double x, double& e, double& inv) {
