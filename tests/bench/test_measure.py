@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
+from attnzoo.bench.env import keep_freed_memory
 from attnzoo.bench.measure import interleaved_medians, median_seconds, peak_memory_bytes
 from attnzoo.ops import softmax_attention
 
@@ -45,3 +48,20 @@ def test_timing_helpers() -> None:
         median_seconds(lambda: None, repeats=0)
     with pytest.raises(ValueError, match="device must be cpu or cuda"):
         peak_memory_bytes(lambda: None, device="meta")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_keep_freed_memory_reuses_large_blocks_without_page_faults() -> None:
+    """Once the allocator has settled, a freed 32 MB tensor's pages are reused by the next one,
+    not returned to the OS and faulted in again (glibc's default: 8192 faults per block)."""
+    import resource
+
+    assert "trim_threshold=2GiB" in keep_freed_memory()
+    n = 8 * 2**20  # float32: 32 MB, 8192 pages
+    for _ in range(10):  # the first few blocks fault (fresh memory, the heap's layout settling)
+        torch.empty(n).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(n).fill_(1.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 0.1 * 5 * 8192, f"{faults} minor page faults for 5 reused 32 MB blocks"

@@ -70,8 +70,13 @@ def keep_freed_memory() -> str:
             import ctypes
 
             libc = ctypes.CDLL("libc.so.6")
-            ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 40)
-            state = "glibc mallopt mmap_threshold=1GiB trim_threshold=1TiB" if ok else state
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # mallopt(int, int)
+            # the largest values an int takes: ctypes would silently mask a larger Python int
+            # (1 << 40 became a trim threshold of 0, which returned freed memory at once)
+            ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(
+                M_TRIM_THRESHOLD, 2**31 - 1
+            )
+            state = "glibc mallopt mmap_threshold=1GiB trim_threshold=2GiB" if ok else state
         except (OSError, AttributeError):
             pass
     _ALLOCATOR["state"] = state
