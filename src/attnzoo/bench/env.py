@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,15 @@ def environment(device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def gemm_gflops(n: int = 1024, repeats: int = 7, device: str = "cpu") -> float:
-    """This machine's fp32 matrix-multiply rate (GFLOP/s): the limit other rates are compared to."""
+def gemm_call(n: int = 1024, device: str = "cpu") -> tuple[Callable[[], object], int]:
+    """One ``n x n`` fp32 matrix multiply to time, and its FLOPs: the reference rate."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    t = median_seconds(lambda: torch.mm(a, b), repeats=repeats, warmup=2)
-    return 2 * n**3 / t / 1e9
+    return (lambda: torch.mm(a, b)), 2 * n**3
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 7, device: str = "cpu") -> float:
+    """This machine's fp32 matrix-multiply rate (GFLOP/s): the limit other rates are compared to."""
+    fn, flops = gemm_call(n, device)
+    t = median_seconds(fn, repeats=repeats, warmup=2)
+    return flops / t / 1e9

@@ -5,8 +5,10 @@ pure-PyTorch references, timm's blocks) and how to build, at one size, the two c
 the *same inputs and weights*. The runner checks they agree (max abs difference against a
 tolerance relative to the output's scale), then times them interleaved (so machine noise hits
 both alike), records each one's peak memory, and stores ``ratio = peer time / our time``
-(> 1: ours is faster) with our FLOP rate as a fraction of this machine's GEMM rate measured in
-the same run. A case whose peer package is not installed is recorded as skipped, never faked.
+(> 1: ours is faster) with our FLOP rate as a fraction of this machine's GEMM rate (a 1024^3
+fp32 matmul) timed round-robin with the two, so that a shared machine's changing speed hits the
+rate and its limit alike (the run also records one GEMM rate at its start). A case whose peer
+package is not installed is recorded as skipped, never faked.
 
 Peers are optional packages: ``pip install -e '.[peers]'`` (``make run`` does).
 """
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
+from attnzoo.bench.env import environment, gemm_call, gemm_gflops, git_sha, keep_freed_memory
 from attnzoo.bench.measure import interleaved_medians, peak_memory_bytes
 from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.config import suggest
@@ -163,7 +165,7 @@ def run_peers(
         task = bar.add_task("peers", total=len(work))
         for case, n in work:
             bar.update(task, description=f"{case.name} n={n}")
-            _one(store, run_id, case, n, plan, gemm)
+            _one(store, run_id, case, n, plan)
             bar.advance(task)
     return run_id
 
@@ -174,7 +176,7 @@ def _skip(store: Store, run_id: int, case: PeerCase, n: int, kind: str, reason: 
                             "reason": reason})  # fmt: skip
 
 
-def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan, gemm: float) -> None:
+def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan) -> None:
     missing = case.missing()
     if missing:
         _skip(store, run_id, case, n, "skipped",
@@ -188,8 +190,11 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan, gemm
         return
     ok = rel <= case.rtol
     t0 = time.perf_counter()
-    t = interleaved_medians({"ours": pair.ours, "peer": pair.peer}, repeats=plan.repeats,
-                            warmup=plan.warmup)  # fmt: skip
+    fns = {"ours": pair.ours, "peer": pair.peer}
+    if pair.flops:  # the GEMM rate in the same window, round-robin with the two
+        fns["gemm"], gemm_flops = gemm_call()
+    t = interleaved_medians(fns, repeats=plan.repeats, warmup=plan.warmup)
+    window = gemm_flops / t["gemm"] / 1e9 if "gemm" in t else None
     mem = (
         (peak_memory_bytes(pair.ours), peak_memory_bytes(pair.peer))
         if plan.memory
@@ -200,10 +205,11 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan, gemm
         "case_name": case.name, "mechanism": case.mechanism, "peer": case.peer, "size": pair.size,
         "n": n, "ours_s": t["ours"], "peer_s": t["peer"], "ratio": t["peer"] / t["ours"],
         "ours_flops": pair.flops, "ours_gflops": rate,
-        "gemm_fraction": rate / gemm if rate and gemm else None,
+        "gemm_fraction": rate / window if rate and window else None,
         "ours_peak_bytes": mem[0], "peer_peak_bytes": mem[1], "max_abs_diff": diff,
         "rel_diff": rel, "ok": ok, "repeats": plan.repeats,
-        "detail": f"{case.notes} (timed {time.perf_counter() - t0:.1f}s)".strip(),
+        "detail": f"{case.notes} (timed {time.perf_counter() - t0:.1f}s"
+        + (f"; GEMM {window:.0f} GFLOP/s in the same window)" if window else ")"),
     })  # fmt: skip
 
 

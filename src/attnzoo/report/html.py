@@ -325,7 +325,7 @@ def _gemm(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
 def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str, Any]]) -> str:
     head = ["case", "mechanism", "peer", "size", "ours ms", "peer ms", "peer / ours",
             "ours GFLOP/s", "fraction of GEMM", "ours peak MiB", "peer peak MiB", "max rel diff",
-            "equal"]  # fmt: skip
+            "equal", "notes"]  # fmt: skip
     mib = 2**-20
     body = [
         [
@@ -336,6 +336,7 @@ def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str
             _num(r["ours_peak_bytes"] * mib if r["ours_peak_bytes"] is not None else None, ".1f"),
             _num(r["peer_peak_bytes"] * mib if r["peer_peak_bytes"] is not None else None, ".1f"),
             _num(r["rel_diff"], ".1e"), _td("yes" if r["ok"] else "NO", "" if r["ok"] else "bad"),
+            _td(r["detail"] or ""),
         ]
         for r in rows
     ]  # fmt: skip
@@ -348,8 +349,9 @@ def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str
         "each row builds ours and the peer on the same inputs and weights, checks the outputs agree "
         "(max |ours - peer| / max |peer| within the case's tolerance), then times both "
         f"interleaved, median of {rows[0]['repeats'] if rows else '-'} calls. Our FLOPs count the "
-        "work our path does; the GEMM rate is this machine's, measured in the same run "
-        f"({run['gemm_gflops'] or 0:.1f} GFLOP/s).</p>"
+        "work our path does; the GEMM fraction divides our rate by this machine's GEMM rate "
+        "timed round-robin with the two (each row's notes give it; at the run's start it was "
+        f"{run['gemm_gflops'] or 0:.1f} GFLOP/s).</p>"
     )
     table = _table(head, body, "peers-table") if rows else "<p>No peer rows recorded.</p>"
     return note + table + (f"<ul>{missing}</ul>" if missing else "")
