@@ -55,6 +55,21 @@ def test_runner_records_agreement_skips_and_failures(tmp_path: Path, fake_cases:
     assert store.run(run)["status"] == "complete" and store.run(run)["kind"] == "peers"
 
 
+def test_memory_profiled_unless_a_call_is_too_long(
+    tmp_path: Path, fake_cases: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "p.duckdb")
+    plan = P.PeerPlan(cases=("same",), repeats=2, warmup=0, memory=True)
+    row = store.peers([P.run_peers(plan, store, progress=False)])[0]
+    assert row["ours_peak_bytes"] >= 32 and row["peer_peak_bytes"] >= 32  # x * 2: 8 float32s
+    assert "GFLOP/s in the same window" in row["detail"]
+    monkeypatch.setattr(P, "PROFILE_MAX_S", 0.0)
+    row = store.peers([P.run_peers(plan, store, progress=False)])[0]
+    assert row["ours_peak_bytes"] is None and row["peer_peak_bytes"] is None
+    assert "ours's peak memory not profiled" in row["detail"]
+    assert "peer's peak memory not profiled" in row["detail"]
+
+
 def test_compare_rejects_shape_mismatch() -> None:
     with pytest.raises(ValueError, match=r"ours has shape \(2,\), the peer \(3,\)"):
         P.compare(torch.zeros(2), torch.zeros(3))

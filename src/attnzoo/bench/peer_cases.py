@@ -140,5 +140,6 @@ for impl, train in (("chunk", False), ("native", False), ("compiled", False), ("
     if impl != "compiled":
         register_case(PeerCase(f"gla{tag}/fla-naive-recurrent", "gla", "fla naive_recurrent_gla",
                                FLA, functools.partial(_gla, impl=impl, train=train),
-                               (2048, 8192), (2048,), rtol=1e-3, smoke_size=100,
+                               (2048, 4096) if train else (2048, 8192), (2048,), rtol=1e-3,
+                               smoke_size=100,
                                notes="; ".join(filter(None, (notes, GLA_NOTE)))))  # fmt: skip

@@ -31,6 +31,11 @@ from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.config import suggest
 from attnzoo.store import Store
 
+# Peak memory comes from torch's profiler, whose records grow with the number of ops a call
+# runs: a token loop's backward at T = 8k (78 s) took the process past 24 GB. Longer calls are
+# not profiled; their row says so.
+PROFILE_MAX_S = 10.0
+
 
 @dataclass(frozen=True)
 class PeerPair:
@@ -195,11 +200,14 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan) -> N
         fns["gemm"], gemm_flops = gemm_call()
     t = interleaved_medians(fns, repeats=plan.repeats, warmup=plan.warmup)
     window = gemm_flops / t["gemm"] / 1e9 if "gemm" in t else None
-    mem = (
-        (peak_memory_bytes(pair.ours), peak_memory_bytes(pair.peer))
-        if plan.memory
-        else (None, None)
-    )
+    sides = ("ours", "peer")  # peak memory of each, unless its call is too long to profile
+    profiled = [side for side in sides if plan.memory and t[side] <= PROFILE_MAX_S]
+    mem = [peak_memory_bytes(fns[side]) if side in profiled else None for side in sides]
+    unprofiled = [
+        f"{side}'s peak memory not profiled (a {t[side]:.0f} s call)"
+        for side in sides
+        if plan.memory and side not in profiled
+    ]
     rate = pair.flops / t["ours"] / 1e9 if pair.flops and t["ours"] > 0 else None
     store.add_peer(run_id, {
         "case_name": case.name, "mechanism": case.mechanism, "peer": case.peer, "size": pair.size,
@@ -208,7 +216,8 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan) -> N
         "gemm_fraction": rate / window if rate and window else None,
         "ours_peak_bytes": mem[0], "peer_peak_bytes": mem[1], "max_abs_diff": diff,
         "rel_diff": rel, "ok": ok, "repeats": plan.repeats,
-        "detail": f"{case.notes} (timed {time.perf_counter() - t0:.1f}s"
+        "detail": "; ".join(filter(None, [case.notes, *unprofiled]))
+        + f" (timed {time.perf_counter() - t0:.1f}s"
         + (f"; GEMM {window:.0f} GFLOP/s in the same window)" if window else ")"),
     })  # fmt: skip
 
