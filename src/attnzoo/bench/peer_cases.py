@@ -50,7 +50,7 @@ def _train(ours: Fn, peer: Fn, xs: list[torch.Tensor], flops: int, T: int) -> Pe
     """Forward and backward: the gradients of ``<fn(*xs), do>`` for one fixed ``do`` with respect
     to every input. Compared gradient by gradient, each scaled by the peer's largest entry (so
     one gradient's scale does not hide another's error)."""
-    do = torch.randn(B, T, H, K, generator=torch.Generator().manual_seed(T))
+    do = torch.randn(B, T, H, K, generator=torch.Generator().manual_seed(T))  # V = K here
     leaves = [x.detach().clone().requires_grad_() for x in xs]
 
     def run(fn: Fn) -> tuple[torch.Tensor, ...]:
@@ -77,24 +77,28 @@ S = K**-0.5
 SLOPES = torch.tensor([2.0 ** (-8 * (h + 1) / H) for h in range(H)])  # ALiBi-style
 
 
+def _scan_flops(T: int, train: bool) -> int:
+    """FLOPs of the native linear/Lightning kernel: one chunked scan, or four with the backward
+    (dq, dk and dv are one scan each)."""
+    return chunk_flops(B, H, K, K, T, CHUNK) * (4 if train else 1)
+
+
 def _linear(T: int, g: torch.Generator, impl: str = "chunk", train: bool = False) -> PeerPair:
     peer = _fla("fla.ops.linear_attn.naive", "naive_chunk_linear_attn")
-    flops = chunk_flops(B, H, K, K, T, CHUNK) * (4 if train else 1)  # backward: 3 such scans
     return (_train if train else _pair)(
         lambda q, k, v: linear_attention(q, k, v, causal=True, scale=S, impl=impl),
         lambda q, k, v: peer(q, k, v, scale=S),
-        _qkv(T, g), flops, T,
+        _qkv(T, g), _scan_flops(T, train), T,
     )  # fmt: skip
 
 
 def _lightning(T: int, g: torch.Generator, impl: str = "chunk", train: bool = False) -> PeerPair:
     peer = _fla("fla.ops.simple_gla.naive", "naive_chunk_simple_gla")
     g_fla = (-SLOPES).expand(B, T, H)
-    flops = chunk_flops(B, H, K, K, T, CHUNK) * (4 if train else 1)
     return (_train if train else _pair)(
         lambda q, k, v: linear_attention(q, k, v, causal=True, decay=-SLOPES, scale=S, impl=impl),
         lambda q, k, v: peer(q, k, v, g_fla, scale=S)[0],
-        _qkv(T, g), flops, T,
+        _qkv(T, g), _scan_flops(T, train), T,
     )  # fmt: skip
 
 

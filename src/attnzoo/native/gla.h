@@ -16,7 +16,7 @@
 
 #include <algorithm>
 #include <initializer_list>
-#include <utility>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -54,7 +54,24 @@ struct Rows {
   T* p;
   int64_t ld;
   T* row(int64_t i) const { return p + i * ld; }
+  Rows from(int64_t t0) const { return {row(t0), ld}; }  // the rows from token t0 on
 };
+
+// The rows of (batch b, head h) of a [B, T, H, D] tensor (U: T, or const T for an input).
+template <typename U>
+Rows<U> head_rows(const torch::Tensor& x, int64_t b, int64_t h) {
+  return {head_ptr<std::remove_const_t<U>>(x, b, h), x.stride(1)};
+}
+
+// S [K, V] <- diag(f) S
+template <typename T>
+void scale_state(T* S, const T* f, int64_t K, int64_t V) {
+  for (int64_t d = 0; d < K; ++d) {
+    T* row = S + d * V;
+#pragma omp simd
+    for (int64_t e = 0; e < V; ++e) row[e] *= f[d];
+  }
+}
 
 // One row of the gate pass: b = prev + g, qe = q e^b (e^b itself without q), ke = k e^-b, and
 // inv = e^-b with kInv. The factors lie in [e^-30, e^30] on one-leaf chunks; other chunks use
@@ -135,7 +152,9 @@ template <typename T>
 void split(const T* b, int64_t K, int64_t lo, int64_t hi, std::vector<Leaf>& out) {
   const T* last = b + (hi - 1) * K;
   T span = 0;
-  for (int64_t d = 0; d < K; ++d) span = std::max(span, (lo > 0 ? b[(lo - 1) * K + d] : T(0)) - last[d]);
+  for (int64_t d = 0; d < K; ++d) {
+    span = std::max(span, (lo > 0 ? b[(lo - 1) * K + d] : T(0)) - last[d]);
+  }
   if (hi - lo > 1 && span > static_cast<T>(kSpanLimit)) {
     const int64_t mid = (lo + hi) / 2;
     split(b, K, lo, mid, out);
@@ -213,12 +232,7 @@ void update_state(Rows<const T> k, Rows<const T> v, int64_t c, int64_t K, int64_
     const T* last = w.b.data() + (c - 1) * K;
     scaled_rows(k, 0, c, last, T(-1), K, w, kd);
   }
-  if (!first) {
-    for (int64_t d = 0; d < K; ++d) {
-      T* row = S + d * V;
-      for (int64_t e = 0; e < V; ++e) row[e] *= el[d];
-    }
-  }
+  if (!first) scale_state(S, el, K, V);
   gemm_rm<T>(true, false, K, V, c, T(1), kd, K, v.p, v.ld, first ? T(0) : T(1), S, V);
 }
 

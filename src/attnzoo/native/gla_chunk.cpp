@@ -18,7 +18,7 @@ namespace {
 template <typename T>
 class GlaScan {
  public:
-  // q, k, g [T, K], v [T, V] rows at their strides; o [T, V] rows `ldo` apart.
+  // q, k, g [T, K], v [T, V], o [T, V]: one head's rows
   GlaScan(Rows<const T> q, Rows<const T> k, Rows<const T> v, Rows<const T> g, Rows<T> o,
           int64_t len, int64_t K, int64_t V, double scale, int64_t C)
       : q_(q), k_(k), v_(v), g_(g), o_(o), len_(len), K_(K), V_(V), scale_(scale), C_(C),
@@ -29,9 +29,8 @@ class GlaScan {
   void chunk(int64_t step, Scratch<T>& w) {
     const int64_t t0 = step * C_, K = K_, V = V_, C = C_;
     const int64_t c = std::min(C, len_ - t0);
-    const Rows<const T> q{q_.row(t0), q_.ld}, k{k_.row(t0), k_.ld}, v{v_.row(t0), v_.ld},
-        g{g_.row(t0), g_.ld};
-    const Rows<T> o{o_.row(t0), o_.ld};
+    const auto q = q_.from(t0), k = k_.from(t0), v = v_.from(t0), g = g_.from(t0);
+    const auto o = o_.from(t0);
     gate_pass<T>(q, k, g, c, K, false, {v}, w);
     const bool one_leaf = split_chunk<T>(c, K, w);
     scores<T>(q, k, c, C, K, one_leaf, w);
@@ -67,12 +66,11 @@ torch::Tensor gla_chunk_forward(const torch::Tensor& q, const torch::Tensor& k,
   const int64_t C = std::min(chunk, len);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gla_chunk_forward", [&] {
     using T = scalar_t;
-    using attnzoo::head_ptr;
     using namespace attnzoo::gla;
     attnzoo::scan_heads<GlaScan<T>, Scratch<T>>(B, H, C, K, [&](int64_t b, int64_t h) {
-      return GlaScan<T>({head_ptr<T>(q, b, h), q.stride(1)}, {head_ptr<T>(k, b, h), k.stride(1)},
-                        {head_ptr<T>(v, b, h), v.stride(1)}, {head_ptr<T>(g, b, h), g.stride(1)},
-                        {head_ptr<T>(o, b, h), H * V}, len, K, V, scale, C);
+      return GlaScan<T>(head_rows<const T>(q, b, h), head_rows<const T>(k, b, h),
+                        head_rows<const T>(v, b, h), head_rows<const T>(g, b, h),
+                        head_rows<T>(o, b, h), len, K, V, scale, C);
     });
   });
   return o;

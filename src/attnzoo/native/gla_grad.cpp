@@ -2,10 +2,10 @@
 //
 // With o_t = s sum_{j<=t} sum_d q_t[d] k_j[d] e^{B_t[d] - B_j[d]} v_j (B the cumulative log
 // gates over the whole sequence) and do the output's gradient:
-//   dq_t = s sum_{j<=t} e^{B_t - B_j} k_j (do_t . v_j)            (causal, gated on the output)
-//   dk_j = s sum_{t>=j} e^{B_t - B_j} q_t (do_t . v_j)            (anti-causal, gated on the output)
-//   dv_j = s sum_{t>=j} (q_t e^{B_t - B_j} . k_j) do_t            (anti-causal, the forward's scores)
-//   dg_t = sum_{u>=t} (q_u dq_u - k_u dk_u)                       (reverse cumulative sum)
+//   dq_t = s sum_{j<=t} e^{B_t - B_j} k_j (do_t . v_j)       (causal, gated on the output)
+//   dk_j = s sum_{t>=j} e^{B_t - B_j} q_t (do_t . v_j)       (anti-causal, gated on the output)
+//   dv_j = s sum_{t>=j} (q_t e^{B_t - B_j} . k_j) do_t       (anti-causal, the forward's scores)
+//   dg_t = sum_{u>=t} (q_u dq_u - k_u dk_u)                  (reverse cumulative sum)
 // (the last: B_u moves e^{B_u - B_j} for every key j <= u and e^{B_t - B_u} for every query
 // t >= u, and g_t moves every B_u with u >= t).
 // Each (batch, head) makes two scans over its chunks. Forward, carrying the forward's state S:
@@ -62,11 +62,6 @@ class GlaGrad {
  private:
   int64_t count() const { return (len_ + C_ - 1) / C_; }
 
-  template <typename U>
-  static Rows<U> at(Rows<U> x, int64_t t0) {  // the rows from token t0 on
-    return {x.row(t0), x.ld};
-  }
-
   // P = tril(do v^T) for the chunk's rows [c, c]
   void output_scores(Rows<const T> dout, Rows<const T> v, int64_t c, Scratch<T>& w) const {
     gemm_rm<T>(false, true, c, c, V_, T(1), dout.p, dout.ld, v.p, v.ld, T(0), w.P.data(), C_);
@@ -76,8 +71,9 @@ class GlaGrad {
   void dq_chunk(int64_t n, Scratch<T>& w) {
     const int64_t t0 = n * C_, K = K_, V = V_, C = C_;
     const int64_t c = std::min(C, len_ - t0);
-    const auto k = at(in_.k, t0), v = at(in_.v, t0), g = at(in_.g, t0), dout = at(in_.dout, t0);
-    const auto dq = at(out_.dq, t0);
+    const auto k = in_.k.from(t0), v = in_.v.from(t0), g = in_.g.from(t0);
+    const auto dout = in_.dout.from(t0);
+    const auto dq = out_.dq.from(t0);
     gate_pass<T>({nullptr, 0}, k, g, c, K, false, {v, dout}, w);  // qe = e^b, ke = k e^-b
     const bool one_leaf = split_chunk<T>(c, K, w);
     output_scores(dout, v, c, w);
@@ -109,9 +105,9 @@ class GlaGrad {
     const int64_t t0 = n * C_, K = K_, V = V_, C = C_;
     const int64_t c = std::min(C, len_ - t0);
     const bool first = n + 1 == count();  // the last chunk: R = 0
-    const auto q = at(in_.q, t0), k = at(in_.k, t0), v = at(in_.v, t0), g = at(in_.g, t0),
-               dout = at(in_.dout, t0);
-    const auto dk = at(out_.dk, t0), dv = at(out_.dv, t0), dg = at(out_.dg, t0);
+    const auto q = in_.q.from(t0), k = in_.k.from(t0), v = in_.v.from(t0), g = in_.g.from(t0),
+               dout = in_.dout.from(t0);
+    const auto dk = out_.dk.from(t0), dv = out_.dv.from(t0), dg = out_.dg.from(t0);
     const Rows<const T> dq{out_.dq.row(t0), out_.dq.ld};
     gate_pass<T>(q, k, g, c, K, true, {v, dout, dq}, w);  // qe = q e^b, ke = k e^-b, inv = e^-b
     const bool one_leaf = split_chunk<T>(c, K, w);
@@ -124,16 +120,16 @@ class GlaGrad {
     // dv = s A^T do (+ s (k e^{b_last - b}) R below)
     gemm_rm<T>(true, false, c, V, c, s_, w.A.data(), C, dout.p, dout.ld, T(0), dv.p, dv.ld);
     bool r_scaled = false;  // whether R already holds diag(e^{b_last}) R
+    if (first) std::fill(acc_.begin(), acc_.end(), T(0));
     if (one_leaf) {
       if (!first) {  // with R~ = diag(e^{b_last}) R: dv += s (k e^-b) R~, X = v R~^T
-        scale_state(R, el);
+        scale_state(R, el, K, V);
         r_scaled = true;
         gemm_rm<T>(false, false, c, V, K, s_, w.ke.data(), K, R, V, T(1), dv.p, dv.ld);
         gemm_rm<T>(false, true, c, K, V, T(1), v.p, v.ld, R, V, T(0), X, K);
       }
       // X += P^T (q e^b); dk = s e^-b X, in the same row pass as the gate gradient
       gemm_rm<T>(true, false, c, K, c, T(1), P, C, w.qe.data(), K, first ? T(0) : T(1), X, K);
-      if (first) std::fill(acc_.begin(), acc_.end(), T(0));
       for (int64_t j = c - 1; j >= 0; --j) {
         mul_row<T>(X + j * K, w.inv.data() + j * K, s_, dk.row(j), K);
         gate_grad_row<T>(q.row(j), dq.row(j), k.row(j), dk.row(j), acc_.data(), dg.row(j), K);
@@ -160,23 +156,13 @@ class GlaGrad {
       }
     }
     if (n > 0) {  // R <- diag(e^{b_last}) R + (q e^b)^T do   (qe: factors <= 1)
-      if (!first && !r_scaled) scale_state(R, el);
+      if (!first && !r_scaled) scale_state(R, el, K, V);
       gemm_rm<T>(true, false, K, V, c, T(1), w.qe.data(), K, dout.p, dout.ld,
                  first ? T(0) : T(1), R, V);
     }
     if (!one_leaf) {  // the gate gradient (the one-leaf path made it with dk)
-      if (first) std::fill(acc_.begin(), acc_.end(), T(0));
       for (int64_t i = c - 1; i >= 0; --i)
         gate_grad_row<T>(q.row(i), dq.row(i), k.row(i), dk.row(i), acc_.data(), dg.row(i), K);
-    }
-  }
-
-  // R [K, V] <- diag(f) R
-  void scale_state(T* R, const T* f) const {
-    for (int64_t d = 0; d < K_; ++d) {
-      T* row = R + d * V_;
-#pragma omp simd
-      for (int64_t e = 0; e < V_; ++e) row[e] *= f[d];
     }
   }
 
@@ -212,15 +198,12 @@ std::vector<torch::Tensor> gla_chunk_backward(const torch::Tensor& q, const torc
   const int64_t C = std::min(chunk, len);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "gla_chunk_backward", [&] {
     using T = scalar_t;
-    using attnzoo::head_ptr;
     using namespace attnzoo::gla;
     using Grad = GlaGrad<T>;
-    auto in = [&](const torch::Tensor& x, int64_t b, int64_t h) -> Rows<const T> {
-      return {head_ptr<T>(x, b, h), x.stride(1)};
+    auto in = [](const torch::Tensor& x, int64_t b, int64_t h) {
+      return head_rows<const T>(x, b, h);
     };
-    auto out = [&](const torch::Tensor& x, int64_t b, int64_t h) -> Rows<T> {
-      return {head_ptr<T>(x, b, h), x.stride(1)};
-    };
+    auto out = [](const torch::Tensor& x, int64_t b, int64_t h) { return head_rows<T>(x, b, h); };
     attnzoo::scan_heads<Grad, Scratch<T>>(B, H, C, K, [&](int64_t b, int64_t h) {
       return Grad({in(q, b, h), in(k, b, h), in(v, b, h), in(g, b, h), in(dout, b, h)},
                   {out(dq, b, h), out(dk, b, h), out(dv, b, h), out(dg, b, h)}, len, K, V,

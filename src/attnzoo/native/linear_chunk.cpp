@@ -6,7 +6,7 @@
 //   forward (causal):       o_i = s [ sum_{j<=i} lambda^(i-j) (q_i.k_j) v_j + lambda^(i+1) q_i S ]
 //                           S  <- lambda^c S + sum_j lambda^(c-1-j) k_j^T v_j
 //   reverse (anti-causal):  o_i = s [ sum_{j>=i} lambda^(j-i) (q_i.k_j) v_j + lambda^(c-i) q_i S ]
-//                           S  <- lambda^c S + sum_j lambda^j k_j^T v_j     (chunks taken last first)
+//                           S  <- lambda^c S + sum_j lambda^j k_j^T v_j  (chunks taken last first)
 //
 // The four products per chunk (q k^T, masked scores @ v, q S, k^T v) are BLAS GEMMs on strided
 // row-major views of the [B, T, H, D] inputs, so nothing is copied into a chunk layout; the

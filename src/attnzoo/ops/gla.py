@@ -24,8 +24,8 @@ of ViG's bidirectional form, see :func:`bidirectional_gla`.
   gates of -5 per step and ``chunk_size=128``); the step loop has no such cancellation.
   Time O(B·H·T·(C·K + K·V)), memory O(B·H·T·(16·K + C)) with ``C = chunk_size``.
 - ``native`` is fused C++ forward and backward kernels with the same stabilisation
-  (:mod:`attnzoo.ops.gla_native`; a double backward recomputes through ``chunk``). ``auto`` takes it on CPU for float32/float64 when it
-  builds here (and warns once when it does not).
+  (:mod:`attnzoo.ops.gla_native`; a double backward recomputes through ``chunk``). ``auto``
+  takes it on CPU for float32/float64 when it builds here (and warns once when it does not).
 - ``recurrent`` is the step loop (:func:`gla_step`), O(T) sequential steps.
 
 Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training", 2023.
