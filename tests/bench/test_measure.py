@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from attnzoo.bench.env import keep_freed_memory
 from attnzoo.bench.measure import interleaved_medians, median_seconds, peak_memory_bytes
 from attnzoo.ops import softmax_attention
 
@@ -50,18 +50,40 @@ def test_timing_helpers() -> None:
         peak_memory_bytes(lambda: None, device="meta")
 
 
+_REUSE_SCRIPT = """
+import resource, sys, torch
+from attnzoo.bench.env import keep_freed_memory
+if sys.argv[1] == "keep":
+    print(keep_freed_memory(), file=sys.stderr)
+n = 8 * 2**20  # float32: 32 MB, 8192 pages
+faults = []
+for _ in range(30):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(n).fill_(1.0)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(" ".join(map(str, faults)))
+"""
+
+
+def _faults_per_block(mode: str) -> tuple[list[int], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _REUSE_SCRIPT, mode],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return [int(f) for f in done.stdout.split()], done.stderr
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_keep_freed_memory_reuses_large_blocks_without_page_faults() -> None:
-    """Once the allocator has settled, a freed 32 MB tensor's pages are reused by the next one,
-    not returned to the OS and faulted in again (glibc's default: 8192 faults per block)."""
-    import resource
-
-    assert "trim_threshold=2GiB" in keep_freed_memory()
-    n = 8 * 2**20  # float32: 32 MB, 8192 pages
-    for _ in range(10):  # the first few blocks fault (fresh memory, the heap's layout settling)
-        torch.empty(n).fill_(1.0)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        torch.empty(n).fill_(1.0)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < 0.1 * 5 * 8192, f"{faults} minor page faults for 5 reused 32 MB blocks"
+    """Once settled, a freed 32 MB tensor's pages are reused by the next one, not returned to the
+    OS and faulted in again. Settling takes a few blocks, a varying number: torch's 64-byte
+    aligned allocation asks glibc for slightly more than the block it freed, so the heap grows by
+    a few blocks (2 to 7 here, in fresh processes) before freed neighbours merge and are reused.
+    So 30 blocks are allocated in a fresh process, as the harness calls this at a run's start,
+    and the last 10 must not fault. glibc's default is measured beside it, to show the count sees
+    faults: it maps and faults in every block (8192 pages each)."""
+    kept, state = _faults_per_block("keep")
+    default, _ = _faults_per_block("default")
+    assert "trim_threshold=2GiB" in state
+    assert sum(default[-10:]) >= 9 * 8192, f"glibc's default faulted only {default[-10:]} pages"
+    assert sum(kept[-10:]) < 0.1 * 8192, f"minor page faults per reused 32 MB block: {kept}"

@@ -61,6 +61,9 @@ def keep_freed_memory() -> str:
     via ``LD_PRELOAD``); the benchmark harness instead sets two ``mallopt`` thresholds for its
     own process, once, before timing anything. It applies to ours and the peers alike, it is
     recorded in the run's environment, and the library itself never changes the allocator.
+    Reuse starts after a few blocks of a size: torch's aligned allocations ask for slightly more
+    than the block just freed, so the heap grows by a few blocks before freed neighbours merge;
+    the harness's warmup calls and medians over repeats absorb that.
     Returns a description of what was done ("glibc mallopt ..." or why not).
     """
     if "state" in _ALLOCATOR:
