@@ -22,6 +22,7 @@ from attnzoo.bench.quality import check_suite, run_quality
 from attnzoo.bench.runs import RunInterrupted
 from attnzoo.bench.speed import run_speed
 from attnzoo.bench.suite import SUITES
+from attnzoo.cli_tables import grid, mechanism_table
 from attnzoo.config import suggest
 from attnzoo.report import write_report
 from attnzoo.store import DEFAULT_DB, ENV_DB, Store, StoreError, default_path
@@ -86,26 +87,7 @@ def list_cmd(
         print(feature_table())
         return
     specs = az.list_mixers(dims=dims, pattern=pattern, family=family, state=state)
-    table = Table(title=f"attnzoo mechanisms ({len(specs)})", caption="patterns: yes = supported")
-    for col in ("name", "family", "dims"):
-        table.add_column(col)
-    for p in az.PATTERNS:
-        table.add_column(p.replace("-", "\n"), justify="center")
-    for col in ("state", "exact", "year", "paper"):
-        table.add_column(col)
-    for s in specs:
-        marks = ["yes" if p in s.patterns else "-" for p in az.PATTERNS]
-        table.add_row(
-            s.name,
-            s.family,
-            str(s.dims),
-            *marks,
-            s.state,
-            "yes" if s.exact else "no",
-            str(s.paper.year),
-            s.paper.title,
-        )
-    out.print(table)
+    out.print(mechanism_table(specs, width=out.width))
 
 
 @app.command()
@@ -163,13 +145,14 @@ def selfcheck(
             bar.update(task, description=f"selfcheck {spec.name}")
             results += check_mixer(spec, d_model=d_model, length=length)
             bar.advance(task)
-    table = Table(title=f"fast path vs reference, fwd+bwd, fp32, T={length}")
-    for col in ("mixer", "impl", "pattern", "max |err|", "result"):
-        table.add_column(col)
-    for r in results:
-        verdict = "[green]ok[/]" if r.ok else f"[red]FAIL[/] {r.detail}"
-        table.add_row(r.mixer, r.impl, r.pattern, f"{r.max_abs_err:.1e}", verdict)
-    out.print(table)
+    rows = [
+        [r.mixer, r.impl, r.pattern, f"{r.max_abs_err:.1e}",
+         "[green]ok[/]" if r.ok else f"[red]FAIL[/] {r.detail}"]
+        for r in results
+    ]  # fmt: skip
+    title = f"fast path vs reference, fwd+bwd, fp32, T={length}"
+    out.print(grid(title, ["mixer", "impl", "pattern", "max |err|", "result"], rows,
+                   right={"max |err|"}))  # fmt: skip
     failed = [r for r in results if not r.ok]
     out.print(
         f"selfcheck: {len(results) - len(failed)} ok, {len(failed)} failing ({time.perf_counter() - start:.1f} s)"
@@ -369,15 +352,15 @@ def bench_peers(
         raise typer.Exit(code=130) from None
     except StoreError as e:
         raise _fail(str(e)) from None
-    table = Table(title=f"run {run_id}: ours vs peers (ratio = peer time / our time)")
-    for col in ("case", "n", "ours ms", "peer ms", "ratio", "GEMM frac", "rel diff", "equal"):
-        table.add_column(col, no_wrap=col == "case")
+    rows = []
     for r in store.peers([run_id]):
         frac = "-" if r["gemm_fraction"] is None else f"{r['gemm_fraction']:.2f}"
-        table.add_row(r["case_name"], str(r["n"]), f"{r['ours_s'] * 1e3:.1f}",
-                      f"{r['peer_s'] * 1e3:.1f}", fmt_ratio(r["ratio"]), frac,
-                      f"{r['rel_diff']:.1e}", "yes" if r["ok"] else "NO")  # fmt: skip
-    out.print(table)
+        rows.append([r["case_name"], str(r["n"]), f"{r['ours_s'] * 1e3:.1f}",
+                     f"{r['peer_s'] * 1e3:.1f}", fmt_ratio(r["ratio"]), frac,
+                     f"{r['rel_diff']:.1e}", "yes" if r["ok"] else "NO"])  # fmt: skip
+    numbers = ["n", "ours\nms", "peer\nms", "ratio", "GEMM\nfrac", "rel\ndiff"]
+    title = f"run {run_id}: ours vs peers (ratio = peer time / our time)"
+    out.print(grid(title, ["case", *numbers, "equal"], rows, right=numbers, keep={"equal"}))
     for s_ in store.skips([run_id]):
         err.print(f"{s_['kind']}: {s_['impl']} n={s_['seq_len']}: {s_['reason']}")
 
@@ -453,24 +436,24 @@ def bench_quality(
         raise typer.Exit(code=130) from None
     except StoreError as e:
         raise _fail(str(e)) from None
-    table = Table(title=f"run {run_id}: quality (best learning rate per group)")
-    for col in ("task", "mixer", "d_model", "lr", "seed", "metric", "steps", "status", "state"):
-        table.add_column(col)
+    rows = []
     for r in store.quality([run_id], best_of_sweep=True):
         state = "-" if r["state_size"] is None else str(r["state_size"])
-        table.add_row(_point(r["task"], r["task_config"]), r["mixer"], str(r["d_model"]),
-                      f"{r['lr']:g}", str(r["seed"]), f"{r['best_metric']:.3f}",
-                      str(r["steps_run"]), r["status"], state)  # fmt: skip
-    out.print(table)
+        rows.append([_point(r["task"], r["task_config"]), r["mixer"], str(r["d_model"]),
+                     f"{r['lr']:g}", str(r["seed"]), f"{r['best_metric']:.3f}",
+                     str(r["steps_run"]), r["status"], state])  # fmt: skip
+    numbers = ["d_model", "lr", "seed", "metric", "steps"]
+    out.print(grid(f"run {run_id}: quality (best learning rate per group)",
+                   ["task", "mixer", *numbers, "status", "state"], rows,
+                   right={*numbers, "state"}))  # fmt: skip
     evals = store.quality_evals([run_id])
     if evals:
-        extra = Table(title=f"run {run_id}: extra evaluations of the final models")
-        for col in ("task", "mixer", "d_model", "lr", "seed", "evaluation", "value"):
-            extra.add_column(col)
-        for e in evals:
-            extra.add_row(_point(e["task"], e["task_config"]), e["mixer"], str(e["d_model"]),
-                          f"{e['lr']:g}", str(e["seed"]), e["name"], f"{e['value']:.3f}")  # fmt: skip
-        out.print(extra)
+        rows = [[_point(e["task"], e["task_config"]), e["mixer"], str(e["d_model"]),
+                 f"{e['lr']:g}", str(e["seed"]), e["name"], f"{e['value']:.3f}"]
+                for e in evals]  # fmt: skip
+        out.print(grid(f"run {run_id}: extra evaluations of the final models",
+                       ["task", "mixer", "d_model", "lr", "seed", "evaluation", "value"], rows,
+                       right={"d_model", "lr", "seed", "value"}))  # fmt: skip
 
 
 @bench_app.command("cp")
@@ -525,15 +508,11 @@ def bench_cp(
         raise typer.Exit(code=130) from None
     if run_id is None:  # a torchrun rank > 0
         return
-    table = Table(
-        title=f"run {run_id}: context parallelism (per case: slowest rank, max over ranks)"
-    )
-    for col in ("strategy", "mask", "T", "mode", "world", "ms", "peak MiB/rank", "sent KiB/rank",
-                "analytic", "CPU spread", "max err"):  # fmt: skip
-        table.add_column(col)
-    for case in _cp_cases(store.cp([run_id])):
-        table.add_row(*case)
-    out.print(table)
+    numbers = ["T", "world", "ms", "peak MiB\n/rank", "sent KiB\n/rank", "analytic",
+               "CPU\nspread", "max err"]  # fmt: skip
+    out.print(grid(f"run {run_id}: context parallelism (per case: slowest rank, max over ranks)",
+                   ["strategy", "mask", "T", "mode", *numbers[1:]], _cp_cases(store.cp([run_id])),
+                   right=numbers))  # fmt: skip
     for s_ in store.cp_skips([run_id]):
         err.print(f"skipped {s_['strategy']} {s_['mask']} world {s_['world_size']}: {s_['reason']}")
 
@@ -637,17 +616,14 @@ def results(
         w.writerow(cols)
         w.writerows([[r[c] for c in cols] for r in rows])
         return
-    table = Table(title=f"run {run_id}: {len(rows)} measurements")
-    for c in ("mixer", "impl", "pattern", "mask", "mode", "T", "ms", "MiB", "GFLOP/s", "of GEMM"):
-        table.add_column(
-            c, justify="right" if c in ("T", "ms", "MiB", "GFLOP/s", "of GEMM") else "left"
-        )
-    for r in rows:
-        table.add_row(
-            r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"], str(r["seq_len"]), f"{r['median_s'] * 1e3:.3f}",
-            f"{(r['peak_bytes'] or 0) / 2**20:.1f}", f"{r['gflops_per_s'] or 0:.1f}", f"{r['gemm_fraction'] or 0:.3f}",
-        )  # fmt: skip
-    out.print(table)
+    cells = [
+        [r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"], str(r["seq_len"]), f"{r['median_s'] * 1e3:.3f}",
+         f"{(r['peak_bytes'] or 0) / 2**20:.1f}", f"{r['gflops_per_s'] or 0:.1f}", f"{r['gemm_fraction'] or 0:.3f}"]
+        for r in rows
+    ]  # fmt: skip
+    numbers = ["T", "ms", "MiB", "GFLOP\n/s", "of\nGEMM"]
+    out.print(grid(f"run {run_id}: {len(rows)} measurements",
+                   ["mixer", "impl", "pattern", "mask", "mode", *numbers], cells, right=numbers))  # fmt: skip
 
 
 def main() -> None:

@@ -76,6 +76,12 @@ def test_bench_results_report_round_trip(tmp_path: Path) -> None:
     assert len(json.loads(r.stdout)) == 6
     r = runner.invoke(app, ["results", "--db", db], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "run 1: 6 measurements" in r.stdout
+    narrow = runner.invoke(app, ["results", "--db", db], env={"COLUMNS": "80"}).stdout
+    assert max(map(len, narrow.splitlines())) <= 80
+    for x in rows:  # an 80-column terminal shows every name and number whole (none cut to '1…')
+        ms = f"{float(x['median_s']) * 1e3:.3f}"
+        line = next(ln for ln in narrow.splitlines() if f" {ms} " in ln)
+        assert line.split()[:2] == [x["mixer"], x["impl"]] and f" {x['seq_len']} " in line
     out = tmp_path / "rep"
     r = runner.invoke(app, ["report", "--db", db, "--out", str(out)])
     assert r.exit_code == 0 and (out / "index.html").exists()

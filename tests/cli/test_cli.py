@@ -22,8 +22,26 @@ def test_list_shows_builtins_with_patterns() -> None:
     r = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
     assert r.exit_code == 0
     for name in ("softmax", "sigmoid"):
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"│ {name} "))
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith(f" {name} "))
         assert line.count("yes") >= 4  # all four patterns
+        assert az.get_spec(name).paper.title in line  # wide enough: the whole title
+
+
+def test_list_reads_in_an_80_column_terminal() -> None:
+    """Every row keeps its full name, marks and year on one line that fits; the paper title is
+    cut or left out instead (it was the names and marks that were cut to 'dav…' before)."""
+    for columns, paper in ((80, False), (100, True)):
+        r = runner.invoke(app, ["list"], env={"COLUMNS": str(columns)})
+        assert r.exit_code == 0
+        lines = r.stdout.splitlines()
+        assert max(map(len, lines)) <= columns
+        for spec in az.list_mixers():
+            line = next(ln for ln in lines if ln.startswith(f" {spec.name} "))
+            marks = ["yes" if p in spec.patterns else "-" for p in az.PATTERNS]
+            assert line.split()[3:7] == marks and str(spec.paper.year) in line
+        header = next(ln for ln in lines if ln.startswith(" name "))
+        assert header.split()[-1] == ("paper" if paper else "year")
+        assert ("paper: attnzoo info NAME" in r.stdout) is not paper
 
 
 def test_list_filters() -> None:
