@@ -55,6 +55,7 @@ struct Rows {
   int64_t ld;
   T* row(int64_t i) const { return p + i * ld; }
   Rows from(int64_t t0) const { return {row(t0), ld}; }  // the rows from token t0 on
+  Rows<const std::remove_const_t<T>> as_const() const { return {p, ld}; }
 };
 
 // The rows of (batch b, head h) of a [B, T, H, D] tensor (U: T, or const T for an input).
