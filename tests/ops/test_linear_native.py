@@ -4,6 +4,7 @@ its dispatch from impl='auto', its input checks and what happens when it cannot 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,20 @@ def test_when_the_kernels_cannot_build(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_kernel_builds_here() -> None:
     """This machine has g++ and ninja: the build must succeed (a failure here is a real one)."""
     assert native.available(), native.unavailable_reason()
+
+
+def test_a_first_build_is_announced_a_cached_one_is_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The first call that builds goes quiet for ~40 s: it says so on stderr first, naming the
+    cache; with the build cached it says nothing. (torch's loader is replaced: no real build.)"""
+    import torch.utils.cpp_extension as ext
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    built: list[str] = []
+    monkeypatch.setattr(ext, "load", lambda name, *a, **kw: built.append(name) or name)
+    name = native._build()
+    err = capsys.readouterr().err
+    assert built == [name] and "compiling the native CPU kernels" in err and str(tmp_path) in err
+    (tmp_path / name / f"{name}.so").write_bytes(b"")  # what torch's loader leaves
+    assert native._build() == name and capsys.readouterr().err == ""

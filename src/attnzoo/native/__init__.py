@@ -116,12 +116,13 @@ def _build() -> ModuleType:
     # -march=native: name the build by a digest of every file and of this CPU, so an edited
     # kernel never meets a stale build and a cache shared by two kinds of CPU holds one each
     files = b"".join((here / f).read_bytes() for f in SOURCES + HEADERS)
-    digest = hashlib.sha256(files + _cpu_identity())
+    name = f"{NAME}_{hashlib.sha256(files + _cpu_identity()).hexdigest()[:12]}"
     with _quiet_cuda_notice(), _ninja_on_path():
         from torch.utils.cpp_extension import load as load_extension
 
+        _announce_build(name)
         return load_extension(
-            f"{NAME}_{digest.hexdigest()[:12]}",
+            name,
             sources,
             # without -fopenmp at::parallel_for runs serially; without -fno-trapping-math gcc
             # does not if-convert (so does not vectorise) the clamps of kernels.h's fast_exp;
@@ -131,6 +132,25 @@ def _build() -> ModuleType:
             extra_ldflags=["-fopenmp"],
             verbose=False,
         )
+
+
+def _announce_build(name: str) -> None:
+    """Say on stderr, before a first call goes quiet for a build, what it waits for (nothing
+    when the build is cached)."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        where = Path(_get_build_directory(name, verbose=False))
+    except Exception:  # a private torch helper: if it moves, still say what happens
+        where = None
+    if where is not None and (where / f"{name}.so").exists():
+        return
+    cache = "" if where is None else f", cached in {where}"
+    print(
+        f"attnzoo: compiling the native CPU kernels for this CPU (once, about 40 s{cache})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _cpu_identity() -> bytes:
