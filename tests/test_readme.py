@@ -52,3 +52,24 @@ def test_speed_column_comes_from_the_store(tmp_path: Path) -> None:
     page = render(README.read_text(), speed)
     assert is_current(page) and speed["sigmoid"] in page
     assert speed_column(tmp_path / "missing.duckdb") == {}
+
+
+def test_speed_column_prefers_a_forward_peer_ratio_to_a_newer_training_one(tmp_path: Path) -> None:
+    """The speed cell is about the forward pass: a newer run of only '-train' cases does not
+    replace a mechanism's forward ratio; a mechanism with only a training ratio shows it, marked."""
+    from attnzoo.bench.peers import PeerPlan, run_peers
+    from attnzoo.store import Store
+
+    store = Store(tmp_path / "p.duckdb")
+    fast = {"sizes": (192,), "repeats": 1, "warmup": 0, "memory": False}
+    first = run_peers(PeerPlan(name="custom", cases=("linear-native/fla-naive-chunk",), **fast),
+                      store, progress=False)  # fmt: skip
+    train = (
+        "linear-native-train/fla-naive-chunk",
+        "lightning-native-train/fla-naive-chunk-simple-gla",
+    )
+    second = run_peers(PeerPlan(name="custom", cases=train, **fast), store, progress=False)
+    speed = speed_column(tmp_path / "p.duckdb")
+    assert "(linear-native) at B=1 T=192" in speed["linear"] and f"(run {first})" in speed["linear"]
+    assert "(lightning-native-train, fwd+bwd) at B=1 T=192" in speed["lightning"]
+    assert f"(run {second})" in speed["lightning"]

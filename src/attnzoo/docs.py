@@ -35,10 +35,12 @@ SPEED_T = 1024
 def speed_column(db: Path | None) -> dict[str, str]:
     """Per mechanism, from the store: its best forward latency at T=1024 (1-D: causal-self vs
     softmax's; 2-D: non-causal on a 32x32 grid) from the newest speed run that measured that
-    cell, and its speed ratio against its peer implementation at the largest size of the newest
-    peers run that compared it (a focused run, e.g. ``--suite linear``, does not blank the rest)."""
+    cell, and its forward speed ratio against its peer implementation at the largest size of the
+    newest peers run that compared it (a focused run, e.g. ``--suite linear``, does not blank the
+    rest); a forward+backward ('-train') ratio only for a mechanism without a forward one."""
     if db is None or not db.exists():
         return {}
+    from attnzoo.bench.peers import times_training
     from attnzoo.store import Store
 
     store = Store(db, read_only=True)
@@ -61,23 +63,24 @@ def speed_column(db: Path | None) -> dict[str, str]:
                 grid[r["mixer"]] = min(grid.get(r["mixer"], float("inf")), r["median_s"])
         for name, t in grid.items():
             out[name] = f"{t * 1e3:.2f} ms (fwd, {side}x{side} grid, run {run})"
-    compared: set[str] = set()
+    picks: dict[tuple[str, bool], tuple[int, dict]] = {}  # (mechanism, training) -> newest
     for peer_run in _newest_first(store, "peers"):
-        largest: dict[str, dict] = {}
         for r in store.peers([peer_run]):  # per mechanism: the largest size, then the best case
-            best_r = largest.get(r["mechanism"])
-            if r["ok"] and (
-                best_r is None or (r["n"], r["ratio"]) > (best_r["n"], best_r["ratio"])
+            key = (r["mechanism"], times_training(r["case_name"]))
+            run_, best_r = picks.get(key, (peer_run, None))
+            if (
+                r["ok"]
+                and run_ == peer_run
+                and (best_r is None or (r["n"], r["ratio"]) > (best_r["n"], best_r["ratio"]))
             ):
-                largest[r["mechanism"]] = r
-        for name, r in largest.items():
-            if name in compared:
-                continue
-            compared.add(name)
-            how = r["case_name"].split("/")[0]
-            vs = (f"{r['ratio']:.2f}x {r['peer'].split(' ')[0]} speed ({how}) at {r['size']} "
-                  f"(run {peer_run})")  # fmt: skip
-            out[name] = f"{out[name]}; {vs}" if name in out else vs
+                picks[key] = (peer_run, r)
+    for (name, training), (peer_run, r) in picks.items():
+        if training and (name, False) in picks:
+            continue  # the forward comparison, like the latency beside it
+        how = r["case_name"].split("/")[0] + (", fwd+bwd" if training else "")
+        vs = (f"{r['ratio']:.2f}x {r['peer'].split(' ')[0]} speed ({how}) at {r['size']} "
+              f"(run {peer_run})")  # fmt: skip
+        out[name] = f"{out[name]}; {vs}" if name in out else vs
     return out
 
 

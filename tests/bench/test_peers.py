@@ -133,3 +133,13 @@ def test_v1_store_migrates_to_latest_keeping_rows(tmp_path: Path) -> None:
     assert store.schema_version == LATEST >= 2
     assert [r["kind"] for r in store.runs()] == ["speed"]
     assert store.peers() == []
+
+
+def test_training_cases_are_flagged_and_named_so() -> None:
+    """A '-train' case times forward + backward: its flag and its name agree (the name is what
+    tells a stored case that is no longer registered)."""
+    P._load_cases()
+    trains = {name for name, case in P.CASES.items() if case.train}
+    assert trains and trains == {n for n in P.CASES if n.split("/")[0].endswith("-train")}
+    assert all(P.times_training(n) == (n in trains) for n in P.CASES)
+    assert P.times_training("gone-train/peer") and not P.times_training("gone/peer")

@@ -136,14 +136,14 @@ for impl, train in (("chunk", False), ("native", False), ("compiled", False), ("
     lin_sizes = ((2048, 8192), (2048,)) if train else (SEQ, (2048, 8192))
     register_case(PeerCase(f"linear{tag}/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
                            FLA, functools.partial(_linear, impl=impl, train=train), *lin_sizes,
-                           smoke_size=192, notes=notes))  # fmt: skip
+                           smoke_size=192, notes=notes, train=train))  # fmt: skip
     register_case(PeerCase(f"lightning{tag}/fla-naive-chunk-simple-gla", "lightning",
                            "fla naive_chunk_simple_gla", FLA,
                            functools.partial(_lightning, impl=impl, train=train), *lin_sizes,
-                           smoke_size=192, notes=notes))  # fmt: skip
+                           smoke_size=192, notes=notes, train=train))  # fmt: skip
     if impl != "compiled":
         register_case(PeerCase(f"gla{tag}/fla-naive-recurrent", "gla", "fla naive_recurrent_gla",
                                FLA, functools.partial(_gla, impl=impl, train=train),
                                (2048, 4096) if train else (2048, 8192), (2048,), rtol=1e-3,
-                               smoke_size=100,
+                               smoke_size=100, train=train,
                                notes="; ".join(filter(None, (notes, GLA_NOTE)))))  # fmt: skip
