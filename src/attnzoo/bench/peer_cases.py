@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from attnzoo.bench.peers import PeerCase, PeerPair, register_case
+from attnzoo.bench.peers import TRAIN_TAG, PeerCase, PeerPair, register_case
 from attnzoo.ops.chunks import chunk_flops
 from attnzoo.ops.gla import gated_linear_attention
 from attnzoo.ops.linear import linear_attention
@@ -130,20 +130,20 @@ TRAIN_NOTE = "forward + backward (all input gradients)"
 # 'compiled' (chunk through torch.compile, which fuses the eager path's memory passes; no GLA);
 # '-train' cases time the forward and backward of the native kernels
 for impl, train in (("chunk", False), ("native", False), ("compiled", False), ("native", True)):
-    tag = ("" if impl == "chunk" else f"-{impl}") + ("-train" if train else "")
+    tag = ("" if impl == "chunk" else f"-{impl}") + (TRAIN_TAG if train else "")
     notes = "; ".join(filter(None, ("" if impl == "chunk" else f"ours: impl={impl!r}",
                                     TRAIN_NOTE if train else "")))  # fmt: skip
     lin_sizes = ((2048, 8192), (2048,)) if train else (SEQ, (2048, 8192))
     register_case(PeerCase(f"linear{tag}/fla-naive-chunk", "linear", "fla naive_chunk_linear_attn",
                            FLA, functools.partial(_linear, impl=impl, train=train), *lin_sizes,
-                           smoke_size=192, notes=notes, train=train))  # fmt: skip
+                           smoke_size=192, notes=notes))  # fmt: skip
     register_case(PeerCase(f"lightning{tag}/fla-naive-chunk-simple-gla", "lightning",
                            "fla naive_chunk_simple_gla", FLA,
                            functools.partial(_lightning, impl=impl, train=train), *lin_sizes,
-                           smoke_size=192, notes=notes, train=train))  # fmt: skip
+                           smoke_size=192, notes=notes))  # fmt: skip
     if impl != "compiled":
         register_case(PeerCase(f"gla{tag}/fla-naive-recurrent", "gla", "fla naive_recurrent_gla",
                                FLA, functools.partial(_gla, impl=impl, train=train),
                                (2048, 4096) if train else (2048, 8192), (2048,), rtol=1e-3,
-                               smoke_size=100, train=train,
+                               smoke_size=100,
                                notes="; ".join(filter(None, (notes, GLA_NOTE)))))  # fmt: skip
