@@ -15,7 +15,9 @@ def fwd_bwd(
     """Output and input gradients of ``fn(*inputs)`` for a fixed random output gradient."""
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
     out = fn(*leaves)
-    g = grad if grad is not None else torch.randn_like(out)
+    # randn(shape), not randn_like: randn_like follows the output's strides, so two paths that
+    # return the same values in different memory layouts would get different gradients
+    g = grad if grad is not None else torch.randn(out.shape, dtype=out.dtype, device=out.device)
     (out * g).sum().backward()
     return [out.detach()] + [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves]
 

@@ -27,7 +27,7 @@ def test_list_filters() -> None:
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"dims": 3}, "dims must be one of"),
+        ({"dims": 4}, "dims must be one of"),
         ({"pattern": "causal"}, "pattern must be one of"),
         ({"family": "magic"}, "family must be one of"),
         ({"state": "big"}, "state must be one of"),
@@ -65,9 +65,19 @@ def test_register_rejects_bad_specs() -> None:
         register_mixer("softmax", family="softmax", dims=1, patterns=("noncausal-self",), **common)
     with pytest.raises(ValueError, match="family must be one of"):
         register_mixer("x1", family="magic", dims=1, patterns=("noncausal-self",), **common)
-    with pytest.raises(ValueError, match="dims must be 1 or 2"):
-        register_mixer("x2", family="other", dims=3, patterns=("noncausal-self",), **common)
-    with pytest.raises(ValueError, match="patterns must be a non-empty subset"):
+    with pytest.raises(ValueError, match="dims must be 1, 2 or 3, got 4"):
+        register_mixer("x2", family="other", dims=4, patterns=("noncausal-self",), **common)
+    with pytest.raises(ValueError, match="layout must be one of .*'grid3d'.*got 'grid4d'"):
+        register_mixer("x2", family="other", layout="grid4d", **common)
+    with pytest.raises(ValueError, match="dims=1 contradicts layout='grid2d'"):
+        register_mixer("x2", family="other", dims=1, layout="grid2d", **common)
+    with pytest.raises(ValueError, match="role must be one of .*got 'pool'"):
+        register_mixer("x2", family="other", role="pool", **common)
+    with pytest.raises(ValueError, match="patterns of a fusion block must be a non-empty subset"):
+        register_mixer("x2", family="other", role="fusion", patterns=("noncausal-self",), **common)
+    with pytest.raises(ValueError, match="context_layout must be one of .*got 'grid2d' with"):
+        register_mixer("x2", family="other", context_layout="grid2d", **common)
+    with pytest.raises(ValueError, match="patterns of a mixer block must be a non-empty subset"):
         register_mixer("x3", family="other", dims=1, patterns=("self",), **common)
     with pytest.raises(ValueError, match="unknown mask kinds"):
         register_mixer(

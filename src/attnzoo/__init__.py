@@ -1,7 +1,7 @@
 """attnzoo: attention and token-mixing mechanisms behind one interface, verified and measured.
 
 import attnzoo as az
-az.list_mixers(dims=1, pattern="causal-self")
+az.list_mixers(layout="tokens", pattern="causal-self")
 m = az.build_mixer("softmax", d_model=256, num_heads=4, causal=True)
 """
 
@@ -9,32 +9,46 @@ from importlib import metadata as _metadata
 
 from attnzoo.config import MixerConfig
 from attnzoo.mixers import Mixer
+from attnzoo.mixers.base import AttentionMaps, StreamingMixer
 from attnzoo.models import create_model, list_models
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import (
-    FAMILIES,
-    PATTERNS,
-    STATES,
-    MixerSpec,
-    Paper,
     build_mixer,
     get_spec,
     list_mixers,
     mixer_from_json,
     register_mixer,
 )
+from attnzoo.spec import (
+    FAMILIES,
+    LAYOUTS,
+    PATTERNS,
+    ROLES,
+    STATES,
+    Layout,
+    MixerSpec,
+    Paper,
+    Role,
+    register_role,
+)
 
 __version__ = _metadata.version("attnzoo")
 
 __all__ = [
     "FAMILIES",
+    "LAYOUTS",
     "PATTERNS",
+    "ROLES",
     "STATES",
+    "AttentionMaps",
+    "Layout",
     "Mask",
     "Mixer",
     "MixerConfig",
     "MixerSpec",
     "Paper",
+    "Role",
+    "StreamingMixer",
     "__version__",
     "build_mixer",
     "create_model",
@@ -43,4 +57,5 @@ __all__ = [
     "list_models",
     "mixer_from_json",
     "register_mixer",
+    "register_role",
 ]

@@ -2,8 +2,10 @@
 
 Every mixer has one config dataclass derived from :class:`MixerConfig`. Constructing it checks
 each field's type against its annotation (``bool`` is not accepted where an ``int`` is meant),
-then runs the subclass's ``validate()`` for value constraints. Unknown keys are rejected with
-the closest valid names suggested.
+then the limits each field declares with :func:`limit` (``chunk_size: int = limit(64, ge=1)``),
+then every ``validate()`` along the class hierarchy, base classes first, for constraints that
+relate fields (each class checks what it adds; none calls ``super().validate()``). Unknown keys
+are rejected with the closest valid names suggested.
 """
 
 from __future__ import annotations
@@ -11,11 +13,63 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 C = TypeVar("C", bound="MixerConfig")
+MISSING: Any = dataclasses.MISSING
+
+
+def limit(
+    default: Any = MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    odd: bool = False,
+    finite: bool = False,
+) -> Any:
+    """A config field with declared value limits, checked on construction (``None`` passes when
+    the annotation allows it). Errors read ``"<mixer>: <field> must be >= 1, got 0"``.
+
+    Args:
+        default: the field's default.
+        ge, gt, le: the value must be ``>= ge``, ``> gt``, ``<= le``.
+        odd: the value must be odd (kernels with same-size padding).
+        finite: the value must be a finite number.
+    """
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    if odd:
+        limits["odd"] = True
+    if finite:
+        limits["finite"] = True
+    return dataclasses.field(default=default, metadata={"limits": limits})
+
+
+def _limit_error(
+    owner: str, name: str, value: Any, limits: dict[str, Any], optional: bool
+) -> str | None:
+    bounds = [
+        (op, limits[key]) for key, op in (("ge", ">="), ("gt", ">"), ("le", "<=")) if key in limits
+    ]
+    ok = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b}
+    finite = "finite" not in limits or math.isfinite(value)
+    fine = (
+        finite
+        and all(ok[op](value, b) for op, b in bounds)
+        and ("odd" not in limits or value % 2 == 1)
+    )
+    if fine:
+        return None
+    text = " and ".join(f"{op} {b}" for op, b in bounds)
+    if "odd" in limits:
+        positive = ("ge", 1) in limits.items()
+        text = "a positive odd int (same-size padding)" if positive else f"an odd int {text}"
+    elif "finite" in limits:
+        text = "a finite float" + (f" {text}" if text else "") + (" or None" if optional else "")
+    return f"{owner}: {name} must be {text.strip()}, got {value!r}"
 
 
 def suggest(word: str, choices: typing.Iterable[str]) -> str:
@@ -93,7 +147,7 @@ class MixerConfig:
         causal: selects the causal patterns (``causal-self`` / ``causal-cross``).
     """
 
-    d_model: int
+    d_model: int = limit(ge=1)
     causal: bool = False
 
     mixer_name: ClassVar[str] = ""
@@ -109,15 +163,32 @@ class MixerConfig:
                     f"{self._owner()}: config '{f.name}' must be {_type_name(tp)}, "
                     f"got {value!r} ({type(value).__name__})"
                 )
-        if self.d_model < 1:
-            raise ValueError(f"{self._owner()}: d_model must be >= 1, got {self.d_model}")
-        self.validate()
+            limits = f.metadata.get("limits")
+            if limits and value is not None:
+                error = _limit_error(self._owner(), f.name, value, limits, _matches(None, tp))
+                if error:
+                    raise ValueError(error)
+        for klass in reversed(type(self).__mro__):
+            own = vars(klass).get("validate")
+            if own is not None:
+                own(self)
 
     def _owner(self) -> str:
         return self.mixer_name or type(self).__name__
 
     def validate(self) -> None:
-        """Value checks beyond types; subclasses override and raise ``ValueError``."""
+        """Checks that relate fields (declared limits are checked before). Each class checks
+        the fields it adds and raises ``ValueError``; the base classes' run first, so an
+        override does not call ``super().validate()``."""
+
+    @classmethod
+    def limits(cls) -> dict[str, dict[str, Any]]:
+        """The declared limits per field (``{"chunk_size": {"ge": 1}}``)."""
+        return {
+            f.name: dict(f.metadata["limits"])
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("limits")
+        }
 
     @classmethod
     def field_names(cls) -> list[str]:

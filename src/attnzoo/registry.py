@@ -1,96 +1,54 @@
-"""The mixer registry: specs declared once at registration, looked up by name."""
+"""The block registry: specs (:mod:`attnzoo.spec`) declared once at registration, looked up by
+name."""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attnzoo.config import MixerConfig, suggest
-from attnzoo.ops.masks import MASK_KINDS, Mask
+from attnzoo.ops.masks import MASK_KINDS
+from attnzoo.spec import (
+    DIMS,
+    FAMILIES,
+    LAYOUTS,
+    PATTERNS,
+    ROLES,
+    STATES,
+    FlopsFn,
+    MixerSpec,
+    Paper,
+)
 
 if TYPE_CHECKING:
     from attnzoo.mixers.base import Mixer
 
-PATTERNS = ("noncausal-self", "causal-self", "noncausal-cross", "causal-cross")
-FAMILIES = ("softmax", "dense", "linear", "sparse", "conv", "recurrent", "hybrid", "graph", "other")
-STATES = ("none", "constant", "growing")
-
-# flops(config, batch, T, S, mask) -> FLOPs of one forward call; S is None for self patterns
-FlopsFn = Callable[[Any, int, int, "int | None", "Mask | None"], int]
+__all__ = [
+    "FAMILIES", "LAYOUTS", "PATTERNS", "ROLES", "STATES", "MixerSpec", "Paper", "build_mixer",
+    "get_spec", "list_mixers", "mixer_from_json", "register_mixer", "unregister_mixer",
+]  # fmt: skip
 
 M = TypeVar("M", bound="type[Mixer]")
 
 
-@dataclasses.dataclass(frozen=True)
-class Paper:
-    title: str
-    year: int
-    url: str
-    code: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class MixerSpec:
-    """What a mechanism is and can do. Data, declared once at registration.
-
-    Attributes:
-        name: registry name (``build_mixer(name, ...)``).
-        family: one of ``FAMILIES`` (``dense``: all pairs, no softmax normaliser, e.g. sigmoid).
-        dims: 1 for sequences ``[B, T, D]``, 2 for channels-last images ``[B, h, w, C]``.
-        patterns: subset of the four CAB patterns it supports.
-        masks: mask kinds it accepts (``MASK_KINDS``).
-        state: ``none`` / ``constant`` / ``growing`` streaming state.
-        exact: computes softmax attention exactly.
-        complexity: time complexity in words, e.g. ``"O(T·S·K)"``.
-        paper: the paper and its official code.
-        peer: what the peer/identity test compares against (nobody here wrote it).
-        config: the config dataclass.
-    """
-
-    name: str
-    family: str
-    dims: int
-    patterns: tuple[str, ...]
-    masks: tuple[str, ...]
-    state: str
-    exact: bool
-    complexity: str
-    paper: Paper
-    peer: str
-    config: type[MixerConfig]
-    flops_fn: FlopsFn = dataclasses.field(repr=False, compare=False)
-    cls: type = dataclasses.field(repr=False, compare=False, default=object)
-
-    def flops(
-        self,
-        config: MixerConfig,
-        batch: int,
-        T: int,
-        S: int | None = None,
-        mask: Mask | None = None,
-    ) -> int:
-        """Analytic FLOPs (2 per multiply-add) of one forward call with this config."""
-        return int(self.flops_fn(config, batch, T, S, mask))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "family": self.family,
-            "dims": self.dims,
-            "patterns": list(self.patterns),
-            "masks": list(self.masks),
-            "state": self.state,
-            "exact": self.exact,
-            "complexity": self.complexity,
-            "paper": dataclasses.asdict(self.paper),
-            "peer": self.peer,
-            "config_keys": self.config.field_names(),
-        }
-
-
 _REGISTRY: dict[str, MixerSpec] = {}
+
+
+def _layout_of(name: str, layout: str | None, dims: int | None) -> str:
+    by_dims = {v: k for k, v in DIMS.items()}
+    if dims is not None and dims not in by_dims:
+        raise ValueError(f"register_mixer({name!r}): dims must be 1, 2 or 3, got {dims!r}")
+    if layout is None:
+        return by_dims[dims] if dims is not None else "tokens"
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"register_mixer({name!r}): layout must be one of {tuple(LAYOUTS)}, got {layout!r}"
+        )
+    if dims is not None and by_dims[dims] != layout:
+        raise ValueError(f"register_mixer({name!r}): dims={dims} contradicts layout={layout!r}")
+    return layout
 
 
 def register_mixer(
@@ -98,45 +56,74 @@ def register_mixer(
     *,
     config: type[MixerConfig],
     family: str,
-    dims: int,
-    patterns: tuple[str, ...],
-    masks: tuple[str, ...] = ("full",),
+    layout: str | None = None,
+    role: str = "mixer",
+    patterns: tuple[str, ...] | None = None,
+    masks: tuple[str, ...] | None = None,
     state: str = "none",
     exact: bool = False,
+    context_layout: str | None = None,
+    attention_maps: bool = False,
     complexity: str,
     paper: Paper,
     peer: str,
     flops: FlopsFn,
+    dims: int | None = None,
 ) -> Callable[[M], M]:
-    """Class decorator that declares a mixer's spec and adds it to the registry."""
+    """Class decorator that declares a block's spec and adds it to the registry.
+
+    Defaults: ``layout="tokens"``; ``patterns`` the role's default (``noncausal-self`` for a
+    mixer or pooling head, ``noncausal-cross`` for a fusion block); ``masks`` ``("full",)`` plus
+    ``"causal"`` when a causal pattern is declared; ``context_layout`` the input layout when a
+    cross pattern is declared. ``dims=`` (1 or 2) is the first version's spelling of ``layout``.
+    """
     if name in _REGISTRY:
         raise ValueError(f"register_mixer: a mixer named {name!r} is already registered")
+    layout = _layout_of(name, layout, dims)
     if family not in FAMILIES:
         raise ValueError(
             f"register_mixer({name!r}): family must be one of {FAMILIES}, got {family!r}"
         )
-    if dims not in (1, 2):
-        raise ValueError(f"register_mixer({name!r}): dims must be 1 or 2, got {dims!r}")
-    bad = [p for p in patterns if p not in PATTERNS]
+    if role not in ROLES:
+        raise ValueError(
+            f"register_mixer({name!r}): role must be one of {tuple(ROLES)}, got {role!r}"
+        )
+    info = ROLES[role]
+    patterns = info.default_patterns if patterns is None else tuple(patterns)
+    bad = [p for p in patterns if p not in info.patterns]
     if not patterns or bad:
         raise ValueError(
-            f"register_mixer({name!r}): patterns must be a non-empty subset of {PATTERNS}, got {patterns}"
+            f"register_mixer({name!r}): patterns of a {role} block must be a non-empty subset of "
+            f"{info.patterns}, got {patterns}"
         )
+    causal = any(p.startswith("causal") for p in patterns)
+    masks = (("full", "causal") if causal else ("full",)) if masks is None else tuple(masks)
     bad = [m for m in masks if m not in MASK_KINDS]
     if bad:
         raise ValueError(f"register_mixer({name!r}): unknown mask kinds {bad}; known: {MASK_KINDS}")
     if state not in STATES:
         raise ValueError(f"register_mixer({name!r}): state must be one of {STATES}, got {state!r}")
+    cross = any(p.endswith("cross") for p in patterns)
+    if context_layout is None and cross:
+        context_layout = layout
+    if context_layout is not None and (not cross or context_layout not in LAYOUTS):
+        raise ValueError(
+            f"register_mixer({name!r}): context_layout must be one of {tuple(LAYOUTS)} for a "
+            f"block with cross patterns (none without), got {context_layout!r} with {patterns}"
+        )
 
     def deco(cls: M) -> M:
         spec = MixerSpec(
             name=name,
             family=family,
-            dims=dims,
-            patterns=tuple(patterns),
-            masks=tuple(masks),
+            layout=layout,
+            context_layout=context_layout,
+            role=role,
+            patterns=patterns,
+            masks=masks,
             state=state,
             exact=exact,
+            attention_maps=attention_maps,
             complexity=complexity,
             paper=paper,
             peer=peer,
@@ -144,6 +131,8 @@ def register_mixer(
             flops_fn=flops,
             cls=cls,
         )
+        if name in _REGISTRY:
+            raise ValueError(f"register_mixer: a mixer named {name!r} is already registered")
         config.mixer_name = name
         cls.spec = spec
         _REGISTRY[name] = spec
@@ -155,6 +144,23 @@ def register_mixer(
 def unregister_mixer(name: str) -> None:
     """Remove a mixer (for tests that register temporary mixers)."""
     _REGISTRY.pop(name, None)
+
+
+@contextlib.contextmanager
+def registered(*specs: MixerSpec) -> Iterator[None]:
+    """Put already-declared specs (e.g. of blocks a test file defines) in the registry for the
+    duration of a ``with`` block; names already taken raise ``ValueError``."""
+    taken = [s.name for s in specs if s.name in _REGISTRY and _REGISTRY[s.name] is not s]
+    if taken:
+        raise ValueError(f"registered: names already in the registry: {taken}")
+    added = [s for s in specs if s.name not in _REGISTRY]
+    for s in added:
+        _REGISTRY[s.name] = s
+    try:
+        yield
+    finally:
+        for s in added:
+            _REGISTRY.pop(s.name, None)
 
 
 def _ensure_loaded() -> None:
@@ -175,34 +181,41 @@ def get_spec(name: str) -> MixerSpec:
 
 def list_mixers(
     *,
-    dims: int | None = None,
+    layout: str | None = None,
+    role: str | None = None,
     pattern: str | None = None,
     family: str | None = None,
     state: str | None = None,
     mask: str | None = None,
+    dims: int | None = None,
 ) -> list[MixerSpec]:
-    """Registered specs, sorted by name, filtered by every argument that is not ``None``."""
+    """Registered specs, sorted by name, filtered by every argument that is not ``None``.
+
+    ``dims`` (1, 2 or 3) is the first version's spelling of ``layout`` (tokens, grid2d, grid3d).
+    """
     _ensure_loaded()
     for arg, value, allowed in (
-        ("dims", dims, (1, 2)),
+        ("layout", layout, tuple(LAYOUTS)),
+        ("role", role, tuple(ROLES)),
         ("pattern", pattern, PATTERNS),
         ("family", family, FAMILIES),
         ("state", state, STATES),
         ("mask", mask, MASK_KINDS),
+        ("dims", dims, tuple(DIMS.values())),
     ):
         if value is not None and value not in allowed:
             raise ValueError(f"list_mixers: {arg} must be one of {allowed}, got {value!r}")
     out = []
     for spec in sorted(_REGISTRY.values(), key=lambda s: s.name):
-        if dims is not None and spec.dims != dims:
-            continue
-        if pattern is not None and pattern not in spec.patterns:
-            continue
-        if family is not None and spec.family != family:
-            continue
-        if state is not None and spec.state != state:
-            continue
-        if mask is not None and mask not in spec.masks:
+        if (
+            (layout is not None and spec.layout != layout)
+            or (dims is not None and spec.dims != dims)
+            or (role is not None and spec.role != role)
+            or (pattern is not None and pattern not in spec.patterns)
+            or (family is not None and spec.family != family)
+            or (state is not None and spec.state != state)
+            or (mask is not None and mask not in spec.masks)
+        ):
             continue
         out.append(spec)
     return out

@@ -1,57 +1,20 @@
-"""Generic inputs for any registered mixer, by its spec (1-D ``[B, T, D]`` or 2-D ``[B, h, w, C]``)."""
+"""What the contract tests run on: every registered block plus the throwaway blocks of other
+layouts and roles (:mod:`tests.contract.throwaway`), and inputs for any of them."""
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
 import attnzoo as az
+from attnzoo.testing import example_call, output_shape
+from tests.contract.throwaway import SPECS as THROWAWAY
 
 D_MODEL = 32
 T, S = 7, 5
-# grids tried in order for 2-D mixers; a mixer may reject a grid with a ValueError naming the
-# constraint (tests/contract/test_contract_2d.py checks that), so inputs use the first it accepts
-GRIDS_2D = ((T, T + 2), (8, 8), (16, 16), (32, 32))
-
-
-@functools.cache
-def grid_for(name: str, d_model: int = D_MODEL) -> tuple[int, int]:
-    """The first grid ``(h, w)`` of ``GRIDS_2D`` that the 2-D mixer ``name`` accepts."""
-    errors = []
-    with torch.no_grad(), torch.random.fork_rng():
-        m = az.build_mixer(name, d_model=d_model)
-        for h, w in GRIDS_2D:
-            try:
-                m(torch.randn(2, h, w, d_model))
-            except ValueError as e:
-                errors.append(f"{h}x{w}: {e}")
-                continue
-            return h, w
-    raise AssertionError(f"{name} rejects every grid in {GRIDS_2D}: {errors}")
-
-
-def make_x(
-    spec: az.MixerSpec, d_model: int = D_MODEL, batch: int = 2, length: int = T
-) -> torch.Tensor:
-    if spec.dims == 1:
-        return torch.randn(batch, length, d_model)
-    h, w = grid_for(spec.name, d_model) if length == T else (length, length + 2)
-    return torch.randn(batch, h, w, d_model)
-
-
-def make_context(
-    spec: az.MixerSpec, d_model: int = D_MODEL, batch: int = 2, length: int = S
-) -> torch.Tensor:
-    return torch.randn(batch, length, d_model)
-
-
-def build(spec: az.MixerSpec, pattern: str, d_model: int = D_MODEL) -> az.Mixer:
-    return az.build_mixer(spec.name, d_model=d_model, causal=pattern.startswith("causal"))
 
 
 def all_specs() -> list[az.MixerSpec]:
-    return az.list_mixers()
+    return az.list_mixers() + THROWAWAY
 
 
 def spec_patterns() -> list[tuple[az.MixerSpec, str]]:
@@ -60,3 +23,38 @@ def spec_patterns() -> list[tuple[az.MixerSpec, str]]:
 
 def ids(value: object) -> str:
     return value.name if isinstance(value, az.MixerSpec) else str(value)
+
+
+def build(spec: az.MixerSpec, pattern: str, d_model: int = D_MODEL, **cfg: object) -> az.Mixer:
+    return az.build_mixer(spec.name, d_model=d_model, causal=pattern.startswith("causal"), **cfg)
+
+
+def inputs(
+    spec: az.MixerSpec,
+    m: az.Mixer,
+    pattern: str,
+    *,
+    length: int | None = None,
+    context_length: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(x, context)`` for a call in ``pattern``; ``length`` / ``context_length`` set a token
+    axis' size (every axis of a grid) instead of the defaults of :mod:`attnzoo.testing`."""
+    rank = len(az.LAYOUTS[spec.layout].axes)
+    c_rank = len(az.LAYOUTS[spec.context_layout or spec.layout].axes)
+    return example_call(
+        spec,
+        m,
+        pattern=pattern,
+        sizes=None if length is None else (length,) * rank,
+        context_sizes=None if context_length is None else (context_length,) * c_rank,
+        dtype=dtype,
+    )
+
+
+def call(m: az.Mixer, x: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+    return m(x) if ctx is None else m(x, context=ctx)
+
+
+def expected_shape(spec: az.MixerSpec, x: torch.Tensor, m: az.Mixer) -> tuple[int, ...]:
+    return output_shape(spec, x, m.d_model)

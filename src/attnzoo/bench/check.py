@@ -1,17 +1,23 @@
-"""Correctness gate: every fast ``impl`` of a mixer against its ``reference`` impl, fwd + bwd.
+"""Correctness gate: every fast ``impl`` of a block against its ``reference`` impl, fwd + bwd.
 
-The benchmark runs this before timing a (mixer, impl) and refuses to record a timing for a path
+The benchmark runs this before timing a (block, impl) and refuses to record a timing for a path
 that failed in the same run (DESIGN §4). ``attnzoo selfcheck`` prints it for the whole registry.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 import torch
 
-from attnzoo.registry import MixerSpec, build_mixer
+from attnzoo.registry import build_mixer
+from attnzoo.spec import MixerSpec
+from attnzoo.testing import example_call, randomise
+
+# token-axis sizes of the gate's inputs: odd, not multiples of the usual chunk (64), window
+# (7, 8) or block sizes, so every fast path runs its ragged and padded cases
+GATE_SIZES = {"tokens": (77,), "grid2d": (11, 13), "grid3d": (3, 5, 6)}
+GATE_CONTEXT_SIZES = {"tokens": (45,), "grid2d": (6, 9), "grid3d": (2, 3, 5)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,48 +31,19 @@ class CheckResult:
 
 
 def impl_choices(spec: MixerSpec) -> tuple[str, ...]:
-    """The ``impl`` values a mixer's config accepts (empty when it has a single path)."""
-    hints = typing.get_type_hints(spec.config)
-    tp = hints.get("impl")
-    if tp is None or typing.get_origin(tp) is not typing.Literal:
-        return ()
-    return tuple(typing.get_args(tp))
-
-
-def _make_inputs(
-    spec: MixerSpec, d_model: int, length: int, pattern: str
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    g = torch.Generator().manual_seed(0)
-    if spec.dims == 1:
-        x = torch.randn(2, length, d_model, generator=g)
-    else:
-        x = torch.randn(2, length, length, d_model, generator=g)
-    ctx = (
-        torch.randn(2, max(1, length // 2 + 3), d_model, generator=g)
-        if pattern.endswith("cross")
-        else None
-    )
-    return x, ctx
+    """The ``impl`` values a block's config accepts (see :attr:`MixerSpec.impls`)."""
+    return spec.impls
 
 
 def _fwd_bwd(m: torch.nn.Module, x: torch.Tensor, ctx: torch.Tensor | None) -> list[torch.Tensor]:
     x = x.clone().requires_grad_(True)
-    y = m(x, context=ctx) if ctx is not None else m(x)
+    c = None if ctx is None else ctx.clone().requires_grad_(True)
+    y = m(x) if c is None else m(x, context=c)
     g = torch.Generator().manual_seed(1)
     (y * torch.randn(y.shape, generator=g)).sum().backward()
     grads = [p.grad.detach().clone() for p in m.parameters() if p.grad is not None]
-    return [y.detach(), x.grad.detach()] + grads
-
-
-def _sane(
-    spec: MixerSpec, pattern: str, impl: str, out: list[torch.Tensor], x: torch.Tensor
-) -> CheckResult:
-    """The gate of a path with nothing faster to compare: right shape, finite output and gradients."""
-    ok = out[0].shape == x.shape and all(bool(torch.isfinite(t).all()) for t in out)
-    detail = "" if ok else "output has the wrong shape or non-finite values"
-    return CheckResult(
-        spec.name, impl, pattern, 0.0, ok, detail + " (shape/finite check; reference path)"
-    )
+    inputs = [x.grad.detach()] + ([] if c is None else [c.grad.detach()])
+    return [y.detach(), *inputs, *grads]
 
 
 def _check_step(
@@ -89,62 +66,71 @@ def _check_step(
     except Exception as e:  # recorded as a failed check, never hidden
         return CheckResult(spec.name, "step", "causal-self", float("inf"), False, repr(e))
     err = float((got - want).abs().max()) if got.numel() else 0.0
-    return CheckResult(
-        spec.name, "step", "causal-self", err, torch.allclose(got, want, atol=atol, rtol=rtol)
-    )
+    ok = err <= atol + rtol * float(want.abs().max()) if want.numel() else True
+    return CheckResult(spec.name, "step", "causal-self", err, ok)
+
+
+def _compare(
+    got: list[torch.Tensor], want: list[torch.Tensor], atol: float, rtol: float
+) -> tuple[float, bool]:
+    err, ok = 0.0, True
+    for a, b in zip(got, want, strict=True):
+        if not b.numel():
+            continue
+        e = float((a - b).abs().max())
+        err = max(err, e)
+        ok = ok and e <= atol + rtol * float(b.abs().max())
+    return err, ok
 
 
 def check_mixer(
-    spec: MixerSpec, *, d_model: int = 32, length: int = 37, atol: float = 1e-4, rtol: float = 1e-4
+    spec: MixerSpec, *, d_model: int = 32, atol: float = 1e-4, rtol: float = 1e-4, seed: int = 0
 ) -> list[CheckResult]:
-    """Gate every path of a mixer on every supported pattern (fp32, forward and backward).
+    """Gate every fast path of a block on every supported pattern (fp32, forward and backward).
 
-    Each fast ``impl`` is compared with ``impl="reference"`` (or, for a mixer whose ``impl``
-    choices have no ``reference``, the first explicit one) on the same weights and inputs: each
-    output and gradient tensor must satisfy ``max|got - want| <= atol + rtol * max|want|``
-    (gradients of parameters are sums over every token, so an elementwise relative test would
-    flag fp32 re-association in a differently ordered but exact path). The base path itself (or
-    the single path of a mixer without ``impl``, recorded as ``default``) gets a shape and
-    finiteness check; its correctness is the job of its unit and peer tests.
+    Inputs have the spec's layout and context layout at :data:`GATE_SIZES`; the reference
+    block's constant-initialised weights (zero biases, unit norms, BatchNorm statistics) are
+    randomised (:func:`attnzoo.testing.randomise`) and loaded into each fast path. Each output and gradient tensor (parameters, ``x`` and ``context``) must satisfy
+    ``max|got - want| <= atol + rtol * max|want|`` (parameter gradients sum over every token, so
+    an elementwise relative test would flag fp32 re-association in a differently ordered but
+    exact path). The reference itself gets a shape and finiteness check (recorded as such): its
+    correctness is the job of its unit and peer tests. A block without ``impl="reference"`` fails.
     """
-    choices = impl_choices(spec)
-    explicit = [c for c in choices if c != "auto"]
+    if "reference" not in spec.impls:
+        return [CheckResult(spec.name, "reference", p, float("inf"), False,
+                            f"no impl='reference' (impls: {spec.impls})") for p in spec.patterns]  # fmt: skip
     results: list[CheckResult] = []
     for pattern in spec.patterns:
         causal = pattern.startswith("causal")
-        x, ctx = _make_inputs(spec, d_model, length, pattern)
-        base_impl = (
-            "reference" if "reference" in choices else (explicit[0] if explicit else "default")
-        )
-        kwargs = {"impl": base_impl} if explicit else {}
         try:
-            ref = build_mixer(spec.name, d_model=d_model, causal=causal, **kwargs)
+            ref = build_mixer(spec.name, d_model=d_model, causal=causal, impl="reference")
+            randomise(ref, seed=seed, std=0.1, constant_only=True)
+            g = torch.Generator().manual_seed(seed)
+            x, ctx = example_call(spec, ref, pattern=pattern, sizes=GATE_SIZES[spec.layout],
+                                  context_sizes=GATE_CONTEXT_SIZES[spec.context_layout or spec.layout],
+                                  generator=g)  # fmt: skip
             want = _fwd_bwd(ref, x, ctx)
         except Exception as e:  # recorded as a failed check, never hidden
-            results.append(CheckResult(spec.name, base_impl, pattern, float("inf"), False, repr(e)))
+            results.append(
+                CheckResult(spec.name, "reference", pattern, float("inf"), False, repr(e))
+            )
             continue
-        results.append(_sane(spec, pattern, base_impl, want, x))
+        shape = spec.role_info.output_shape(tuple(x.shape), d_model)
+        sane = tuple(want[0].shape) == shape and all(bool(torch.isfinite(t).all()) for t in want)
+        detail = "" if sane else "output has the wrong shape or non-finite values"
+        results.append(CheckResult(spec.name, "reference", pattern, 0.0, sane,
+                                   f"{detail} (shape/finite check; reference path)".strip()))  # fmt: skip
         if spec.state != "none" and pattern == "causal-self":
             results.append(_check_step(spec, ref, x, want[0], atol, rtol))
-        for impl in choices:
-            if impl in (base_impl, "auto"):
-                continue
+        for impl in spec.fast_impls:
             try:
                 m = build_mixer(spec.name, d_model=d_model, causal=causal, impl=impl)
                 m.load_state_dict(ref.state_dict())
+                m.train(ref.training)
                 got = _fwd_bwd(m, x, ctx)
             except Exception as e:  # recorded as a failed check, never hidden
                 results.append(CheckResult(spec.name, impl, pattern, float("inf"), False, repr(e)))
                 continue
-            err = max(
-                float((a - b).abs().max()) if a.numel() else 0.0
-                for a, b in zip(got, want, strict=True)
-            )
-            ok = all(
-                float((a - b).abs().max()) <= atol + rtol * float(b.abs().max())
-                if b.numel()
-                else True
-                for a, b in zip(got, want, strict=True)
-            )
+            err, ok = _compare(got, want, atol, rtol)
             results.append(CheckResult(spec.name, impl, pattern, err, ok))
     return results

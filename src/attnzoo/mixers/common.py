@@ -7,15 +7,15 @@ config-derived masks, call-time masks, KV-cache streaming, FLOP accounting) live
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import ClassVar, Literal
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
-from attnzoo.mixers.base import Mixer
-from attnzoo.ops.common import attention_flops
+from attnzoo.config import MixerConfig, limit
+from attnzoo.mixers.base import AttentionMaps, Mixer, StreamingMixer
+from attnzoo.ops.common import attention_flops, expand_kv
 from attnzoo.ops.masks import Mask
 
 ATTENTION_MASKS = ("full", "causal", "sliding-window", "document", "prefix-lm", "block-causal")
@@ -49,10 +49,12 @@ class HeadsConfig(MixerConfig):
     """Base of configs that split ``d_model`` into ``num_heads`` equal heads.
 
     ``num_heads=None`` means :meth:`default_num_heads` (:func:`default_heads` unless a mechanism
-    overrides it with its paper's head width). Call :meth:`check_heads` from ``validate``.
+    overrides it with its paper's head width); ``d_model`` must be divisible by it.
     """
 
-    num_heads: int | None = None
+    num_heads: int | None = limit(None, ge=1)
+    # the width the heads split evenly (None: a subclass checks its own head widths)
+    split_width: ClassVar[str | None] = "d_model"
 
     def default_num_heads(self) -> int:
         return default_heads(self.d_model)
@@ -65,14 +67,59 @@ class HeadsConfig(MixerConfig):
     def dim_head(self) -> int:
         return self.d_model // self.heads
 
-    def check_heads(self) -> None:
-        owner = self._owner()
-        if self.num_heads is not None and self.num_heads < 1:
-            raise ValueError(f"{owner}: num_heads must be >= 1, got {self.num_heads}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
+    def validate(self) -> None:
+        # a config with its own head_dim field decouples the head width from d_model
+        split = self.split_width is not None and getattr(self, "head_dim", None) is None
+        if split and self.d_model % self.heads != 0:
+            hint = (
+                "; pick num_heads dividing d_model or set head_dim"
+                if hasattr(self, "head_dim")
+                else ""
             )
+            raise ValueError(
+                f"{self._owner()}: d_model={self.d_model} is not divisible by "
+                f"num_heads={self.heads}{hint}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class GatedConfig(HeadsConfig):
+    """Base of the gated-linear-attention layers (GLA and ViG): low-rank log forget gates.
+
+    Attributes:
+        expand_k: ``key_dim = int(d_model * expand_k)`` (q, k and gate width).
+        gate_low_rank_dim: inner width of the low-rank gate projection.
+        gate_logit_normalizer: ``gk = logsigmoid(.) / gate_logit_normalizer``.
+        norm_eps: epsilon of the per-head RMSNorm(s).
+        impl: op path of :func:`attnzoo.ops.gla.gated_linear_attention`: ``auto`` (``native``
+            on CPU when it builds, else ``chunk``) | ``reference`` | ``chunk`` | ``native``
+            (fused C++ CPU kernels) | ``recurrent``.
+        chunk_size: chunk length of the ``chunk`` path.
+    """
+
+    expand_k: float = limit(0.5, gt=0)
+    gate_low_rank_dim: int = limit(16, ge=1)
+    gate_logit_normalizer: float = limit(16.0, gt=0)
+    norm_eps: float = limit(1e-5, gt=0)
+    impl: Literal["auto", "reference", "chunk", "native", "recurrent"] = "auto"
+    chunk_size: int = limit(64, ge=1)
+    split_width: ClassVar[str | None] = None  # key_dim and value_dim, checked below
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.d_model * self.expand_k)
+
+    @property
+    def value_dim(self) -> int:
+        return self.d_model
+
+    def validate(self) -> None:
+        for name, dim in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
+            if dim < 1 or dim % self.heads != 0:
+                raise ValueError(
+                    f"{self._owner()}: {name}={dim} (d_model={self.d_model} times its expand "
+                    f"ratio) must be a positive multiple of num_heads={self.heads}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,22 +138,27 @@ class AttentionConfig(MixerConfig):
         context_dim: width of ``context`` for cross patterns; ``None`` means ``d_model``.
     """
 
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
+    num_heads: int | None = limit(None, ge=1)
+    num_kv_heads: int | None = limit(None, ge=1)
+    head_dim: int | None = limit(None, ge=1)
     qkv_bias: bool = False
     qk_norm: bool = False
     window: int | None = None
     prefix: int | None = None
     block: int | None = None
-    context_dim: int | None = None
+    context_dim: int | None = limit(None, ge=1)
+
+    # the mask parameters this mechanism computes (linear-time kinds take none of them)
+    mask_options: ClassVar[tuple[str, ...]] = ("window", "prefix", "block")
 
     def validate(self) -> None:
         owner = self._owner()
-        for name in ("num_heads", "num_kv_heads", "head_dim", "context_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
+        for name in ("window", "prefix", "block"):
+            if name not in self.mask_options and getattr(self, name) is not None:
+                raise ValueError(
+                    f"{owner}: {name}={getattr(self, name)} is not supported; {owner} takes only "
+                    "the full and causal masks"
+                )
         heads = self.heads
         if self.head_dim is None and self.d_model % heads != 0:
             raise ValueError(
@@ -155,10 +207,12 @@ class KVCache:
     position: int = 0
 
 
-class AttentionMixer(Mixer):
-    """Projections + attention op + output projection; subclasses implement :meth:`attend`."""
+class AttentionMixer(StreamingMixer):
+    """Projections + attention op + output projection; subclasses implement :meth:`attend` (and
+    :meth:`weights` for attention maps). Streams the causal-self pattern with a KV cache."""
 
     cfg: AttentionConfig
+    state_type = KVCache
 
     def __init__(self, cfg: AttentionConfig) -> None:
         super().__init__(cfg)
@@ -169,12 +223,13 @@ class AttentionMixer(Mixer):
         self.q_norm = nn.LayerNorm(K) if cfg.qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(K) if cfg.qk_norm else nn.Identity()
 
-    @property
-    def context_dim(self) -> int:
-        return self.cfg.context_dim or self.cfg.d_model
-
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
         """The attention op. Shapes: q ``[B, T, H, K]``, k/v ``[B, S, Hkv, K]`` -> ``[B, T, H, K]``."""
+        raise NotImplementedError
+
+    def weights(self, q: Tensor, k: Tensor, mask: Mask) -> Tensor:
+        """The op's attention weights. Shapes: q ``[B, T, H, K]``, k ``[B, S, H, K]`` ->
+        ``[B, H, T, S]``."""
         raise NotImplementedError
 
     def _project(self, x: Tensor, source: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -183,39 +238,40 @@ class AttentionMixer(Mixer):
         kv = rearrange(self.kv_proj(source), "b s (two h k) -> two b s h k", two=2, h=Hkv)
         return self.q_norm(q), self.k_norm(kv[0]), kv[1]  # k, v: [B, S, Hkv, K]
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def _out(self, o: Tensor) -> Tensor:
+        return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))  # [B, T, H, K] -> [B, T, D]
+
+    def mix(self, x: Tensor, context: Tensor | None, mask: Mask | None) -> Tensor:
         """Shapes: x ``[B, T, D]``, context ``[B, S, D]`` or ``None`` -> ``[B, T, D]``."""
-        self.pattern_of(context)
-        self.check_input(x, context)
-        self.check_mask(mask)
         q, k, v = self._project(x, x if context is None else context)
-        o = self.attend(q, k, v, mask if mask is not None else self.cfg.mask())  # [B, T, H, K]
-        return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))
+        return self._out(self.attend(q, k, v, mask if mask is not None else self.cfg.mask()))
+
+    def maps(self, x: Tensor, context: Tensor | None, mask: Mask | None) -> AttentionMaps:
+        """Weights ``[B, H, T, S]``; values ``[B, H, S, K]``; exact."""
+        q, k, v = self._project(x, x if context is None else context)
+        H = self.cfg.heads
+        k, v = expand_kv(k, H), expand_kv(v, H)
+        a = self.weights(q, k, mask if mask is not None else self.cfg.mask())
+        values = rearrange(v, "b s h k -> b h s k")
+        return AttentionMaps(a, values, lambda o: self._out(rearrange(o, "b h t k -> b t h k")))
 
     # ---- streaming (causal-self) ----------------------------------------------------------
-    def _check_streamable(self) -> None:
+    def stream_check(self) -> None:
         if not self.cfg.causal or self.cfg.prefix is not None or self.cfg.block is not None:
             raise ValueError(
                 f"{self.spec.name}: step() streams the causal-self pattern with a causal or causal "
                 f"sliding-window mask; this mixer has mask {self.cfg.mask().name!r}"
             )
 
-    def init_state(self, batch_size: int, **kwargs: Any) -> KVCache:
-        """Empty KV cache. Keyword options: ``device``, ``dtype``."""
-        self._check_streamable()
-        device, dtype = self.state_options(batch_size, kwargs)
+    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        """Empty KV cache."""
         shape = (batch_size, 0, self.cfg.kv_heads, self.cfg.dim_head)
         return KVCache(
             torch.zeros(shape, device=device, dtype=dtype),
             torch.zeros(shape, device=device, dtype=dtype),
         )
 
-    def step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
-        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
-        self._check_streamable()
-        self.check_step(x_t, state, KVCache, "k")
+    def advance(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         x = x_t[:, None]  # [B, 1, D]
         q, k, v = self._project(x, x)
         k = torch.cat([state.k, k], dim=1)  # [B, t+1, Hkv, K]
@@ -223,8 +279,7 @@ class AttentionMixer(Mixer):
         if self.cfg.window is not None:
             k, v = k[:, -self.cfg.window :], v[:, -self.cfg.window :]
         o = self.attend(q, k, v, Mask())  # the cache holds exactly the visible keys
-        y = self.out_proj(rearrange(o, "b t h k -> b t (h k)"))[:, 0]
-        return y, KVCache(k, v, state.position + 1)
+        return self._out(o)[:, 0], KVCache(k, v)
 
 
 def attention_mixer_flops(

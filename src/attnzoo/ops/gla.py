@@ -192,7 +192,23 @@ def _dispatch(
 
 
 # ---- implementations ------------------------------------------------------------------------
-def _reference(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, scale: float) -> Tensor:
+def gla_weights(
+    q: Tensor, k: Tensor, gk: Tensor, *, scale: float | None = None, reverse: bool = False
+) -> Tensor:
+    """The implicit attention weights of :func:`gated_linear_attention`, materialised:
+    ``(q_t * scale) . (exp(sum_{s < i <= t} gk_i) * k_s)`` for ``s <= t`` (``s >= t`` when
+    ``reverse``), zero elsewhere. ``weights @ v`` is the output.
+
+    Shapes:
+        q, k, gk ``[B, T, H, K]`` -> ``[B, H, T, T]``
+    """
+    scale_ = _check(q, k, k, gk, scale=scale, reverse=reverse, impl="reference", chunk_size=1)
+    if reverse:
+        return _weights(*(t.flip(1) for t in (q, k, gk)), scale_).flip(-1, -2)
+    return _weights(q, k, gk, scale_)
+
+
+def _weights(q: Tensor, k: Tensor, gk: Tensor, scale: float) -> Tensor:
     T = q.shape[1]
     later = torch.ones(T, T, dtype=torch.bool, device=q.device).tril(-1)  # [T(t), T(s)]: t > s
     # log decay from s to t: sum of gk_i for s < i <= t (a cumsum over t of the gates after s)
@@ -200,7 +216,11 @@ def _reference(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, scale: float) -> Ten
     log_decay = after_s.cumsum(dim=1)  # [B, T(t), T(s), H, K]
     visible = later | torch.eye(T, dtype=torch.bool, device=q.device)  # s <= t
     decay = torch.exp(log_decay.masked_fill(~visible[None, :, :, None, None], float("-inf")))
-    scores = torch.einsum("bthk,bshk,btshk->bhts", q * scale, k, decay)  # [B, H, T, T]
+    return torch.einsum("bthk,bshk,btshk->bhts", q * scale, k, decay)  # [B, H, T, T]
+
+
+def _reference(q: Tensor, k: Tensor, v: Tensor, gk: Tensor, scale: float) -> Tensor:
+    scores = _weights(q, k, gk, scale)  # [B, H, T, T]
     return torch.einsum("bhts,bshv->bthv", scores, v)  # [B, T, H, V]
 
 

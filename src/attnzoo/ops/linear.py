@@ -55,7 +55,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from attnzoo.config import suggest
@@ -220,15 +219,33 @@ def _check_decay(decay: Tensor | None, causal: bool, H: int, q: Tensor) -> Tenso
 
 
 # ---- paths ----------------------------------------------------------------------------------
-def _reference(
+def linear_weights(
     q: Tensor,
     k: Tensor,
-    v: Tensor,
-    g: Tensor | None,
+    *,
     causal: bool,
-    scale: float,
-    normalize: bool,
-    eps: float,
+    decay: Tensor | None = None,
+    scale: float | None = None,
+    normalize: bool = False,
+    eps: float = EPS,
+) -> Tensor:
+    """The implicit attention weights of :func:`linear_attention`, materialised:
+    ``scale * (q_t . k_s) * lambda^(t - s)`` on visible pairs (``s <= t`` when causal), each row
+    divided by its sum plus ``eps`` when normalising. ``weights @ v`` is the output.
+
+    Shapes:
+        q ``[B, T, H, K]``, k ``[B, S, Hkv, K]``, decay ``[H]`` -> ``[B, H, T, S]``
+    """
+    _, T, S, H, _, K = check_qkv(OP, q, k, k)
+    if causal and S != T:
+        raise ValueError(f"{OP}: causal=True needs S == T, got T={T}, S={S}")
+    scale = resolve_scale(OP, 1.0 if scale is None else scale, K)
+    g = _check_decay(decay, causal, H, q)
+    return _weights(q, expand_kv(k, H), g, causal, scale, normalize, eps)
+
+
+def _weights(
+    q: Tensor, k: Tensor, g: Tensor | None, causal: bool, scale: float, normalize: bool, eps: float
 ) -> Tensor:
     T = q.shape[1]
     a = torch.einsum("bthk,bshk->bhts", q, k) * scale  # [B, H, T, S]
@@ -241,11 +258,23 @@ def _reference(
             w = torch.exp(g[:, None, None] * dist.clamp(min=0))  # [H, T, T]
             w = torch.where(dist >= 0, w, torch.zeros_like(w))
         a = a * w
-    o = torch.einsum("bhts,bshv->bthv", a, v)  # [B, T, H, V]
     if normalize:
-        z = rearrange(a.sum(-1), "b h t -> b t h 1")  # [B, T, H, 1]
-        o = o / (z + eps)
-    return o
+        a = a / (a.sum(-1, keepdim=True) + eps)
+    return a
+
+
+def _reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    causal: bool,
+    scale: float,
+    normalize: bool,
+    eps: float,
+) -> Tensor:
+    a = _weights(q, k, g, causal, scale, normalize, eps)  # [B, H, T, S]
+    return torch.einsum("bhts,bshv->bthv", a, v)  # [B, T, H, V]
 
 
 def _global(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:

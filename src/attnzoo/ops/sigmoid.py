@@ -80,12 +80,7 @@ def sigmoid_attention(
         block_q=block_q,
         block_k=block_k,
     )
-    if bias is None:
-        b = default_bias(p.S)
-    elif isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
-        raise ValueError(f"{OP}: bias must be a finite float or None, got {bias!r}")
-    else:
-        b = float(bias)
+    b = default_bias(p.S) if bias is None else _check_bias(bias)
     if impl == "auto":
         impl = "reference" if p.B * p.H * p.T * p.S <= AUTO_REFERENCE_MAX_SCORES else "blocked"
     if impl == "reference" or p.T == 0 or p.S == 0:
@@ -95,15 +90,45 @@ def sigmoid_attention(
     )
 
 
-def _reference(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float, bias: float) -> Tensor:
-    H, T, S = q.shape[2], q.shape[1], k.shape[1]
-    k, v = expand_kv(k, H), expand_kv(v, H)
+def _check_bias(bias: object) -> float:
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias):
+        raise ValueError(f"{OP}: bias must be a finite float or None, got {bias!r}")
+    return float(bias)
+
+
+def sigmoid_weights(
+    q: Tensor,
+    k: Tensor,
+    *,
+    mask: Mask | str | None = None,
+    scale: float | None = None,
+    bias: float | None = None,
+) -> Tensor:
+    """The weights ``sigmoid(scale * q k^T + bias)`` on visible pairs, zero elsewhere: what
+    ``reference`` multiplies the values by (``bias=None`` means ``-log(S)``).
+
+    Shapes:
+        q ``[B, T, H, K]``, k ``[B, S, Hkv, K]`` -> ``[B, H, T, S]``
+    """
+    p = prepare(OP, q, k, k, mask=mask, scale=scale, impl="reference", impls=IMPLS,
+                block_q=1, block_k=1)  # fmt: skip
+    b = default_bias(p.S) if bias is None else _check_bias(bias)
+    return _dense_weights(q, expand_kv(k, p.H), p.mask, p.scale, b)
+
+
+def _dense_weights(q: Tensor, k: Tensor, m: Mask, scale: float, bias: float) -> Tensor:
+    T, S = q.shape[1], k.shape[1]
     s = torch.einsum("bthk,bshk->bhts", q, k) * scale + bias  # [B, H, T, S]
     # where, not multiply: a masked NaN score must not leak into the output (NaN * 0 = NaN)
-    a = torch.where(
+    return torch.where(
         m.dense(T, S, q.device), torch.sigmoid(s), torch.zeros((), dtype=s.dtype, device=s.device)
     )
-    return torch.einsum("bhts,bshv->bthv", a, v)  # [B, T, H, V]
+
+
+def _reference(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float, bias: float) -> Tensor:
+    H = q.shape[2]
+    a = _dense_weights(q, expand_kv(k, H), m, scale, bias)  # [B, H, T, S]
+    return torch.einsum("bhts,bshv->bthv", a, expand_kv(v, H))  # [B, T, H, V]
 
 
 class _Blocked(torch.autograd.Function):

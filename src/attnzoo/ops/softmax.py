@@ -87,18 +87,36 @@ def softmax_attention(
     )
 
 
-def _reference(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float) -> Tensor:
-    H, T, S = q.shape[2], q.shape[1], k.shape[1]
-    k, v = expand_kv(k, H), expand_kv(v, H)
+def softmax_weights(
+    q: Tensor, k: Tensor, *, mask: Mask | str | None = None, scale: float | None = None
+) -> Tensor:
+    """The attention weights ``softmax(scale * q k^T + mask)`` (rows without a visible key are
+    zero): what ``reference`` multiplies the values by.
+
+    Shapes:
+        q ``[B, T, H, K]``, k ``[B, S, Hkv, K]`` -> ``[B, H, T, S]``
+    """
+    p = prepare(OP, q, k, k, mask=mask, scale=scale, impl="reference", impls=IMPLS,
+                block_q=1, block_k=1)  # fmt: skip
+    return _weights(q, expand_kv(k, p.H), p.mask, p.scale)
+
+
+def _weights(q: Tensor, k: Tensor, m: Mask, scale: float) -> Tensor:
+    T, S = q.shape[1], k.shape[1]
     s = torch.einsum("bthk,bshk->bhts", q, k) * scale  # [B, H, T, S]
     allowed = m.dense(T, S, q.device)  # [T, S]
     s = s.masked_fill(~allowed, float("-inf"))
     p = torch.softmax(s, dim=-1)
     # rows with no allowed key: softmax gives NaN; define their output as zero
-    p = torch.where(
+    return torch.where(
         allowed.any(-1, keepdim=True), p, torch.zeros((), dtype=p.dtype, device=p.device)
     )
-    return torch.einsum("bhts,bshv->bthv", p, v)  # [B, T, H, V]
+
+
+def _reference(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float) -> Tensor:
+    H = q.shape[2]
+    p = _weights(q, expand_kv(k, H), m, scale)  # [B, H, T, S]
+    return torch.einsum("bhts,bshv->bthv", p, expand_kv(v, H))  # [B, T, H, V]
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float) -> Tensor:

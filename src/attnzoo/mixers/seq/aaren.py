@@ -21,17 +21,16 @@ Work: ``O(T log T · H · K)`` for the ``scan`` form (``O(log T)`` depth), ``O(T
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.mixers.base import Mixer
+from attnzoo.config import limit
+from attnzoo.mixers.base import StreamingMixer
 from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.aaren import aaren_flops, aaren_scan, aaren_update, empty_state
-from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -54,25 +53,10 @@ class AarenConfig(HeadsConfig):
         impl: ``auto`` | ``reference`` | ``scan`` | ``recurrent`` (see ``aaren_scan``).
     """
 
-    num_heads: int | None = None
-    head_dim: int | None = None
+    head_dim: int | None = limit(None, ge=1)
     kv_bias: bool = False
-    scale: float | None = None
+    scale: float | None = limit(None, finite=True)
     impl: Literal["auto", "reference", "scan", "recurrent"] = "auto"
-
-    def validate(self) -> None:
-        owner = self._owner()
-        for name in ("num_heads", "head_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
-        if self.head_dim is None and self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}; "
-                "pick num_heads dividing d_model or set head_dim"
-            )
-        if self.scale is not None and not math.isfinite(self.scale):
-            raise ValueError(f"{owner}: scale must be a finite float or None, got {self.scale!r}")
 
     @property
     def dim_head(self) -> int:
@@ -98,9 +82,7 @@ class AarenState:
     position: int = 0
 
 
-def aaren_mixer_flops(
-    cfg: AarenConfig, batch: int, T: int, S: int | None, mask: Mask | None
-) -> int:
+def aaren_mixer_flops(cfg: AarenConfig, batch: int, T: int, S: int | None, mask: object) -> int:
     """k/v and output projections, the scores ``q . k_t`` and :func:`aaren_flops`."""
     H, K, D = cfg.heads, cfg.dim_head, cfg.d_model
     proj = 2 * batch * T * (D * 2 * H * K + H * K * D)
@@ -112,18 +94,17 @@ def aaren_mixer_flops(
     "aaren",
     config=AarenConfig,
     family="recurrent",
-    dims=1,
     patterns=("causal-self",),
     masks=("causal",),
     state="constant",
-    exact=False,
     complexity="O(T log T·H·K) work, O(log T) depth (scan); O(T·H·K) (recurrent); O(H·K) state",
     paper=PAPER,
     peer="torch SDPA with the learned query repeated at every position and a causal mask",
     flops=aaren_mixer_flops,
 )
-class Aaren(Mixer):
+class Aaren(StreamingMixer):
     cfg: AarenConfig
+    state_type = AarenState
 
     def __init__(self, cfg: AarenConfig) -> None:
         super().__init__(cfg)
@@ -138,30 +119,19 @@ class Aaren(Mixer):
         s = torch.einsum("bthk,hk->bth", k, self.query) * self.cfg.score_scale
         return s, v
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
         """Shapes: x ``[B, T, D]`` -> ``[B, T, D]``. Only ``causal-self``; masks: causal."""
-        self.pattern_of(context)
-        self.check_input(x, context)
-        self.check_mask(mask)
         s, v = self._scores_values(x)
         o = aaren_scan(s, v, impl=self.cfg.impl)  # [B, T, H, K]
         return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))
 
     # ---- streaming ------------------------------------------------------------------------
-    def init_state(self, batch_size: int, **kwargs: Any) -> AarenState:
-        """The empty prefix. Keyword options: ``device``, ``dtype``."""
-        device, dtype = self.state_options(batch_size, kwargs)
-        m, u, w = empty_state(
-            batch_size, self.cfg.heads, self.cfg.dim_head, device=device, dtype=dtype
-        )
-        return AarenState(m, u, w)
+    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> AarenState:
+        """The empty prefix."""
+        H, K = self.cfg.heads, self.cfg.dim_head
+        return AarenState(*empty_state(batch_size, H, K, device=device, dtype=dtype))
 
-    def step(self, x_t: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
-        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
-        self.check_step(x_t, state, AarenState, "m")
+    def advance(self, x_t: Tensor, state: AarenState) -> tuple[Tensor, AarenState]:
         s, v = self._scores_values(x_t[:, None])  # [B, 1, H], [B, 1, H, K]
         o_t, (m, u, w) = aaren_update((state.m, state.u, state.w), s[:, 0], v[:, 0])
-        y = self.out_proj(rearrange(o_t, "b h k -> b (h k)"))  # [B, D]
-        return y, AarenState(m, u, w, state.position + 1)
+        return self.out_proj(rearrange(o_t, "b h k -> b (h k)")), AarenState(m, u, w)

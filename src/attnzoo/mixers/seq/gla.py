@@ -31,17 +31,22 @@ initialisation to the model's ``_init_weights``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import HeadsConfig
-from attnzoo.ops.gla import bidirectional_gla, gated_linear_attention, gla_flops, gla_step
-from attnzoo.ops.masks import Mask
+from attnzoo.config import limit
+from attnzoo.mixers.base import AttentionMaps, StreamingMixer
+from attnzoo.mixers.common import GatedConfig
+from attnzoo.ops.gla import (
+    bidirectional_gla,
+    gated_linear_attention,
+    gla_flops,
+    gla_step,
+    gla_weights,
+)
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -53,60 +58,21 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class GLAConfig(HeadsConfig):
-    """Gated linear attention layer.
+class GLAConfig(GatedConfig):
+    """Gated linear attention layer: :class:`~attnzoo.mixers.common.GatedConfig` plus
 
     Attributes:
-        num_heads: heads; ``None`` means :func:`~attnzoo.mixers.common.default_heads`.
-        expand_k: ``key_dim = int(d_model * expand_k)`` (q, k and gate width).
         expand_v: ``value_dim = int(d_model * expand_v)``.
-        gate_low_rank_dim: inner width of the low-rank gate projection.
-        gate_logit_normalizer: ``gk = logsigmoid(.) / gate_logit_normalizer``.
-        norm_eps: epsilon of the per-head RMSNorm.
-        impl: op path, ``auto`` (``native`` on CPU when it builds, else ``chunk``) |
-            ``reference`` | ``chunk`` | ``native`` (fused C++ CPU forward) | ``recurrent``.
-        chunk_size: chunk length of the ``chunk`` path.
     """
 
-    num_heads: int | None = None
-    expand_k: float = 0.5
-    expand_v: float = 1.0
-    gate_low_rank_dim: int = 16
-    gate_logit_normalizer: float = 16.0
-    norm_eps: float = 1e-5
-    impl: Literal["auto", "reference", "chunk", "native", "recurrent"] = "auto"
-    chunk_size: int = 64
-
-    def validate(self) -> None:
-        check_gla_config(self, self._owner())
-
-    @property
-    def key_dim(self) -> int:
-        return int(self.d_model * self.expand_k)
+    expand_v: float = limit(1.0, gt=0)
 
     @property
     def value_dim(self) -> int:
         return int(self.d_model * self.expand_v)
 
 
-def check_gla_config(cfg: Any, owner: str) -> None:
-    """Value checks shared by the GLA and ViG configs (errors name the field and value)."""
-    for name in ("num_heads", "gate_low_rank_dim", "chunk_size"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
-    for name in ("gate_logit_normalizer", "norm_eps"):
-        if not getattr(cfg, name) > 0:
-            raise ValueError(f"{owner}: {name} must be > 0, got {getattr(cfg, name)}")
-    for name, dim in (("key_dim", cfg.key_dim), ("value_dim", cfg.value_dim)):
-        if dim < 1 or dim % cfg.heads != 0:
-            raise ValueError(
-                f"{owner}: {name}={dim} (d_model={cfg.d_model} times its expand ratio) must be a "
-                f"positive multiple of num_heads={cfg.heads}"
-            )
-
-
-def gla_mixer_flops(cfg: GLAConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
+def gla_mixer_flops(cfg: GLAConfig, batch: int, T: int, S: int | None, mask: object) -> int:
     """Projections (q, k, v, output gate, low-rank gate, output) plus the recurrence (twice when
     bidirectional)."""
     D, Kd, Vd, r = cfg.d_model, cfg.key_dim, cfg.value_dim, cfg.gate_low_rank_dim
@@ -129,18 +95,17 @@ class GLAState:
     "gla",
     config=GLAConfig,
     family="linear",
-    dims=1,
     patterns=("noncausal-self", "causal-self"),
-    masks=("full", "causal"),
     state="constant",
-    exact=False,
+    attention_maps=True,
     complexity="O(T·(C·K + K·V)) time with chunk C; O(T·(K + C)) memory; O(K·V) state",
     paper=PAPER,
     peer="fla.ops.gla.naive.naive_recurrent_gla, fwd+bwd (op level)",
     flops=gla_mixer_flops,
 )
-class GatedLinearAttention(Mixer):
+class GatedLinearAttention(StreamingMixer):
     cfg: GLAConfig
+    state_type = GLAState
 
     def __init__(self, cfg: GLAConfig) -> None:
         super().__init__(cfg)
@@ -157,54 +122,58 @@ class GatedLinearAttention(Mixer):
         self.g_norm = nn.RMSNorm(Vd // cfg.heads, eps=cfg.norm_eps)
         self.o_proj = nn.Linear(Vd, D, bias=False)
 
-    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+        """Shapes: x ``[..., D]`` -> q, k ``[..., H, K]``; v ``[..., H, V]``; the gates, one
+        ``[..., H, K]`` per direction."""
         H = self.cfg.heads
         q, k, v = (
             rearrange(p(x), "... (h d) -> ... h d", h=H)
             for p in (self.q_proj, self.k_proj, self.v_proj)
-        )  # q, k [..., H, K]; v [..., H, V]
+        )
         gk = F.logsigmoid(self.gk_proj(x)) / self.cfg.gate_logit_normalizer  # [..., G]
-        return q, k, v, gk
+        gates = tuple(
+            rearrange(g, "... (h d) -> ... h d", h=H) for g in gk.chunk(2 - self.cfg.causal, -1)
+        )
+        return q, k, v, gates
 
     def _output(self, o: Tensor, x: Tensor) -> Tensor:
         g = rearrange(self.g_proj(x), "... (h d) -> ... h d", h=self.cfg.heads)  # [..., H, V]
         o = self.g_norm(o) * F.silu(g)
         return self.o_proj(rearrange(o, "... h d -> ... (h d)"))
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
         """Shapes: x ``[B, T, D]`` -> ``[B, T, D]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
-        q, k, v, gk = self._project(x)
-        H, kw = self.cfg.heads, {"impl": self.cfg.impl, "chunk_size": self.cfg.chunk_size}
+        q, k, v, gates = self._project(x)
+        kw = {"impl": self.cfg.impl, "chunk_size": self.cfg.chunk_size}
         if self.cfg.causal:
-            gk = rearrange(gk, "b t (h d) -> b t h d", h=H)
-            o = gated_linear_attention(q, k, v, gk, **kw)  # [B, T, H, V]
+            o = gated_linear_attention(q, k, v, *gates, **kw)  # [B, T, H, V]
         else:
-            g_fwd, g_bwd = (rearrange(g, "b t (h d) -> b t h d", h=H) for g in gk.chunk(2, dim=-1))
-            o = bidirectional_gla(q, k, v, g_fwd, g_bwd, **kw)  # [B, T, H, V]
+            o = bidirectional_gla(q, k, v, *gates, **kw)  # [B, T, H, V]
         return self._output(o, x)
 
+    def maps(self, x: Tensor, context: None, mask: object) -> AttentionMaps:
+        """The implicit weights ``[B, H, T, T]`` (bidirectional: the mean of both scans'); exact."""
+        q, k, v, gates = self._project(x)
+        a = gla_weights(q, k, gates[0])
+        if not self.cfg.causal:
+            a = (a + gla_weights(q, k, gates[1], reverse=True)) / 2
+        finish = lambda o: self._output(rearrange(o, "b h t v -> b t h v"), x)  # noqa: E731
+        return AttentionMaps(a, rearrange(v, "b s h v -> b h s v"), finish)
+
     # ---- streaming (causal-self) ----------------------------------------------------------
-    def init_state(self, batch_size: int, **kwargs: Any) -> GLAState:
-        """Zero state. Keyword options: ``device``, ``dtype``."""
+    def stream_check(self) -> None:
         if not self.cfg.causal:
             raise ValueError(
                 "gla: step() streams the causal-self pattern; the bidirectional (causal=False) "
                 "form needs the whole sequence"
             )
-        device, dtype = self.state_options(batch_size, kwargs)
+
+    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> GLAState:
         H = self.cfg.heads
         shape = (batch_size, H, self.cfg.key_dim // H, self.cfg.value_dim // H)
         return GLAState(torch.zeros(shape, device=device, dtype=dtype))
 
-    def step(self, x_t: Tensor, state: GLAState) -> tuple[Tensor, GLAState]:
-        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
-        self.check_step(x_t, state, GLAState, "state")
-        q, k, v, gk = self._project(x_t)  # [B, H, K], [B, H, K], [B, H, V], [B, Kd]
-        gk = rearrange(gk, "b (h d) -> b h d", h=self.cfg.heads)
+    def advance(self, x_t: Tensor, state: GLAState) -> tuple[Tensor, GLAState]:
+        q, k, v, (gk,) = self._project(x_t)  # [B, H, K], [B, H, K], [B, H, V], [B, H, K]
         o, s = gla_step(q, k, v, gk, state.state, q.shape[-1] ** -0.5)  # o [B, H, V]
-        return self._output(o, x_t), GLAState(s, state.position + 1)
+        return self._output(o, x_t), GLAState(s)

@@ -29,17 +29,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.mixers.base import Mixer
+from attnzoo.config import limit
+from attnzoo.mixers.base import AttentionMaps, StreamingMixer
 from attnzoo.mixers.common import HeadsConfig
-from attnzoo.ops.linear import linear_attention, linear_attention_flops, linear_attention_step
-from attnzoo.ops.masks import Mask
+from attnzoo.ops.linear import (
+    linear_attention,
+    linear_attention_flops,
+    linear_attention_step,
+    linear_weights,
+)
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -82,25 +87,18 @@ class LightningConfig(HeadsConfig):
         chunk_size: tokens per chunk of the ``chunk`` path.
     """
 
-    num_heads: int | None = None
     bias: bool = False
-    layer_idx: int = 0
-    num_layers: int = 1
+    layer_idx: int = limit(0, ge=0)
+    num_layers: int = limit(1, ge=1)
     impl: Literal["auto", "reference", "chunk", "native", "compiled", "recurrent"] = "auto"
-    chunk_size: int = 64
+    chunk_size: int = limit(64, ge=1)
 
     def validate(self) -> None:
-        owner = self._owner()
-        self.check_heads()
-        if self.num_layers < 1:
-            raise ValueError(f"{owner}: num_layers must be >= 1, got {self.num_layers}")
-        if not 0 <= self.layer_idx < self.num_layers:
+        if self.layer_idx >= self.num_layers:
             raise ValueError(
-                f"{owner}: layer_idx must be in [0, num_layers={self.num_layers}), "
+                f"{self._owner()}: layer_idx must be in [0, num_layers={self.num_layers}), "
                 f"got {self.layer_idx}"
             )
-        if self.chunk_size < 1:
-            raise ValueError(f"{owner}: chunk_size must be >= 1, got {self.chunk_size}")
 
 
 @dataclasses.dataclass
@@ -111,31 +109,27 @@ class LightningState:
     position: int = 0
 
 
-def lightning_flops(
-    cfg: LightningConfig, batch: int, T: int, S: int | None, mask: Mask | None
-) -> int:
+def lightning_flops(cfg: LightningConfig, batch: int, T: int, S: int | None, mask: object) -> int:
     """q/k/v/out projections plus :func:`linear_attention_flops`."""
     H, K, D = cfg.heads, cfg.dim_head, cfg.d_model
-    proj = 2 * batch * T * D * 4 * H * K
-    return proj + linear_attention_flops(batch, H, K, K, T, T, False)
+    return 2 * batch * T * D * 4 * H * K + linear_attention_flops(batch, H, K, K, T, T, False)
 
 
 @register_mixer(
     "lightning",
     config=LightningConfig,
     family="linear",
-    dims=1,
     patterns=("causal-self",),
-    masks=("full", "causal"),
     state="constant",
-    exact=False,
+    attention_maps=True,
     complexity="O(T·(C+K)·K) time; O(K²) state per head",
     paper=PAPER,
     peer="fla-core naive_recurrent_simple_gla (g = -slope broadcast over T), fwd+bwd",
     flops=lightning_flops,
 )
-class LightningAttention(Mixer):
+class LightningAttention(StreamingMixer):
     cfg: LightningConfig
+    state_type = LightningState
 
     def __init__(self, cfg: LightningConfig) -> None:
         super().__init__(cfg)
@@ -150,33 +144,32 @@ class LightningAttention(Mixer):
         q, k, v = rearrange(qkv, "b t (three h k) -> three b t h k", three=3, h=self.cfg.heads)
         return q, k, v  # [B, T, H, K] each
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        kw: dict[str, Any] = {"impl": self.cfg.impl, "chunk_size": self.cfg.chunk_size}
-        decay = -self.slopes  # [H] log(lambda)
-        return linear_attention(q, k, v, causal=True, decay=decay, **kw)  # [B, T, H, K]
+    def _out(self, o: Tensor) -> Tensor:
+        return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))  # [B, T, H, K] -> [B, T, D]
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
         """Shapes: x ``[B, T, D]`` -> ``[B, T, D]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
-        o = self._attend(*self._project(x))
-        return self.out_proj(rearrange(o, "b t h k -> b t (h k)"))
+        q, k, v = self._project(x)
+        decay = -self.slopes  # [H] log(lambda)
+        kw = {"impl": self.cfg.impl, "chunk_size": self.cfg.chunk_size}
+        return self._out(linear_attention(q, k, v, causal=True, decay=decay, **kw))
+
+    def maps(self, x: Tensor, context: None, mask: object) -> AttentionMaps:
+        """``lambda_h^(t-s) (q_t . k_s)`` for ``s <= t``: ``[B, H, T, T]``; exact."""
+        q, k, v = self._project(x)
+        a = linear_weights(q, k, causal=True, decay=-self.slopes)
+        values = rearrange(v, "b s h k -> b h s k")
+        return AttentionMaps(a, values, lambda o: self._out(rearrange(o, "b h t k -> b t h k")))
 
     # ---- streaming ------------------------------------------------------------------------
-    def init_state(self, batch_size: int, **kwargs: Any) -> LightningState:
-        """Zero state. Keyword options: ``device``, ``dtype``."""
-        device, dtype = self.state_options(batch_size, kwargs)
+    def new_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> LightningState:
         H, K = self.cfg.heads, self.cfg.dim_head
         return LightningState(torch.zeros(batch_size, H, K, K, device=device, dtype=dtype))
 
-    def step(self, x_t: Tensor, state: LightningState) -> tuple[Tensor, LightningState]:
-        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
-        self.check_step(x_t, state, LightningState, "kv")
+    def advance(self, x_t: Tensor, state: LightningState) -> tuple[Tensor, LightningState]:
         q, k, v = self._project(x_t[:, None])  # [B, 1, H, K] each
         decay = -self.slopes.to(state.kv.dtype)
         o, kv, _ = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state.kv, decay=decay)
-        y = self.out_proj(rearrange(o, "b h k -> b (h k)"))  # [B, D]
-        return y, LightningState(kv, state.position + 1)
+        return self._out(o[:, None])[:, 0], LightningState(kv)  # [B, D]

@@ -22,13 +22,13 @@ masks are full and causal (no windows, prefixes or documents); causal cross is n
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
-from attnzoo.config import suggest
+from attnzoo.config import limit, suggest
 from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_flops
 from attnzoo.ops.common import expand_kv
 from attnzoo.ops.linear import (
@@ -38,6 +38,7 @@ from attnzoo.ops.linear import (
     linear_attention,
     linear_attention_flops,
     linear_attention_step,
+    linear_weights,
 )
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
@@ -66,24 +67,16 @@ class LinearConfig(AttentionConfig):
     feature_map: str = "elu+1"
     normalize: bool = True
     impl: Literal["auto", "reference", "chunk", "native", "compiled", "recurrent"] = "auto"
-    chunk_size: int = 64
+    chunk_size: int = limit(64, ge=1)
+    mask_options: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
-        super().validate()
         owner = self._owner()
-        for name in ("window", "prefix", "block"):
-            if getattr(self, name) is not None:
-                raise ValueError(
-                    f"{owner}: {name}={getattr(self, name)} is not supported; "
-                    "linear attention takes only the full and causal masks"
-                )
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(
                 f"{owner}: feature_map must be one of {', '.join(map(repr, FEATURE_MAPS))}, "
                 f"got {self.feature_map!r}{suggest(self.feature_map, FEATURE_MAPS)}"
             )
-        if self.chunk_size < 1:
-            raise ValueError(f"{owner}: chunk_size must be >= 1, got {self.chunk_size}")
 
 
 @dataclasses.dataclass
@@ -114,11 +107,9 @@ def linear_mixer_flops(
     "linear",
     config=LinearConfig,
     family="linear",
-    dims=1,
     patterns=("noncausal-self", "causal-self", "noncausal-cross"),
-    masks=("full", "causal"),
     state="constant",
-    exact=False,
+    attention_maps=True,
     complexity="O((T+S)·K·V) time; O(K·V) state per head",
     paper=PAPER,
     peer="fla-core naive_recurrent_linear_attn / naive_chunk_linear_attn, fwd+bwd",
@@ -126,6 +117,7 @@ def linear_mixer_flops(
 )
 class LinearAttention(AttentionMixer):
     cfg: LinearConfig
+    state_type = LinearState
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
         fm = self.cfg.feature_map
@@ -139,17 +131,20 @@ class LinearAttention(AttentionMixer):
             chunk_size=self.cfg.chunk_size,
         )  # [B, T, H, K]
 
+    def weights(self, q: Tensor, k: Tensor, mask: Mask) -> Tensor:
+        fm = self.cfg.feature_map
+        return linear_weights(
+            feature_map(q, fm), feature_map(k, fm), causal=mask.causal, normalize=self.cfg.normalize
+        )  # [B, H, T, S]
+
     # ---- streaming (causal-self): constant state ------------------------------------------
-    def _check_streamable(self) -> None:
+    def stream_check(self) -> None:
         if not self.cfg.causal:
             raise ValueError(
                 "linear: step() streams the causal-self pattern; this mixer has causal=False"
             )
 
-    def init_state(self, batch_size: int, **kwargs: Any) -> LinearState:
-        """Zero state. Keyword options: ``device``, ``dtype``."""
-        self._check_streamable()
-        device, dtype = self.state_options(batch_size, kwargs)
+    def new_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> LinearState:
         H, K = self.cfg.heads, self.cfg.dim_head
         kv = torch.zeros(batch_size, H, K, K, device=device, dtype=dtype)
         z = (
@@ -159,21 +154,12 @@ class LinearAttention(AttentionMixer):
         )
         return LinearState(kv, z)
 
-    def step(self, x_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
-        """One token. Shapes: x_t ``[B, D]`` -> ``[B, D]``; equals ``forward(x)[:, t]``."""
-        self._check_streamable()
-        self.check_step(x_t, state, LinearState, "kv")
+    def advance(self, x_t: Tensor, state: LinearState) -> tuple[Tensor, LinearState]:
         x = x_t[:, None]  # [B, 1, D]
         q, k, v = self._project(x, x)  # [B, 1, H, K], [B, 1, Hkv, K] x2
         H, fm = self.cfg.heads, self.cfg.feature_map
         k, v = expand_kv(k, H), expand_kv(v, H)
         o, kv, z = linear_attention_step(
-            feature_map(q[:, 0], fm),
-            feature_map(k[:, 0], fm),
-            v[:, 0],
-            state.kv,
-            state.z,
-            eps=EPS,
+            feature_map(q[:, 0], fm), feature_map(k[:, 0], fm), v[:, 0], state.kv, state.z, eps=EPS
         )  # o: [B, H, K]
-        y = self.out_proj(rearrange(o, "b h k -> b (h k)"))
-        return y, LinearState(kv, z, state.position + 1)
+        return self.out_proj(rearrange(o, "b h k -> b (h k)")), LinearState(kv, z)

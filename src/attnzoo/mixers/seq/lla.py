@@ -22,11 +22,11 @@ Time ``O(T·S·(K^2 + V·K) + T·K^3)`` per head; memory ``O(S·K·(K + V) + blo
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
+from attnzoo.config import limit
 from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_flops
 from attnzoo.ops.lla import lla_flops, local_linear_attention
 from attnzoo.ops.masks import Mask
@@ -51,26 +51,11 @@ class LLAConfig(AttentionConfig):
         block_size: queries per block of the ``blocked`` path.
     """
 
-    ridge: float = 1.0
-    scale: float | None = None
+    ridge: float = limit(1.0, gt=0, finite=True)
+    scale: float | None = limit(None, finite=True)
     impl: Literal["auto", "reference", "blocked"] = "auto"
-    block_size: int = 64
-
-    def validate(self) -> None:
-        super().validate()
-        owner = self._owner()
-        for name in ("window", "prefix", "block"):
-            if getattr(self, name) is not None:
-                raise ValueError(
-                    f"{owner}: {name}={getattr(self, name)} is not supported; "
-                    "local linear attention takes only the full and causal masks"
-                )
-        if not math.isfinite(self.ridge) or self.ridge <= 0:
-            raise ValueError(f"{owner}: ridge must be a finite float > 0, got {self.ridge!r}")
-        if self.scale is not None and not math.isfinite(self.scale):
-            raise ValueError(f"{owner}: scale must be a finite float or None, got {self.scale!r}")
-        if self.block_size < 1:
-            raise ValueError(f"{owner}: block_size must be >= 1, got {self.block_size}")
+    block_size: int = limit(64, ge=1)
+    mask_options: ClassVar[tuple[str, ...]] = ()
 
 
 def lla_mixer_flops(cfg: LLAConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
@@ -86,11 +71,8 @@ def lla_mixer_flops(cfg: LLAConfig, batch: int, T: int, S: int | None, mask: Mas
     "lla",
     config=LLAConfig,
     family="other",
-    dims=1,
     patterns=("noncausal-self", "causal-self", "noncausal-cross"),
-    masks=("full", "causal"),
     state="growing",
-    exact=False,
     complexity="O(T·S·(K²+V·K) + T·K³) time; O(S·K·(K+V) + block·S) memory per head",
     paper=PAPER,
     peer="explicit weighted ridge least-squares solve per query (lstsq); SDPA at ridge -> inf",

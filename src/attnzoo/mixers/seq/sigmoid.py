@@ -17,6 +17,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from attnzoo.config import limit
 from attnzoo.mixers.common import (
     ATTENTION_MASKS,
     AttentionConfig,
@@ -24,7 +25,7 @@ from attnzoo.mixers.common import (
     attention_mixer_flops,
 )
 from attnzoo.ops.masks import Mask
-from attnzoo.ops.sigmoid import sigmoid_attention
+from attnzoo.ops.sigmoid import sigmoid_attention, sigmoid_weights
 from attnzoo.registry import PATTERNS, Paper, register_mixer
 
 PAPER = Paper(
@@ -45,16 +46,9 @@ class SigmoidConfig(AttentionConfig):
         impl: ``auto`` | ``reference`` | ``blocked``.
     """
 
-    bias: float | None = None
-    context_len: int = 1024
+    bias: float | None = limit(None, finite=True)
+    context_len: int = limit(1024, ge=1)
     impl: Literal["auto", "reference", "blocked"] = "auto"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.context_len < 1:
-            raise ValueError(f"sigmoid: context_len must be >= 1, got {self.context_len}")
-        if self.bias is not None and not math.isfinite(self.bias):
-            raise ValueError(f"sigmoid: bias must be finite, got {self.bias}")
 
     @property
     def b(self) -> float:
@@ -65,11 +59,10 @@ class SigmoidConfig(AttentionConfig):
     "sigmoid",
     config=SigmoidConfig,
     family="dense",
-    dims=1,
     patterns=PATTERNS,
     masks=ATTENTION_MASKS,
     state="growing",
-    exact=False,
+    attention_maps=True,
     complexity="O(T·S·K) time; O(T·S) or O(T·block) memory",
     paper=PAPER,
     peer="x-transformers Attend(sigmoid=True), fwd+bwd",
@@ -82,3 +75,6 @@ class SigmoidAttention(AttentionMixer):
         return sigmoid_attention(
             q, k, v, mask=mask, bias=self.cfg.b, impl=self.cfg.impl
         )  # [B, T, H, K]
+
+    def weights(self, q: Tensor, k: Tensor, mask: Mask) -> Tensor:
+        return sigmoid_weights(q, k, mask=mask, bias=self.cfg.b)  # [B, H, T, S]

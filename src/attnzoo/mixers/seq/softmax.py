@@ -24,7 +24,7 @@ from attnzoo.mixers.common import (
     attention_mixer_flops,
 )
 from attnzoo.ops.masks import Mask
-from attnzoo.ops.softmax import softmax_attention
+from attnzoo.ops.softmax import softmax_attention, softmax_weights
 from attnzoo.registry import PATTERNS, Paper, register_mixer
 
 PAPER = Paper(
@@ -46,11 +46,11 @@ class SoftmaxConfig(AttentionConfig):
     "softmax",
     config=SoftmaxConfig,
     family="softmax",
-    dims=1,
     patterns=PATTERNS,
     masks=ATTENTION_MASKS,
     state="growing",
     exact=True,
+    attention_maps=True,
     complexity="O(T·S·K) time; O(T·S) or O(T·block) memory",
     paper=PAPER,
     peer="torch.nn.MultiheadAttention (copied weights); torch SDPA math backend",
@@ -61,3 +61,6 @@ class SoftmaxAttention(AttentionMixer):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask) -> Tensor:
         return softmax_attention(q, k, v, mask=mask, impl=self.cfg.impl)  # [B, T, H, K]
+
+    def weights(self, q: Tensor, k: Tensor, mask: Mask) -> Tensor:
+        return softmax_weights(q, k, mask=mask)  # [B, H, T, S]

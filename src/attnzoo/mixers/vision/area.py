@@ -84,7 +84,6 @@ class AreaConfig(HeadsConfig):
         bn_eps: epsilon of every BatchNorm (YOLO models: 1e-3).
     """
 
-    num_heads: int | None = None
     area: int | None = None
     strip_length: int | None = None
     ragged: bool = True
@@ -93,7 +92,6 @@ class AreaConfig(HeadsConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        self.check_heads()
         if self.area is not None and self.strip_length is not None:
             raise ValueError(
                 f"{owner}: set either area (number of strips) or strip_length (tokens per "

@@ -25,6 +25,18 @@ def channels_last_bn(bn: BatchNorm, t: Tensor) -> Tensor:
     return bn(t.reshape(-1, t.shape[-1])).view(t.shape)
 
 
+def bn_reference(bn: BatchNorm, t: Tensor) -> Tensor:
+    """BatchNorm written out on the last axis of ``t [..., C]``: the running statistics in eval
+    mode, the biased statistics of every other axis in train mode (which is what ``bn`` uses to
+    normalise; the running statistics are not updated here)."""
+    if bn.training:
+        dims = tuple(range(t.dim() - 1))
+        mean, var = t.mean(dims), t.var(dims, unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    return (t - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+
+
 def fold_bn(weight: Tensor, bias: Tensor | None, bn: BatchNorm) -> tuple[Tensor, Tensor]:
     """``(w', b')`` with ``BN(conv_w(x) + b) == conv_{w'}(x) + b'`` under running statistics.
 

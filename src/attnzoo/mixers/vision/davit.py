@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from attnzoo.config import limit
 from attnzoo.mixers.base import Mixer
 from attnzoo.mixers.common import HeadsConfig, default_heads, load_matching_state
 from attnzoo.ops.masks import Mask
@@ -75,12 +76,8 @@ class DaViTChannelConfig(HeadsConfig):
         impl: ``auto`` | ``gram`` (folded, ``x^T x`` first) | ``reference`` (official order).
     """
 
-    num_heads: int | None = None
     qkv_bias: bool = True
     impl: Literal["auto", "gram", "reference"] = "auto"
-
-    def validate(self) -> None:
-        check_heads(self)
 
     def default_num_heads(self) -> int:
         return davit_heads(self.d_model)
@@ -97,27 +94,11 @@ class DaViTWindowConfig(HeadsConfig):
         qkv_bias: bias on the q/k/v projection (DaViT models: on).
     """
 
-    num_heads: int | None = None
-    window_size: int = 7
+    window_size: int = limit(7, ge=1)
     qkv_bias: bool = True
-
-    def validate(self) -> None:
-        check_heads(self)
-        if self.window_size < 1:
-            raise ValueError(f"{self._owner()}: window_size must be >= 1, got {self.window_size}")
 
     def default_num_heads(self) -> int:
         return davit_heads(self.d_model)
-
-
-def check_heads(cfg: DaViTChannelConfig | DaViTWindowConfig) -> None:
-    owner = cfg._owner()
-    if cfg.num_heads is not None and cfg.num_heads < 1:
-        raise ValueError(f"{owner}: num_heads must be >= 1, got {cfg.num_heads}")
-    if cfg.d_model % cfg.heads != 0:
-        raise ValueError(
-            f"{owner}: d_model={cfg.d_model} is not divisible by num_heads={cfg.heads}"
-        )
 
 
 def channel_flops(

@@ -70,14 +70,12 @@ class GPSAConfig(HeadsConfig):
         local_init: apply ConViT's local initialisation (``W_v = I``, kernel offsets).
     """
 
-    num_heads: int | None = None
     qkv_bias: bool = False
     locality_strength: float = 1.0
     local_init: bool = True
 
     def validate(self) -> None:
         owner = self._owner()
-        self.check_heads()
         if not 0 < self.locality_strength < float("inf"):
             raise ValueError(
                 f"{owner}: locality_strength must be a finite float > 0, "

@@ -86,7 +86,6 @@ class HaloConfig(HeadsConfig):
         scale_pos_embed: scale the relative logits too (timm's ``scale_pos_embed``).
     """
 
-    num_heads: int | None = None
     qk_dim_head: int | None = None
     block_size: int = 8
     halo_size: int = 3

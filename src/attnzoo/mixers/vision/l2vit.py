@@ -78,7 +78,6 @@ class L2ViTConfig(HeadsConfig):
             ``[N, N]`` scores).
     """
 
-    num_heads: int | None = None
     qkv_bias: bool = True
     clamp_min: float = 100.0
     lcm: bool = True
@@ -88,7 +87,6 @@ class L2ViTConfig(HeadsConfig):
 
     def validate(self) -> None:
         owner = self._owner()
-        self.check_heads()
         if not 0 < self.clamp_min < float("inf"):
             raise ValueError(
                 f"{owner}: clamp_min must be a finite float > 0 (the denominator's floor; "

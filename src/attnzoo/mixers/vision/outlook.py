@@ -73,14 +73,12 @@ class OutlookConfig(HeadsConfig):
         qkv_bias: bias on the value projection (VOLO default: off).
     """
 
-    num_heads: int | None = None
     kernel_size: int = 3
     stride: int = 2
     qkv_bias: bool = False
 
     def validate(self) -> None:
         owner = self._owner()
-        self.check_heads()
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(
                 f"{owner}: kernel_size must be a positive odd int (padding k // 2 centres the "

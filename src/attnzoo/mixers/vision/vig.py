@@ -30,17 +30,14 @@ Works on any grid ``h x w``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.common import HeadsConfig
-from attnzoo.mixers.seq.gla import check_gla_config
-from attnzoo.ops.gla import bidirectional_gla, gla_flops
-from attnzoo.ops.masks import Mask
+from attnzoo.mixers.base import AttentionMaps, Mixer
+from attnzoo.mixers.common import GatedConfig
+from attnzoo.ops.gla import bidirectional_gla, gla_flops, gla_weights
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -52,44 +49,21 @@ PAPER = Paper(
 
 
 @dataclasses.dataclass(frozen=True)
-class ViGConfig(HeadsConfig):
-    """ViG mixer. ``d_model`` is the channel count C.
+class ViGConfig(GatedConfig):
+    """ViG mixer: :class:`~attnzoo.mixers.common.GatedConfig` (value width C, two per-head
+    RMSNorms) plus
 
     Attributes:
-        num_heads: heads; ``None`` means :func:`~attnzoo.mixers.common.default_heads`
-            (3 heads at ViG-T's C=192).
-        expand_k: ``key_dim = int(C * expand_k)``; the value width is C.
-        gate_low_rank_dim: inner width of the low-rank gate projection.
-        gate_logit_normalizer: ``gk = logsigmoid(.) / gate_logit_normalizer``.
-        norm_eps: epsilon of the two per-head RMSNorms.
         conv_bias: bias on the depthwise 3x3 convolution (ViG's default: off).
-        impl: op path, ``auto`` (``native`` on CPU when it builds, else ``chunk``) |
-            ``reference`` | ``chunk`` | ``native`` (fused C++ CPU forward) | ``recurrent``.
-        chunk_size: chunk length of the ``chunk`` path.
+
+    ``num_heads=None`` means :func:`~attnzoo.mixers.common.default_heads` (3 heads at ViG-T's
+    C=192).
     """
 
-    num_heads: int | None = None
-    expand_k: float = 0.5
-    gate_low_rank_dim: int = 16
-    gate_logit_normalizer: float = 16.0
-    norm_eps: float = 1e-5
     conv_bias: bool = False
-    impl: Literal["auto", "reference", "chunk", "native", "recurrent"] = "auto"
-    chunk_size: int = 64
-
-    def validate(self) -> None:
-        check_gla_config(self, self._owner())
-
-    @property
-    def key_dim(self) -> int:
-        return int(self.d_model * self.expand_k)
-
-    @property
-    def value_dim(self) -> int:
-        return self.d_model
 
 
-def vig_flops(cfg: ViGConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
+def vig_flops(cfg: ViGConfig, batch: int, T: int, S: int | None, mask: object) -> int:
     """``T`` is the token count ``h*w``. Depthwise conv, projections and two GLA scans."""
     C, Kd, r, H = cfg.d_model, cfg.key_dim, cfg.gate_low_rank_dim, cfg.heads
     conv = 2 * batch * T * C * 9
@@ -101,11 +75,8 @@ def vig_flops(cfg: ViGConfig, batch: int, T: int, S: int | None, mask: Mask | No
     "vig",
     config=ViGConfig,
     family="linear",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
-    exact=False,
+    layout="grid2d",
+    attention_maps=True,
     complexity="O(h·w·(c·K + K·V)) time with chunk length c; O(h·w·(K + c)) memory",
     paper=PAPER,
     peer="bidirectional scan = independent forward + reverse scans (ops tests)",
@@ -138,26 +109,38 @@ class ViGMixer(Mixer):
         ):
             nn.init.xavier_uniform_(w, gain=gain)
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
-        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Shapes: x ``[B, h, w, C]`` -> xs ``[B, T, C]`` (row-major tokens), q, k, gates
+        ``[B, T, H, K]``, v ``[B, T, H, C/H]``."""
         cfg = self.cfg
-        H, Kd, w = cfg.heads, cfg.key_dim, x.shape[2]
+        H, Kd = cfg.heads, cfg.key_dim
         conv = self.dwconv(rearrange(x, "b h w c -> b c h w"))  # [B, C, h, w]
         xs = rearrange(F.silu(conv), "b c h w -> b (h w) c")  # [B, T, C], row-major tokens
         q, k, v = self.qkv_proj(xs).split([Kd, Kd, cfg.d_model], dim=-1)
         q, k, v = (rearrange(t, "b t (n d) -> b t n d", n=H) for t in (q, k, v))  # [B, T, H, *]
         gk = F.logsigmoid(self.gk_proj(xs)) / cfg.gate_logit_normalizer  # [B, T, 2*Kd]
         g_fwd, g_bwd = (rearrange(g, "b t (n d) -> b t n d", n=H) for g in gk.chunk(2, dim=-1))
-        o = bidirectional_gla(
-            q, k, v, g_fwd, g_bwd, impl=cfg.impl, chunk_size=cfg.chunk_size
-        )  # [B, T, H, C/H]
+        return xs, q, k, v, g_fwd, g_bwd
+
+    def _output(self, o: Tensor, xs: Tensor, w: int) -> Tensor:
+        """The 2-D gating locality injection and ``o_proj``: ``o [B, T, H, C/H] -> [B, h, w, C]``."""
+        H = self.cfg.heads
         g = rearrange(self.g_proj(xs).sigmoid(), "b t (n d) -> b t n d", n=H)
         loc = self.l_norm(rearrange(xs, "b t (n d) -> b t n d", n=H))  # [B, T, H, C/H]
         o = self.g_norm(o) * g + loc * (1 - g)
         y = self.o_proj(rearrange(o, "b t n d -> b t (n d)"))  # [B, T, C]
         return rearrange(y, "b (h w) c -> b h w c", w=w)
+
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
+        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
+        xs, q, k, v, g_fwd, g_bwd = self._project(x)
+        cfg = self.cfg
+        o = bidirectional_gla(q, k, v, g_fwd, g_bwd, impl=cfg.impl, chunk_size=cfg.chunk_size)
+        return self._output(o, xs, x.shape[2])
+
+    def maps(self, x: Tensor, context: None, mask: object) -> AttentionMaps:
+        """The mean of both scans' implicit weights, ``[B, H, h*w, h*w]``; exact."""
+        xs, q, k, v, g_fwd, g_bwd = self._project(x)
+        a = (gla_weights(q, k, g_fwd) + gla_weights(q, k, g_bwd, reverse=True)) / 2
+        finish = lambda o: self._output(rearrange(o, "b h t v -> b t h v"), xs, x.shape[2])  # noqa: E731
+        return AttentionMaps(a, rearrange(v, "b s h v -> b h s v"), finish)
