@@ -30,7 +30,7 @@ def _case(name: str, peer_delta: float = 0.0, requires: tuple[str, ...] = (), fa
 
 @pytest.fixture
 def fake_cases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    P._load_cases()
+    P.get_cases(None)
     cases = [_case("same"), _case("differs", peer_delta=1.0), _case("absent",
              requires=("no_such_module_xyz",)), _case("broken", fail=True)]  # fmt: skip
     for c in cases:
@@ -75,7 +75,7 @@ def test_compare_rejects_shape_mismatch() -> None:
         P.compare(torch.zeros(2), torch.zeros(3))
 
 
-P._load_cases()
+P.get_cases(None)  # the block files register their cases
 
 
 @pytest.mark.parametrize("name", sorted(P.CASES))
@@ -138,7 +138,7 @@ def test_v1_store_migrates_to_latest_keeping_rows(tmp_path: Path) -> None:
 def test_training_cases_are_known_by_name() -> None:
     """A case that times forward + backward carries '-train' in its "ours" half, which is how a
     stored run's rows are told apart (the README's forward ratio); its notes say so too."""
-    P._load_cases()
+    P.get_cases(None)
     trains = [case for name, case in P.CASES.items() if P.times_training(name)]
     assert {c.mechanism for c in trains} == {"linear", "lightning", "gla"}
     assert all("forward + backward" in c.notes for c in trains)

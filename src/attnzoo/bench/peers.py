@@ -15,10 +15,8 @@ Peers are optional packages: ``pip install -e '.[peers]'`` (``make run`` does).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,89 +26,26 @@ from rich.console import Console
 from attnzoo.bench.env import environment, gemm_call, gemm_gflops, git_sha, keep_freed_memory
 from attnzoo.bench.measure import interleaved_medians, peak_memory_bytes
 from attnzoo.bench.runs import finishing, progress_bar
-from attnzoo.config import suggest
+from attnzoo.peers import (
+    CASES,
+    TRAIN_TAG,
+    PeerCase,
+    PeerPair,
+    get_cases,
+    register_case,
+    times_training,
+)
 from attnzoo.store import Store
+
+__all__ = [
+    "CASES", "PROFILE_MAX_S", "TRAIN_TAG", "PeerCase", "PeerPair", "PeerPlan", "compare",
+    "fmt_ratio", "get_cases", "register_case", "run_peers", "times_training",
+]  # fmt: skip
 
 # Peak memory comes from torch's profiler, whose records grow with the number of ops a call
 # runs: a token loop's backward at T = 8k (78 s) took the process past 24 GB. Longer calls are
 # not profiled; their row says so.
 PROFILE_MAX_S = 10.0
-
-
-@dataclass(frozen=True)
-class PeerPair:
-    """Two zero-argument callables computing the same output, and what ours costs.
-
-    ``ours``/``peer`` are what is timed, each on its own native layout; ``check`` returns the
-    two outputs in one layout for the equality check (default: ``(ours(), peer())``);
-    ``flops`` counts the multiply-adds (x2) our path performs; ``size`` labels the shape.
-    """
-
-    ours: Callable[[], Any]
-    peer: Callable[[], Any]
-    flops: int
-    size: str
-    check: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def outputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.check() if self.check is not None else (self.ours(), self.peer())
-
-
-@dataclass(frozen=True)
-class PeerCase:
-    """One comparison. ``build(n, generator)`` returns the pair at size ``n`` (a length T for
-    sequence ops, an image side for vision blocks); ``requires`` lists the peer's modules."""
-
-    name: str
-    mechanism: str
-    peer: str
-    requires: tuple[str, ...]
-    build: Callable[[int, torch.Generator], PeerPair]
-    sizes: tuple[int, ...]  # default sizes (the issue's targets)
-    quick_sizes: tuple[int, ...]
-    rtol: float = 1e-4  # allowed max |ours - peer| / max |peer|
-    notes: str = ""
-    smoke_size: int = 64  # a small size the tests build every case at
-
-    def missing(self) -> list[str]:
-        return [m for m in self.requires if importlib.util.find_spec(m) is None]
-
-
-CASES: dict[str, PeerCase] = {}
-
-
-TRAIN_TAG = "-train"  # ends the "ours" half of a case's name that times forward + backward
-
-
-def times_training(case_name: str) -> bool:
-    """Whether a case ('<ours>/<peer>', registered or only stored) timed forward + backward."""
-    return case_name.split("/")[0].endswith(TRAIN_TAG)
-
-
-def register_case(case: PeerCase) -> PeerCase:
-    if case.name in CASES:
-        raise ValueError(f"peer case {case.name!r} is already registered")
-    CASES[case.name] = case
-    return case
-
-
-def get_cases(names: Sequence[str] | None) -> list[PeerCase]:
-    _load_cases()
-    if names is None:
-        return list(CASES.values())
-    out = []
-    for n in names:
-        if n not in CASES:
-            raise ValueError(
-                f"--cases: unknown peer case {n!r}{suggest(n, list(CASES))}; known: "
-                + ", ".join(CASES)
-            )
-        out.append(CASES[n])
-    return out
-
-
-def _load_cases() -> None:
-    from attnzoo.bench import peer_cases, peer_cases_vision  # noqa: F401  (registers the cases)
 
 
 @dataclass(frozen=True)

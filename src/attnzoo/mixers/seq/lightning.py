@@ -39,11 +39,22 @@ from torch import Tensor, nn
 from attnzoo.config import limit
 from attnzoo.mixers.base import AttentionMaps, StreamingMixer
 from attnzoo.mixers.common import HeadsConfig
+from attnzoo.mixers.seq.linear import LINEAR_VARIANTS, scan_flops
 from attnzoo.ops.linear import (
     linear_attention,
     linear_attention_flops,
     linear_attention_step,
     linear_weights,
+)
+from attnzoo.peers import (
+    SEQ_B,
+    SEQ_H,
+    SEQ_K,
+    PeerPair,
+    peer_function,
+    register_impl_cases,
+    seq_inputs,
+    seq_pair,
 )
 from attnzoo.registry import Paper, register_mixer
 
@@ -173,3 +184,19 @@ class LightningAttention(StreamingMixer):
         decay = -self.slopes.to(state.kv.dtype)
         o, kv, _ = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], state.kv, decay=decay)
         return self._out(o[:, None])[:, 0], LightningState(kv)  # [B, D]
+
+
+def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> PeerPair:
+    """fla's simple GLA with ``g = -slope`` at every step is Lightning's decay (fla's ``scale``
+    multiplies q)."""
+    peer = peer_function("fla.ops.simple_gla.naive", "naive_chunk_simple_gla")
+    decay, s = -torch.tensor(alibi_slopes(SEQ_H)), SEQ_K**-0.5
+    return seq_pair(
+        lambda q, k, v: linear_attention(q, k, v, causal=True, decay=decay, scale=s, impl=impl),
+        lambda q, k, v: peer(q, k, v, decay.expand(SEQ_B, T, SEQ_H), scale=s)[0],
+        seq_inputs(T, g), scan_flops(T, train), T, train,
+    )  # fmt: skip
+
+
+register_impl_cases("lightning", "fla-naive-chunk-simple-gla", "fla naive_chunk_simple_gla",
+                    _fla_case, LINEAR_VARIANTS, smoke_size=192)  # fmt: skip

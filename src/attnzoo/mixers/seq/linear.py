@@ -30,6 +30,7 @@ from torch import Tensor
 
 from attnzoo.config import limit, suggest
 from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_flops
+from attnzoo.ops.chunks import chunk_flops
 from attnzoo.ops.common import expand_kv
 from attnzoo.ops.linear import (
     EPS,
@@ -41,6 +42,16 @@ from attnzoo.ops.linear import (
     linear_weights,
 )
 from attnzoo.ops.masks import Mask
+from attnzoo.peers import (
+    SEQ_B,
+    SEQ_H,
+    SEQ_K,
+    PeerPair,
+    peer_function,
+    register_impl_cases,
+    seq_inputs,
+    seq_pair,
+)
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -163,3 +174,32 @@ class LinearAttention(AttentionMixer):
             feature_map(q[:, 0], fm), feature_map(k[:, 0], fm), v[:, 0], state.kv, state.z, eps=EPS
         )  # o: [B, H, K]
         return self.out_proj(rearrange(o, "b h k -> b (h k)")), LinearState(kv, z)
+
+
+# ---- peer: fla-core's pure-PyTorch chunked linear attention ----------------------------------
+def scan_flops(T: int, train: bool, chunk: int = 64) -> int:
+    """FLOPs of the chunked causal scan at the peer cases' shape: one scan, or four with the
+    backward (dq, dk and dv are one scan each)."""
+    return chunk_flops(SEQ_B, SEQ_H, SEQ_K, SEQ_K, T, chunk) * (4 if train else 1)
+
+
+def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> PeerPair:
+    peer = peer_function("fla.ops.linear_attn.naive", "naive_chunk_linear_attn")
+    s = SEQ_K**-0.5
+    return seq_pair(
+        lambda q, k, v: linear_attention(q, k, v, causal=True, scale=s, impl=impl),
+        lambda q, k, v: peer(q, k, v, scale=s),
+        seq_inputs(T, g), scan_flops(T, train), T, train,
+    )  # fmt: skip
+
+
+# the eager chunk path, the fused C++ kernels (what auto runs on CPU), chunk through
+# torch.compile, and the native kernels' forward + backward
+LINEAR_VARIANTS = (
+    ("chunk", False, (2048, 8192, 32768), (2048, 8192)),
+    ("native", False, (2048, 8192, 32768), (2048, 8192)),
+    ("compiled", False, (2048, 8192, 32768), (2048, 8192)),
+    ("native", True, (2048, 8192), (2048,)),
+)
+register_impl_cases("linear", "fla-naive-chunk", "fla naive_chunk_linear_attn", _fla_case,
+                    LINEAR_VARIANTS, smoke_size=192)  # fmt: skip
