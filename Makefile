@@ -42,7 +42,7 @@ test: $(VENV)/.installed chromium
 	  if [ $$rc -eq 5 ]; then echo 'pytest collected no tests: failing'; exit 1; fi; exit $$rc
 
 readme: $(VENV)/.installed
-	$(BIN)/python -m attnzoo.docs --write README.md --db attnzoo.duckdb
+	$(BIN)/python -m attnzoo.readme_table --write README.md --db attnzoo.duckdb
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .artifacts

@@ -41,3 +41,29 @@ def spy(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> list[tupl
 
     monkeypatch.setattr(module, name, wrapper)
     return calls
+
+
+def assert_same_module(
+    ours: torch.nn.Module,
+    theirs: torch.nn.Module,
+    x: Tensor,
+    f_ours: Callable[[Tensor], Tensor],
+    f_theirs: Callable[[Tensor], Tensor],
+    atol: float = 2e-5,
+    rtol: float = 2e-5,
+) -> None:
+    """Equal outputs, input gradients and same-named parameter gradients (each parameter
+    gradient is a sum over tokens: its tolerance scales with its magnitude)."""
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    ya, yb = f_ours(xa), f_theirs(xb)
+    torch.testing.assert_close(ya, yb, atol=atol, rtol=rtol)
+    g = torch.randn(ya.shape, dtype=ya.dtype)
+    (ya * g).sum().backward()
+    (yb * g).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=atol, rtol=rtol)
+    theirs_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        want = theirs_params[name].grad
+        scaled = atol * max(1.0, want.abs().max().item())
+        torch.testing.assert_close(p.grad, want, atol=scaled, rtol=rtol, msg=name)

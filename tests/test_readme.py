@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from attnzoo.docs import is_current, render, speed_column
-from attnzoo.docs import main as docs_main
+from attnzoo.readme_table import is_current, render, speed_column
+from attnzoo.readme_table import main as docs_main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -39,7 +39,7 @@ def test_commands_named_in_readme_exist() -> None:
 
 def test_speed_column_comes_from_the_store(tmp_path: Path) -> None:
     from attnzoo.bench.speed import run_speed
-    from attnzoo.bench.suite import SpeedSuite
+    from attnzoo.bench.speed_suites import SpeedSuite
     from attnzoo.store import Store
 
     db = tmp_path / "s.duckdb"

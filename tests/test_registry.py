@@ -132,3 +132,14 @@ def test_mixer_from_json_errors() -> None:
     text = az.build_mixer("softmax", d_model=32).cfg.to_json()
     with pytest.raises(ValueError, match="config JSON is for mixer 'softmax', not 'sigmoid'"):
         az.get_spec("sigmoid").config.from_json(text)
+
+
+def test_moved_modules_say_where_they_went() -> None:
+    """Interface v2 split DaViT's file and renamed the README generator: importing the old
+    names fails with the new ones."""
+    import importlib
+
+    for old, new in (("attnzoo.mixers.vision.davit", "davit_channel"),
+                     ("attnzoo.docs", "attnzoo.readme_table")):  # fmt: skip
+        with pytest.raises(ImportError, match=new):
+            importlib.import_module(old)

@@ -15,16 +15,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 import attnzoo as az
-from attnzoo.bench.check import check_mixer, impl_choices
+from attnzoo.bench.gate import check_mixer, impl_choices
 from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
 from attnzoo.bench.quality import SUITES as QUALITY_SUITES
 from attnzoo.bench.quality import check_suite, run_quality
 from attnzoo.bench.runs import RunInterrupted
 from attnzoo.bench.speed import run_speed
-from attnzoo.bench.suite import SUITES
+from attnzoo.bench.speed_suites import SUITES
 from attnzoo.cli_tables import grid, mechanism_table
 from attnzoo.config import suggest
-from attnzoo.report import write_report
+from attnzoo.report import cp_case_rows, quality_point, write_report
 from attnzoo.store import DEFAULT_DB, ENV_DB, Store, StoreError, default_path
 
 app = typer.Typer(
@@ -68,7 +68,13 @@ def _check_choice(arg: str, value: str | int | None, allowed: tuple) -> None:
 
 @app.command("list")
 def list_cmd(
-    dims: Annotated[int | None, typer.Option(help="1 (sequences) or 2 (images).")] = None,
+    layout: Annotated[
+        str | None, typer.Option(help="tokens [B, T, D], grid2d [B, h, w, C] or grid3d.")
+    ] = None,
+    role: Annotated[str | None, typer.Option(help="mixer, fusion or pooling.")] = None,
+    dims: Annotated[
+        int | None, typer.Option(help="The first version's --layout: 1, 2 or 3.", hidden=True)
+    ] = None,
     pattern: Annotated[str | None, typer.Option(help="One of the four CAB patterns.")] = None,
     family: Annotated[str | None, typer.Option(help="Mechanism family.")] = None,
     state: Annotated[str | None, typer.Option(help="none, constant or growing.")] = None,
@@ -76,17 +82,21 @@ def list_cmd(
         bool, typer.Option("--markdown", help="Print the README feature table.")
     ] = False,
 ) -> None:
-    """List registered mechanisms with family, dims, patterns, state and paper year."""
-    _check_choice("--dims", dims, (1, 2))
+    """List registered mechanisms with family, layout, role, patterns, state and paper year."""
+    _check_choice("--layout", layout, tuple(az.LAYOUTS))
+    _check_choice("--role", role, tuple(az.ROLES))
+    _check_choice("--dims", dims, (1, 2, 3))
     _check_choice("--pattern", pattern, az.PATTERNS)
     _check_choice("--family", family, az.FAMILIES)
     _check_choice("--state", state, az.STATES)
     if markdown:
-        from attnzoo.docs import feature_table
+        from attnzoo.readme_table import feature_table
 
         print(feature_table())
         return
-    specs = az.list_mixers(dims=dims, pattern=pattern, family=family, state=state)
+    specs = az.list_mixers(
+        layout=layout, role=role, dims=dims, pattern=pattern, family=family, state=state
+    )
     out.print(mechanism_table(specs, width=out.width))
 
 
@@ -102,11 +112,16 @@ def info(name: Annotated[str, typer.Argument(help="Registered mechanism name.")]
     table.add_column("value")
     rows = {
         "family": spec.family,
-        "dims": str(spec.dims),
+        "layout": f"{spec.layout} {az.LAYOUTS[spec.layout].shape}",
+        "role": f"{spec.role} ({az.ROLES[spec.role].signature})",
+        "context": "-"
+        if spec.context_layout is None
+        else f"{spec.context_layout} {az.LAYOUTS[spec.context_layout].shape}",
         "patterns": ", ".join(spec.patterns),
         "masks": ", ".join(spec.masks),
         "state": spec.state,
         "exact softmax": "yes" if spec.exact else "no",
+        "attention maps": "yes" if spec.attention_maps else "no",
         "complexity": spec.complexity,
         "paper": f"{spec.paper.title} ({spec.paper.year})",
         "url": spec.paper.url,
@@ -122,7 +137,9 @@ def info(name: Annotated[str, typer.Argument(help="Registered mechanism name.")]
 
 @app.command()
 def selfcheck(
-    length: Annotated[int, typer.Option(help="Sequence length of the check.")] = 37,
+    length: Annotated[
+        int, typer.Option(help="Tokens of the check (token blocks; grids use 11x13, 3x5x6).")
+    ] = 77,
     d_model: Annotated[int, typer.Option(help="Model width of the check.")] = 32,
 ) -> None:
     """Check every fast path of every mechanism against its reference (forward + backward)."""
@@ -150,7 +167,7 @@ def selfcheck(
          "[green]ok[/]" if r.ok else f"[red]FAIL[/] {r.detail}"]
         for r in results
     ]  # fmt: skip
-    title = f"fast path vs reference, fwd+bwd, fp32, T={length}"
+    title = f"fast path vs reference, fwd+bwd, fp32, T={length}, grids 11x13 and 3x5x6"
     out.print(grid(title, ["mixer", "impl", "pattern", "max |err|", "result"], rows,
                    right={"max |err|"}))  # fmt: skip
     failed = [r for r in results if not r.ok]
@@ -226,7 +243,9 @@ def bench_speed(
     ] = None,
     image_sizes: Annotated[
         str | None,
-        typer.Option("--image-sizes", help="Grid sides for 2-D mixers, e.g. 32,64,128 (h = w)."),
+        typer.Option(
+            "--image-sizes", help="Grid sides for grid blocks, e.g. 32,64,128 (h = w [= d])."
+        ),
     ] = None,
     patterns: Annotated[
         str | None, typer.Option(help="Comma-separated CAB patterns (default: all).")
@@ -437,9 +456,10 @@ def bench_quality(
     except StoreError as e:
         raise _fail(str(e)) from None
     rows = []
+    described = store.tasks([run_id])
     for r in store.quality([run_id], best_of_sweep=True):
         state = "-" if r["state_size"] is None else str(r["state_size"])
-        rows.append([_point(r["task"], r["task_config"]), r["mixer"], str(r["d_model"]),
+        rows.append([quality_point(r, described), r["mixer"], str(r["d_model"]),
                      f"{r['lr']:g}", str(r["seed"]), f"{r['best_metric']:.3f}",
                      str(r["steps_run"]), r["status"], state])  # fmt: skip
     numbers = ["d_model", "lr", "seed", "metric", "steps"]
@@ -448,7 +468,7 @@ def bench_quality(
                    right={*numbers, "state"}))  # fmt: skip
     evals = store.quality_evals([run_id])
     if evals:
-        rows = [[_point(e["task"], e["task_config"]), e["mixer"], str(e["d_model"]),
+        rows = [[quality_point(e, described), e["mixer"], str(e["d_model"]),
                  f"{e['lr']:g}", str(e["seed"]), e["name"], f"{e['value']:.3f}"]
                 for e in evals]  # fmt: skip
         out.print(grid(f"run {run_id}: extra evaluations of the final models",
@@ -486,15 +506,15 @@ def bench_cp(
 
     Spawns its own gloo workers; under torchrun (e.g. ``torchrun --nproc-per-node 4 -m attnzoo
     bench cp``) the launched processes are the workers and rank 0 writes the store."""
-    from attnzoo.bench.cp import STRATEGIES, CPPlan, run_cp
+    from attnzoo.bench.cp import CPPlan, get_strategies, run_cp
 
     if list_:
-        for s_ in STRATEGIES.values():
+        for s_ in get_strategies():
             out.print(f"{s_.name}: {s_.description} (masks: {', '.join(s_.masks)})", soft_wrap=True)
         return
     try:
-        plan = CPPlan(world_sizes=_ints("--world-size", world_size) or (), strategies=_words(strategy)
-                      or tuple(STRATEGIES), masks=_words(masks) or (), seq_lens=_ints("--seq-lens",
+        plan = CPPlan(world_sizes=_ints("--world-size", world_size) or (), strategies=_words(strategy),
+                      masks=_words(masks) or (), seq_lens=_ints("--seq-lens",
                       seq_lens) or (), modes=_words(mode) or (), batch=batch, heads=heads,
                       head_dim=head_dim, repeats=repeats, timeout=timeout)  # fmt: skip
     except ValueError as e:
@@ -518,11 +538,8 @@ def bench_cp(
 
 
 def _cp_cases(rows: list[dict]) -> list[list[str]]:
-    from attnzoo.report.cp import group_cases, summarise
-
     table = []
-    for (name, mask, T, mode, w), rs in group_cases(rows).items():
-        c = summarise(rs)
+    for (name, mask, T, mode, w), c in cp_case_rows(rows):
         spread = "-" if c["cpu_spread"] is None else f"{c['cpu_spread']:.2f}x"
         err_ = "-" if c["max_abs_err"] is None else f"{c['max_abs_err']:.1e}"
         table.append([name, mask, str(T), mode, str(w), f"{c['latency_s'] * 1e3:.1f}",
@@ -543,16 +560,6 @@ def _settings(text: str) -> dict:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
-
-
-def _point(task: str, task_config: str | None) -> str:
-    """``mqar L=256 kv=16`` for MQAR grid points, ``regression drift``, else the task name."""
-    cfg = json.loads(task_config) if task_config else {}
-    if task == "mqar" and "seq_len" in cfg:
-        return f"mqar L={cfg['seq_len']} kv={cfg['num_kv_pairs']}"
-    if task == "regression" and "mode" in cfg:
-        return f"regression {cfg['mode']}"
-    return task
 
 
 @app.command()

@@ -60,9 +60,11 @@ def mechanism_table(specs: Sequence[MixerSpec], *, width: int) -> Table:
     left (cut with an ellipsis, or left out when under 20 columns are left: ``attnzoo info NAME``
     shows it)."""
     marks = [p.replace("noncausal-", "").replace("-", "\n") for p in az.PATTERNS]
-    header = ["name", "family", "dims", *marks, "state", "exact", "year"]
+    # the role only when the listed blocks do not all share one (80 columns are tight)
+    roles = len({s.role for s in specs}) > 1
+    header = ["name", "family", "layout", *["role"] * roles, *marks, "state", "exact", "year"]
     rows = [
-        [s.name, s.family, str(s.dims)]
+        [s.name, s.family, s.layout, *[s.role] * roles]
         + ["yes" if p in s.patterns else "-" for p in az.PATTERNS]
         + [s.state, "yes" if s.exact else "no", str(s.paper.year)]
         for s in specs
@@ -70,7 +72,9 @@ def mechanism_table(specs: Sequence[MixerSpec], *, width: int) -> Table:
     paper_width = width - sum(_fits(header, rows)) - len(header) - 2  # gaps and the two edges
     with_paper = paper_width >= 20
     table = grid(
-        f"attnzoo mechanisms ({len(specs)})",
+        f"attnzoo mechanisms ({len(specs)}"
+        + ("" if roles or not specs else f", role {specs[0].role}")
+        + ")",
         header + ["paper"] * with_paper,
         [row + [s.paper.title] * with_paper for s, row in zip(specs, rows, strict=True)],
         center=marks,

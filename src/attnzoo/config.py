@@ -11,12 +11,14 @@ are rejected with the closest valid names suggested.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import types
-import typing
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from attnzoo.text import suggest
+
+__all__ = ["MixerConfig", "limit", "suggest"]
 
 C = TypeVar("C", bound="MixerConfig")
 MISSING: Any = dataclasses.MISSING
@@ -70,14 +72,6 @@ def _limit_error(
     elif "finite" in limits:
         text = "a finite float" + (f" {text}" if text else "") + (" or None" if optional else "")
     return f"{owner}: {name} must be {text.strip()}, got {value!r}"
-
-
-def suggest(word: str, choices: typing.Iterable[str]) -> str:
-    """Return ``" (did you mean 'x'?)"`` for the closest choices, or an empty string."""
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
-    if not close:
-        return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
 def _type_name(tp: Any) -> str:

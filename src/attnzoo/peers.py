@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnzoo.config import suggest
+from attnzoo.text import pick
 
 TRAIN_TAG = "-train"  # ends the "ours" half of a case's name that times forward + backward
 TRAIN_NOTE = "forward + backward (all input gradients)"
@@ -84,17 +84,7 @@ def get_cases(names: Sequence[str] | None) -> list[PeerCase]:
     """The registered cases (every one when ``names`` is ``None``), in registration order."""
     import attnzoo.mixers  # noqa: F401  (the block files register their cases)
 
-    if names is None:
-        return list(CASES.values())
-    out = []
-    for n in names:
-        if n not in CASES:
-            raise ValueError(
-                f"--cases: unknown peer case {n!r}{suggest(n, list(CASES))}; known: "
-                + ", ".join(CASES)
-            )
-        out.append(CASES[n])
-    return out
+    return pick(CASES, names, "--cases", "peer case")
 
 
 Fn = Callable[..., Tensor]

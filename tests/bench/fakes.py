@@ -24,8 +24,7 @@ class Fake(az.Mixer):
         super().__init__(cfg)
         self.lin = torch.nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        self.pattern_of(context)
+    def mix(self, x: torch.Tensor, context: None, mask: object) -> torch.Tensor:
         if self.cfg.fail_at and x.shape[1] >= self.cfg.fail_at:
             raise RuntimeError(f"fake mixer fails at T={x.shape[1]}")
         y = self.lin(x)
@@ -41,7 +40,7 @@ def fake_mixer(name: str, fail_at: int = 0) -> Iterator[str]:
         frozen=True,
     )
     az.register_mixer(
-        name, config=cfg, family="other", dims=1, patterns=("noncausal-self",), complexity="O(T·D²)",
+        name, config=cfg, family="other", complexity="O(T·D²)",
         paper=az.Paper("fake", 2026, "-"), peer="-", flops=lambda c, b, t, s, m: 2 * b * t * c.d_model**2,
     )(type(name, (Fake,), {}))  # fmt: skip
     try:

@@ -20,12 +20,12 @@ from attnzoo.bench.quality import (
     run_quality,
     state_size,
 )
-from attnzoo.bench.quality_tasks import PointerNet, greedy_accuracy
 from attnzoo.bench.train import TrainResult
 from attnzoo.cli import app
 from attnzoo.report.html import build_report
 from attnzoo.store import Store
 from attnzoo.tasks import digits, pointer
+from attnzoo.tasks.pointer_net import PointerNet, greedy_accuracy
 
 TINY = {"vocab_size": 32, "seq_len": 16, "num_kv_pairs": 2, "random_non_queries": False}
 
@@ -196,7 +196,7 @@ def test_greedy_metric_is_not_teacher_forced() -> None:
 def test_pointer_needs_both_patterns_and_settings_are_checked() -> None:
     with pytest.raises(ValueError, match="mixer 'lightning' lacks the noncausal-self pattern"):
         PointerNet("lightning", 8, 1, 1, False)
-    with pytest.raises(ValueError, match="mixer 'lka' lacks dims=2"):
+    with pytest.raises(ValueError, match=r"mixer 'lka' lacks the tokens layout \(it is grid2d\)"):
         PointerNet("lka", 8, 1, 1, False)
     with pytest.raises(ValueError, match=r"unknown setting 'test_m' \(did you mean 'test_n'"):
         TASKS["pointer-sort"].build("softmax", 8, 1, {"test_m": (6, 9)})

@@ -13,7 +13,7 @@ import pytest
 
 import attnzoo as az
 from attnzoo.bench.speed import Cell, _skip_reason, plan, predict, run_speed
-from attnzoo.bench.suite import SUITES, SpeedSuite, build_mask, masks_for
+from attnzoo.bench.speed_suites import SUITES, SpeedSuite, build_mask, masks_for
 from attnzoo.registry import get_spec
 from attnzoo.store import Store
 from tests.bench.fakes import fake_mixer
@@ -116,13 +116,14 @@ def test_correctness_gate_blocks_timing_of_a_wrong_path(tmp_path: Path) -> None:
 
 def test_a_failing_measurement_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.duckdb")
-    with fake_mixer("_fails_long", fail_at=64) as name:
-        suite = SpeedSuite(mixers=(name, "softmax"), patterns=("noncausal-self",), masks=(), seq_lens=(32, 64, 128),
+    # fails beyond the gate's 77 tokens (so the gate passes and the measurement fails)
+    with fake_mixer("_fails_long", fail_at=100) as name:
+        suite = SpeedSuite(mixers=(name, "softmax"), patterns=("noncausal-self",), masks=(), seq_lens=(32, 64, 128, 200),
                            repeats=1, warmup=0, heads=2, head_dim=8, modes=("fwd",))  # fmt: skip
         run = run_speed(suite, store, command="t", progress=False)
     fails = [s for s in store.skips([run]) if s["mixer"] == name and s["impl"] == "reference"]
-    assert [s["seq_len"] for s in fails] == [64, 128]
-    assert "fake mixer fails at T=64" in fails[0]["reason"] and all(
+    assert [s["seq_len"] for s in fails] == [128, 200]
+    assert "fake mixer fails at T=128" in fails[0]["reason"] and all(
         s["kind"] == "failed" for s in fails
     )
     assert store.run(run)["status"] == "complete"

@@ -38,6 +38,9 @@ def test_list_reads_in_an_80_column_terminal() -> None:
         for spec in az.list_mixers():
             line = next(ln for ln in lines if ln.startswith(f" {spec.name} "))
             marks = ["yes" if p in spec.patterns else "-" for p in az.PATTERNS]
+            # one role among the built-ins: the table says it in its caption, not per row
+            assert line.split()[2] == spec.layout
+            assert f"mechanisms ({len(az.list_mixers())}, role mixer)" in r.stdout
             assert line.split()[3:7] == marks and str(spec.paper.year) in line
         header = next(ln for ln in lines if ln.startswith(" name "))
         assert header.split()[-1] == ("paper" if paper else "year")
@@ -47,10 +50,18 @@ def test_list_reads_in_an_80_column_terminal() -> None:
 def test_list_filters() -> None:
     r = runner.invoke(app, ["list", "--family", "dense"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "sigmoid" in r.stdout and " softmax " not in r.stdout
+    r = runner.invoke(app, ["list", "--layout", "grid2d"], env={"COLUMNS": "200"})
+    names = {s.name for s in az.list_mixers(layout="grid2d")}
+    assert r.exit_code == 0 and all(f" {n} " in r.stdout for n in names)
+    assert not any(line.startswith(" softmax ") for line in r.stdout.splitlines())
+    r = runner.invoke(app, ["list", "--dims", "2"], env={"COLUMNS": "200"})  # the first version's
+    assert r.exit_code == 0 and all(f" {n} " in r.stdout for n in names)
+    r = runner.invoke(app, ["list", "--layout", "grid4d"])
+    assert r.exit_code != 0 and "--layout must be one of tokens, grid2d, grid3d" in r.output
 
 
 def test_list_markdown_is_the_feature_table() -> None:
-    from attnzoo.docs import feature_table
+    from attnzoo.readme_table import feature_table
 
     r = runner.invoke(app, ["list", "--markdown"])
     assert r.exit_code == 0 and r.stdout.strip() == feature_table()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import attnzoo as az
-from attnzoo.bench.check import check_mixer
+from attnzoo.bench.gate import check_mixer
 from attnzoo.registry import unregister_mixer
 from attnzoo.testing import randomise
 from tests.contract.inputs import (

@@ -53,3 +53,23 @@ def test_odd_grids_work_or_raise_a_naming_value_error(spec: az.MixerSpec, grid: 
     assert torch.isfinite(y).all(), f"{spec.name}: non-finite output on a {grid} grid"
     (y * torch.randn(y.shape)).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+BACKBONES = {
+    "grid2d": ("metaformer_tiny", (2, 3, 32, 32)),
+    "grid3d": ("metaformer3d_tiny", (2, 1, 32, 32, 32)),
+}
+BACKBONE_SPECS = [s for s in GRID_SPECS if s.role == "mixer" and "noncausal-self" in s.patterns]
+
+
+@pytest.mark.parametrize("spec", BACKBONE_SPECS, ids=ids)
+def test_trains_in_the_metaformer_of_its_layout(spec: az.MixerSpec) -> None:
+    """Every grid mixer is a MetaFormer token mixer of its layout (2-D images, 3-D volumes):
+    one training step gives every parameter a finite gradient."""
+    name, shape = BACKBONES[spec.layout]
+    model = az.create_model(name, mixer=spec.name, dims=(16, 32, 32, 32), num_classes=3)
+    y = model(torch.randn(shape))
+    assert y.shape == (2, 3)
+    torch.nn.functional.cross_entropy(y, torch.tensor([0, 2])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{spec.name}: {pname}"

@@ -16,8 +16,8 @@ import torch
 from attnzoo.distributed import Sharding, run_workers
 from attnzoo.distributed.hybrid import hybrid_bytes, hybrid_positions
 from attnzoo.ops import Mask, softmax_attention
-from tests.distributed import workers_b as W
-from tests.distributed.workers import shard_masks
+from tests.distributed import ulysses_state_workers as W
+from tests.distributed.ring_workers import shard_masks
 
 P = 4
 GRIDS = [(2, 2), (1, 4), (4, 1)]  # (ulysses, ring); made in this order by every rank

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnzoo.distributed import Comm, init_from_env, run_workers
-from tests.distributed import workers as W
+from tests.distributed import ring_workers as W
 
 P = 3
 

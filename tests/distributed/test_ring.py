@@ -14,7 +14,7 @@ import torch
 
 from attnzoo.distributed import Sharding, ring_bytes, ring_work, run_workers, unshard
 from attnzoo.ops import Mask, softmax_attention
-from tests.distributed import workers as W
+from tests.distributed import ring_workers as W
 
 KINDS = ("contiguous", "zigzag", "striped")
 VARIANTS = ("p2p", "allgather")

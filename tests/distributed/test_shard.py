@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from attnzoo.distributed import Sharding, gather_unshard, run_workers, shard, unshard
-from tests.distributed import workers as W
+from tests.distributed import ring_workers as W
 
 KINDS = ("contiguous", "zigzag", "striped")
 

@@ -24,7 +24,7 @@ from attnzoo.distributed.state_passing import (
 )
 from attnzoo.ops.gla import gated_linear_attention
 from attnzoo.ops.linear import linear_attention
-from tests.distributed import workers_b as W
+from tests.distributed import ulysses_state_workers as W
 
 LENGTHS = {2: 13, 3: 20, 4: 18}  # uneven contiguous shards
 
@@ -36,20 +36,20 @@ def cases_for(P: int) -> list[W.StateCase]:
         out += [
             W.StateCase("linear", T, combine),
             W.StateCase("linear", T, combine, normalize=True, H=4, Hkv=2),  # GQA
-            W.StateCase("lightning", T, combine),
-            W.StateCase("lightning", T, combine, normalize=True),
-            W.StateCase("gla", T, combine),
-            W.StateCase("gla", T, combine, impl="recurrent"),
+            W.StateCase("linear", T, combine, decay=True),
+            W.StateCase("linear", T, combine, decay=True, normalize=True),
+            W.StateCase("gated", T, combine),
+            W.StateCase("gated", T, combine, impl="recurrent"),
         ]
     out += [
         W.StateCase("linear", T, causal=False),
         W.StateCase("linear", T, causal=False, normalize=True, H=4, Hkv=2),
-        W.StateCase("lightning", T, impl="reference", chunk_size=64),
+        W.StateCase("linear", T, decay=True, impl="reference", chunk_size=64),
     ]
     if P == 2:
         # long shards with strong gates: cumulative log gates reach about -1000 on each shard
         out += [
-            W.StateCase("gla", 512, combine, B=1, H=1, Hkv=1, K=2, V=2, gate=5.0, chunk_size=64)
+            W.StateCase("gated", 512, combine, B=1, H=1, Hkv=1, K=2, V=2, gate=5.0, chunk_size=64)
             for combine in ("allgather", "sequential")
         ]
     return [W.StateCase(**{**c.__dict__, "seed": 10 * i}) for i, c in enumerate(out)]
@@ -64,7 +64,8 @@ def world(request: pytest.FixtureRequest) -> tuple[int, list[W.StateCase], list[
 
 def _name(c: W.StateCase) -> str:
     mode = "causal" if c.causal else "noncausal"
-    return f"{c.kind}/{c.combine}/{mode}/norm={c.normalize}/T={c.T}/Hkv={c.Hkv}/{c.impl}"
+    kind = c.kind + ("+decay" if c.decay else "")
+    return f"{kind}/{c.combine}/{mode}/norm={c.normalize}/T={c.T}/Hkv={c.Hkv}/{c.impl}"
 
 
 def reference(c: W.StateCase) -> dict[str, torch.Tensor]:
@@ -74,7 +75,7 @@ def reference(c: W.StateCase) -> dict[str, torch.Tensor]:
     g = xs.pop("g")
     leaves = {n: t.clone().requires_grad_(True) for n, t in xs.items()}
     q, k, v = leaves["q"], leaves["k"], leaves["v"]
-    if c.kind == "gla":
+    if c.kind == "gated":
         # reference is quadratic in T: take the chunked path for the long case
         impl = "reference" if c.T <= 64 else "chunk"
         o = gated_linear_attention(q, k, v, leaves["gk"], impl=impl)
@@ -124,6 +125,7 @@ def test_counted_bytes_equal_analytic(world: tuple[int, list[W.StateCase], list[
         kw: dict[str, Any] = dict(
             batch=c.B, num_heads=c.H, head_dim=c.K, v_head_dim=c.V, kind=c.kind, combine=c.combine
         )
+        kw.update(decay=c.decay)
         kw.update(causal=c.causal, normalize=c.normalize)
         fwd = state_passing_bytes(P, **kw)
         total = state_passing_bytes(P, backward=True, **kw)
@@ -140,9 +142,11 @@ def test_rejects_bad_arguments(world: tuple[int, list[W.StateCase], list[Any]]) 
     assert errors[2].startswith("ValueError") and "holds 5 tokens" in errors[2]
     assert errors[3].startswith("ValueError") and "'tree'" in errors[3] and "combine" in errors[3]
     assert errors[4].startswith("ValueError") and "'mamba'" in errors[4]
-    assert errors[5].startswith("ValueError") and "decay of shape [H]=[2]" in errors[5]
+    assert errors[5].startswith("ValueError") and "decay must have shape [H]=[2]" in errors[5]
     assert errors[6].startswith("ValueError") and "gk of k's shape" in errors[6]
     assert errors[7].startswith("ValueError") and "causal=False" in errors[7]
+    assert errors[8].startswith("ValueError") and "is now kind='linear' with decay=" in errors[8]
+    assert errors[9].startswith("ValueError") and "is now kind='gated' with gk=" in errors[9]
 
 
 # ---- single process: the algebra ------------------------------------------------------------
@@ -184,8 +188,10 @@ def test_state_passing_bytes_values() -> None:
     # backward: every rank but the first sends its incoming state's gradient back
     both = state_passing_bytes(4, kind="linear", combine="sequential", backward=True, **kw)
     assert both == [96, 192, 192, 96]
-    # all-gather: state plus GLA's [B, H, K] log decay (6 floats) to 3 others
-    assert state_passing_bytes(4, kind="gla", **kw) == [3 * 120] * 4
+    # all-gather: state plus the gated kind's [B, H, K] log decay (6 floats) to 3 others
+    assert state_passing_bytes(4, kind="gated", **kw) == [3 * 120] * 4
+    # a per-head decay: its [H] log total decay (2 floats) rides along
+    assert state_passing_bytes(4, kind="linear", decay=True, **kw) == [3 * 104] * 4
     # normaliser: one more value column (B*H*K = 6 floats)
     assert state_passing_bytes(2, kind="linear", normalize=True, **kw) == [120] * 2
     with pytest.raises(ValueError, match="kind must be one of"):

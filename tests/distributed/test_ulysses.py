@@ -15,8 +15,8 @@ import torch
 from attnzoo.distributed import Sharding, run_workers, unshard
 from attnzoo.distributed.ulysses import exchange_order, ulysses_bytes
 from attnzoo.ops import Mask, softmax_attention
-from tests.distributed import workers_b as W
-from tests.distributed.workers import shard_masks
+from tests.distributed import ulysses_state_workers as W
+from tests.distributed.ring_workers import shard_masks
 
 KINDS = ("contiguous", "zigzag", "striped")
 LENGTHS = {2: 13, 3: 14, 4: 18}  # uneven shards at every world size

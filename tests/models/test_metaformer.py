@@ -17,9 +17,11 @@ import attnzoo as az
 from attnzoo.models import MetaFormer, register_timm_models
 from attnzoo.models.metaformer import FlatTokens
 
-TWO_D = [s.name for s in az.list_mixers(dims=2)]
-ONE_D = [s.name for s in az.list_mixers(dims=1, pattern="noncausal-self")]
-ONE_D_REJECTED = [s.name for s in az.list_mixers(dims=1) if "noncausal-self" not in s.patterns]
+TWO_D = [s.name for s in az.list_mixers(layout="grid2d", role="mixer")]
+ONE_D = [s.name for s in az.list_mixers(layout="tokens", role="mixer", pattern="noncausal-self")]
+ONE_D_REJECTED = [
+    s.name for s in az.list_mixers(layout="tokens") if "noncausal-self" not in s.patterns
+]
 # a 2-D mixer and a 1-D one that accept every grid, for the tests of the backbone itself
 MIX2, MIX1 = "l2vit", "softmax"
 # image side per mixer where 32 (stage grids 8, 4, 2, 1) is not accepted; others are probed
@@ -34,7 +36,7 @@ def tiny(**kwargs: object) -> MetaFormer:
 
 
 def test_list_models() -> None:
-    assert az.list_models() == ["metaformer_small", "metaformer_tiny"]
+    assert az.list_models() == ["metaformer3d_tiny", "metaformer_small", "metaformer_tiny"]
     small = az.create_model("metaformer_small", mixer=MIX2)
     assert small.dims == (64, 128, 320, 512) and small.depths == (2, 2, 6, 2)
     assert tiny().dims == (32, 64, 128, 256) and tiny().depths == (1, 1, 2, 1)
@@ -207,7 +209,8 @@ def test_unknown_model_name() -> None:
 @pytest.mark.parametrize("name", ONE_D_REJECTED)
 def test_one_d_mixer_without_noncausal_self_is_rejected(name: str) -> None:
     patterns = az.get_spec(name).patterns
-    with pytest.raises(ValueError, match=re.escape(f"'{name}' (dims=1) has patterns {patterns}")):
+    want = f"'{name}' (tokens, role mixer) has patterns {patterns}"
+    with pytest.raises(ValueError, match=re.escape(want)):
         tiny(mixer=(MIX2, MIX2, name, MIX2))
 
 
@@ -260,3 +263,27 @@ def test_one_training_step_with_every_mixer(name: str) -> None:
     with torch.no_grad():
         after = F.cross_entropy(model(x), target)
     assert torch.isfinite(after) and after.item() != loss.item()
+
+
+# ---- the volume backbone -----------------------------------------------------------------------
+def tiny3d(**kw: object) -> torch.nn.Module:
+    return az.create_model("metaformer3d_tiny", dims=(8, 16, 16, 16), num_classes=4, **kw)
+
+
+def test_volume_backbone_runs_a_tokens_mixer_over_the_flattened_volume() -> None:
+    model = tiny3d(mixer=ONE_D[0])
+    x = torch.randn(2, 1, 32, 32, 40)
+    assert model(x).shape == (2, 4)
+    feats = tiny3d(mixer=ONE_D[0], features_only=True)(x)
+    assert [f.shape[2:] for f in feats] == [(8, 8, 10), (4, 4, 5), (2, 2, 3), (1, 1, 2)]
+
+
+def test_volume_backbone_refuses_image_mixers_and_images() -> None:
+    with pytest.raises(ValueError, match=rf"mixer {TWO_D[0]!r} takes grid2d inputs; a grid3d"):
+        tiny3d(mixer=TWO_D[0])
+    with pytest.raises(ValueError, match=r"x must be \[B, 1, D, H, W\] \(channels-first volumes\)"):
+        tiny3d(mixer=ONE_D[0])(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="D=16, H=32, W=32 is too small"):
+        tiny3d(mixer=ONE_D[0])(torch.randn(2, 1, 16, 32, 32))
+    with pytest.raises(ValueError, match="layout must be 'grid2d' or 'grid3d', got 'tokens'"):
+        az.create_model("metaformer_tiny", mixer=ONE_D[0], layout="tokens")

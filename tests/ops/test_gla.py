@@ -229,7 +229,7 @@ def test_chunks_with_mild_and_strong_decay_mixed() -> None:
     """The one-GEMM intra-chunk form covers chunks whose decay span is at most SPAN_LIMIT; the
     others are recomputed with the sub-chunk form. A sequence with mild gates in its first half
     and strong ones in its second takes both, per chunk, and must equal the step loop."""
-    from attnzoo.ops.gla import SPAN_LIMIT
+    from attnzoo.ops.gla_chunk import SPAN_LIMIT
 
     q, k, v, gk = inputs(256, "normal", b=1)
     gk = torch.cat([gk[:, :128] / 16, -5.0 * torch.rand_like(gk[:, 128:])], dim=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from attnzoo.bench.speed import run_speed
-from attnzoo.bench.suite import SpeedSuite
+from attnzoo.bench.speed_suites import SpeedSuite
 from attnzoo.store import Store
 
 

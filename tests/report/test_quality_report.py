@@ -15,8 +15,9 @@ import pytest
 from attnzoo.report import build_report
 from attnzoo.report.plots import panels_svg
 from attnzoo.report.quality import _attach, quality_section
-from attnzoo.report.quality_data import closest_speed, pick_best, task_length
+from attnzoo.report.quality_rows import closest_speed, pick_best
 from attnzoo.store import Store
+from attnzoo.tasks import TASKS
 
 ZOO_POINTS = ((64, 4), (128, 8))
 ZOO_BASE = {"softmax": 0.9, "linear": 0.6, "gla": 0.5}  # gla gets no speed row
@@ -52,6 +53,10 @@ def _model(store: Store, run: int, task: str, cfg: dict, mixer: str, d: int, see
             store.add_curve_point(run, {"task": task, "mixer": mixer, "d_model": d, "lr": lr,
                                         "seed": seed, "step": step, "train_loss": 1.0,
                                         "eval_loss": 1.0, "metric": m, "seconds": 1.0})  # fmt: skip
+    # what the bench writes before training a task point
+    store.add_task(
+        run, {**TASKS[task].describe(cfg), "task_config": json.dumps(cfg, sort_keys=True)}
+    )
     store.add_quality(run, {
         "task": task, "task_config": json.dumps(cfg, sort_keys=True), "mixer": mixer, "d_model": d,
         "num_layers": 2, "lr": lr, "seed": seed, "params": 1000 * d, "state_size": state,
@@ -302,12 +307,13 @@ def test_a_curve_started_right_after_another_point_stays_with_its_own(tmp_path: 
 
 
 def test_helpers() -> None:
-    assert task_length({"seq_len": 64, "num_kv_pairs": 4}) == 64
-    assert task_length({"max_length": 48}) == 48
-    assert task_length({"num_pairs": 32}) == 64
-    assert task_length({"train_n": [5, 10]}) == 10
-    assert task_length({"image_size": 32}) == 64
-    assert task_length({"depth": 3}) is None
+    """The tokens per layer each task stores for its points (the report's task length)."""
+    tokens = {t: TASKS[t].describe(c)["tokens"] for t, c in (
+        ("mqar", {"seq_len": 64, "num_kv_pairs": 4}), ("listops", {"max_length": 48}),
+        ("regression", {"num_pairs": 32}), ("pointer-sort", {"train_n": [5, 10]}),
+        ("digits", {"image_size": 32}))}  # fmt: skip
+    assert tokens == {"mqar": 64, "listops": 48, "regression": 64, "pointer-sort": 10, "digits": 64}
+    assert TASKS["mqar"].describe({})["tokens"] is None
     rows = [{"best_metric": m, "best_of_sweep": f} for m, f in ((0.5, False), (0.9, False),
                                                                 (0.9, True), (None, False))]  # fmt: skip
     assert pick_best(rows, maximize=True) is rows[2]  # tie: the flagged one
@@ -322,8 +328,6 @@ def test_helpers() -> None:
 
 
 def test_bad_input() -> None:
-    with pytest.raises(TypeError, match="task_config: expected a dict, got list"):
-        task_length([64])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="length must be a positive token count, got 0"):
         closest_speed([], "softmax", 0, ("causal-self",))
     with pytest.raises(ValueError, match="rows must hold at least one row"):

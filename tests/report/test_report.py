@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -76,23 +75,3 @@ def test_no_runs_is_a_clear_error(tmp_path: Path) -> None:
         build_report(store)
     with pytest.raises(ValueError, match="--run 5: no such run"):
         build_report(store, [5])
-
-
-def test_report_and_analysis_never_import_torch() -> None:
-    for path in [
-        *(SRC / "report").glob("*.py"),
-        SRC / "analysis.py",
-        *(SRC / "store").glob("*.py"),
-    ]:
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            for n in names:
-                assert not n.startswith("torch"), f"{path.name} imports {n}"
-                assert not n.startswith(
-                    ("attnzoo.ops", "attnzoo.mixers", "attnzoo.bench", "attnzoo.registry")
-                ), f"{path.name} imports {n}: the report reads the store only"

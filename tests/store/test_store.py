@@ -213,7 +213,7 @@ def test_v3_store_reads_then_migrates_to_latest_keeping_rows(tmp_path: Path) -> 
     (curve,) = reader.curves()
     assert curve["metric"] == 0.5 and curve["task_config"] is None
     store = Store(path)
-    assert store.schema_version == LATEST == 6
+    assert store.schema_version == LATEST == 7
     assert [c["task_config"] for c in store.curves()] == [None] and store.quality_evals() == []
     store.add_curve_point(1, {**CURVE_ROW, "step": 20, "task_config": '{"seq_len": 64}'})
     assert [c["task_config"] for c in store.curves([1])] == [None, '{"seq_len": 64}']
@@ -282,3 +282,46 @@ def test_cp_rows_and_skips_round_trip(tmp_path: Path) -> None:
     assert [s["reason"] for s in store.cp_skips([run])] == ["r"]
     with pytest.raises(ValueError, match=r"a cp row needs \['exact'\]"):
         store.add_cp(run, {k: v for k, v in CP_ROW.items() if k != "exact"})
+
+
+def test_v6_store_migrates_task_descriptions_and_speed_baselines(tmp_path: Path) -> None:
+    """Schema v7: quality runs recorded before it get the task descriptions the bench then used
+    (the report no longer mirrors them), speed runs their baseline; a run of v7 writes its own
+    (once per task point)."""
+    path = tmp_path / "v6.duckdb"
+    con = duckdb.connect(str(path))
+    for _, _, statements in MIGRATIONS[:6]:
+        for sql in statements:
+            con.execute(sql)
+    con.execute("INSERT INTO attnzoo_meta VALUES ('app', 'attnzoo-store'), ('schema_version', '6')")
+    con.execute(
+        "INSERT INTO runs (kind, status, started_at, env, config) VALUES "
+        "('quality', 'complete', now(), '{}', '{}'), ('speed', 'complete', now(), '{}', '{}')"
+    )
+    points = [
+        ("mqar", '{"num_kv_pairs": 4, "seq_len": 64}', 64),
+        ("pointer-hull", '{"train_n": [5, 10]}', 10),
+        ("digits", '{"image_size": 32}', 64),
+        ("regression", '{"mode": "drift", "num_pairs": 32}', 64),
+    ]
+    for task, cfg, _ in points:
+        con.execute(
+            "INSERT INTO quality VALUES (1, ?, ?, 'm', 64, 2, 0.001, 0, 10, NULL, 10, 'complete', "
+            "0.5, 0.5, true, 1.0, now())",
+            [task, cfg],
+        )
+    con.close()
+    store = Store(path)
+    assert store.schema_version == LATEST >= 7
+    described = {r["task"]: r for r in store.tasks([1])}
+    assert {t: described[t]["tokens"] for t, _, _ in points} == {t: n for t, _, n in points}
+    assert described["regression"]["metric"] == "MSE" and not described["regression"]["maximize"]
+    assert described["mqar"]["point_keys"] == [("seq_len", "L"), ("num_kv_pairs", "kv")]
+    assert described["pointer-hull"]["patterns"] == ("noncausal-self", "causal-self")
+    assert store.run(2)["config"] == {"baseline": "softmax"}
+    row = {"task": "mqar", "task_config": "{}", "description": "d", "metric": "accuracy",
+           "maximize": True, "patterns": ["causal-self"], "fmt": ".3f", "bounded": True,
+           "tokens": None, "point_keys": []}  # fmt: skip
+    store.add_task(1, row)
+    store.add_task(1, row)  # a repeat is ignored
+    assert len([r for r in store.tasks([1]) if r["task_config"] == "{}"]) == 1

@@ -1,8 +1,8 @@
 """The quality bench (``attnzoo bench quality``): train small models with any registered mixer on
 seeded tasks, store config, seed, curve and final metric per run (DESIGN §5).
 
-A :class:`QualityTask` (:mod:`attnzoo.bench.quality_tasks` holds every task adapter) adapts
-one task of :mod:`attnzoo.tasks` to the trainer. A :class:`QualitySuite` is the grid: task
+A :class:`QualityTask` (registered by each task module of :mod:`attnzoo.tasks`, next to its
+generator; :mod:`attnzoo.tasks.registry`) adapts one task to the trainer. A :class:`QualitySuite` is the grid: task
 points (a task and its settings) x mixers x widths x seeds, each trained once per learning rate;
 the best learning rate of each group is flagged (Zoology reports the best of a learning-rate
 sweep). A task's extra evaluations of the final model (e.g. pointer greedy decoding
@@ -50,12 +50,12 @@ from rich.progress import Progress
 from torch import Tensor
 
 from attnzoo.bench.env import environment, git_sha
-from attnzoo.bench.quality_tasks import TASKS, QualityTask, TaskParts, register_task
 from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.bench.train import TrainConfig, train
 from attnzoo.config import suggest
 from attnzoo.registry import build_mixer, get_spec
 from attnzoo.store import Store
+from attnzoo.tasks import TASKS, QualityTask, TaskParts, register_task
 
 __all__ = [
     "SUITES", "TASKS", "QualitySuite", "QualityTask", "TaskParts", "check_suite", "register_task",
@@ -320,6 +320,7 @@ def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str,
     task = TASKS[task_name]
     parts = task.build(mixer, d_model, suite.num_layers, dict(settings))
     task_config = json.dumps(parts.task_config, sort_keys=True)
+    store.add_task(run_id, {**task.describe(parts.task_config), "task_config": task_config})
     key = {"task": task_name, "task_config": task_config, "mixer": mixer, "d_model": d_model,
            "seed": seed}  # fmt: skip
     best: tuple[float, float] | None = None  # (metric, lr)

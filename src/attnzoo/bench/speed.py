@@ -1,6 +1,6 @@
 """``attnzoo bench speed``: latency, peak memory and FLOP rate of every (mixer, impl, pattern, mask).
 
-For each mixer the correctness gate runs first (:func:`attnzoo.bench.check.check_mixer`); a path
+For each mixer the correctness gate runs first (:func:`attnzoo.bench.gate.check_mixer`); a path
 that failed it, or was not checked, gets no timing, only a recorded failure. Then, per
 (impl, pattern, mask, mode), lengths are measured in increasing order. Before each length the
 peak memory and time are predicted from the lengths already measured (log-log extrapolation;
@@ -26,15 +26,16 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from attnzoo.bench.check import check_mixer, impl_choices
 from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
+from attnzoo.bench.gate import check_mixer, impl_choices
 from attnzoo.bench.measure import median_seconds, peak_memory_bytes
 from attnzoo.bench.runs import finishing, progress_bar
-from attnzoo.bench.suite import SpeedSuite, build_mask, masks_for
+from attnzoo.bench.speed_suites import SpeedSuite, build_mask, masks_for
 from attnzoo.mixers.base import Mixer
 from attnzoo.ops.masks import Mask
 from attnzoo.ops.softmax import softmax_attention
 from attnzoo.registry import MixerSpec, build_mixer
+from attnzoo.spec import LAYOUTS
 from attnzoo.store import Store
 
 PROBE_LENGTHS = (64, 128)
@@ -74,20 +75,21 @@ def _mixer_kwargs(spec: MixerSpec, impl: str, suite: SpeedSuite) -> dict[str, An
 
 
 def _inputs(
-    spec: MixerSpec, T: int, suite: SpeedSuite, cross: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Seeded inputs; returns (x, context, effective T). 2-D mixers get the nearest square grid."""
+    spec: MixerSpec, m: Mixer, T: int, suite: SpeedSuite, cross: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+    """Seeded inputs of the spec's layouts; returns (x, context, tokens of x, tokens of the
+    context). A grid block gets the most even grid with about T tokens (its context too)."""
     g = torch.Generator().manual_seed(T)
-    D = suite.d_model
-    if spec.dims == 1:
-        x = torch.randn(suite.batch, T, D, generator=g)
-        t_eff = T
-    else:
-        side = max(1, round(math.sqrt(T)))
-        x = torch.randn(suite.batch, side, side, D, generator=g)
-        t_eff = side * side
-    ctx = torch.randn(suite.batch, t_eff, D, generator=g) if cross else None
-    return x, ctx, t_eff
+    layout = LAYOUTS[spec.layout]
+    sizes = layout.sizes_for(T)
+    x = layout.example(suite.batch, sizes, suite.d_model, generator=g)
+    t_eff = layout.tokens(sizes)
+    if not cross:
+        return x, None, t_eff, t_eff
+    c_layout = LAYOUTS[spec.context_layout or spec.layout]
+    c_sizes = c_layout.sizes_for(t_eff)
+    ctx = c_layout.example(suite.batch, c_sizes, m.context_dim, generator=g)
+    return x, ctx, t_eff, c_layout.tokens(c_sizes)
 
 
 def _call(
@@ -107,7 +109,8 @@ def _call(
                 return m(x, **kwargs)
 
         return fwd
-    gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    out_shape = m.spec.role_info.output_shape(tuple(x.shape), m.d_model)  # [B, D] for pooling
+    gy = torch.randn(out_shape, generator=torch.Generator().manual_seed(7))
     params = list(m.parameters())
 
     def fwdbwd() -> None:
@@ -144,7 +147,7 @@ def measure(
         causal=cell.causal,
         **_mixer_kwargs(spec, cell.impl, suite),
     )
-    x, ctx, t_eff = _inputs(spec, T, suite, cell.cross)
+    x, ctx, t_eff, s_eff = _inputs(spec, m, T, suite, cell.cross)
     mask = (
         None
         if cell.mask in ("full", "causal")
@@ -165,7 +168,7 @@ def measure(
     peak = peak_memory_bytes(fn)
     full_mask = mask if mask is not None else Mask(causal=cell.causal)
     flops: int | None = spec.flops(
-        m.cfg, suite.batch, t_eff, t_eff if cell.cross else None, full_mask
+        m.cfg, suite.batch, t_eff, s_eff if cell.cross else None, full_mask
     )
     if cell.mode == "fwdbwd":
         flops *= 3
@@ -173,7 +176,7 @@ def measure(
         flops = None  # one token's cost depends on the state kind; not defined by spec.flops
     return {
         "mixer": spec.name, "impl": cell.impl, "pattern": cell.pattern, "mask": full_mask.name,
-        "mode": cell.mode, "batch": suite.batch, "seq_len": t_eff, "ctx_len": t_eff,
+        "mode": cell.mode, "batch": suite.batch, "seq_len": t_eff, "ctx_len": s_eff,
         "d_model": suite.d_model, "heads": suite.heads if "num_heads" in spec.config.field_names() else None,
         "head_dim": suite.head_dim if "num_heads" in spec.config.field_names() else None,
         "repeats": reps, "median_s": median, "min_s": min(times), "peak_bytes": peak, "flops": flops,
@@ -271,7 +274,11 @@ def plan(suite: SpeedSuite) -> list[Cell]:
                     continue
                 for mask in masks_for(suite, spec, pattern):
                     for mode in suite.modes:
-                        streamable = spec.state != "none" and pattern == "causal-self"
+                        streamable = (
+                            spec.state != "none"
+                            and pattern == "causal-self"
+                            and spec.layout == "tokens"
+                        )
                         if mode == "step" and not (streamable and mask == "causal"):
                             continue
                         cells.append(Cell(spec, impl, pattern, mask, mode))

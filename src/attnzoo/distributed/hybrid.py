@@ -24,16 +24,19 @@ consecutive pieces, piece ``u`` held by the rank with that Ulysses index
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from attnzoo.distributed.comm import Comm
-from attnzoo.distributed.ring import ring_attention, ring_bytes
+from attnzoo.distributed.ring import ExactAttention, ring_attention, ring_bytes, ring_work
 from attnzoo.distributed.shard import Sharding
+from attnzoo.distributed.strategies import CPShape, case_mask, register_strategy
 from attnzoo.distributed.ulysses import (
     check_heads,
     heads_to_seq,
@@ -247,3 +250,59 @@ def _pieces(op: str, sharding: Sharding, ulysses_size: int, ring_rank: int) -> l
         T_ring // ulysses_size + (1 if u < T_ring % ulysses_size else 0)
         for u in range(ulysses_size)
     ]
+
+
+# ---- the bench's strategy --------------------------------------------------------------------
+#: the bench's grid: Ulysses groups of 2, ring across world / 2 of them
+HYBRID_ULYSSES = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridStrategy(ExactAttention):
+    """Ulysses inside groups of :data:`HYBRID_ULYSSES` x ring across them; the sharding is over
+    the ring (``world / U`` ranks), each ring shard cut among a Ulysses group."""
+
+    def heads_divisor(self, world_size: int) -> int:
+        return HYBRID_ULYSSES
+
+    def skip_reason(self, world_size: int, heads: int, mask: str) -> str | None:
+        if world_size >= self.min_world and world_size % HYBRID_ULYSSES:
+            return f"hybrid needs an even world size (Ulysses groups of {HYBRID_ULYSSES})"
+        return super().skip_reason(world_size, heads, mask)
+
+    def setup(self, world_size: int) -> Grid:
+        return make_grid(HYBRID_ULYSSES, world_size // HYBRID_ULYSSES)
+
+    def layout(self, case: dict[str, Any], world_size: int) -> Sharding:
+        return Sharding(case["sharding"], case["seq_len"], world_size // HYBRID_ULYSSES)
+
+    def positions(self, case: dict[str, Any], sharding: Sharding, rank: int) -> Tensor:
+        u, r = rank % HYBRID_ULYSSES, rank // HYBRID_ULYSSES  # the grid's rank layout
+        return hybrid_positions(sharding, HYBRID_ULYSSES, u, r)
+
+    def comms(self, comm: Comm, setup: Any) -> list[Comm]:
+        return list(setup)
+
+    def call(
+        self, case: dict[str, Any], shape: CPShape, comm: Comm, setup: Any, sharding: Sharding
+    ) -> Callable[..., Tensor]:
+        mask = case_mask(case["mask"], case["seq_len"])
+        return lambda q, k, v: hybrid_attention(q, k, v, grid=setup, sharding=sharding, mask=mask)
+
+    def analytic_bytes(
+        self, case: dict[str, Any], shape: CPShape, sharding: Sharding, rank: int
+    ) -> int:
+        return hybrid_bytes(sharding, HYBRID_ULYSSES, batch=shape.batch, num_heads=shape.heads,
+                            kv_heads=shape.heads, head_dim=shape.head_dim,
+                            backward=case["mode"] == "fwd+bwd")[rank]  # fmt: skip
+
+    def work_pairs(
+        self, case: dict[str, Any], sharding: Sharding, rank: int, world_size: int
+    ) -> float | None:
+        """Its ring shard's rows, for ``H / U`` of the heads."""
+        rows = ring_work(sharding, case_mask(case["mask"], case["seq_len"]))
+        return rows[rank // HYBRID_ULYSSES] / HYBRID_ULYSSES
+
+
+register_strategy(HybridStrategy("hybrid", "Ulysses inside groups of 2 x ring across them (USP)",
+                                 min_world=4))  # fmt: skip

@@ -27,7 +27,8 @@ the simple baseline, holding all of K/V and this rank's ``[T_r, T]`` scores.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -37,6 +38,13 @@ from torch import Tensor
 
 from attnzoo.distributed.comm import Comm
 from attnzoo.distributed.shard import Sharding
+from attnzoo.distributed.strategies import (
+    ATTENTION_MASKS,
+    CPShape,
+    Strategy,
+    case_mask,
+    register_strategy,
+)
 from attnzoo.ops.common import check_block, check_qkv, expand_kv, resolve_scale
 from attnzoo.ops.masks import Mask, as_mask
 
@@ -375,3 +383,58 @@ def ring_bytes(
             bwd = fwd + (T * row * 4 if P > 1 else 0)
         out.append(fwd + (bwd if backward else 0))
     return out
+
+
+# ---- the bench's strategies -------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ExactAttention(Strategy):
+    """Exact softmax attention under a global mask, checked against the single-process op."""
+
+    masks: tuple[str, ...] = ATTENTION_MASKS
+
+    def reference(self, case: dict[str, Any], shape: CPShape) -> Callable[..., Tensor]:
+        from attnzoo.ops.softmax import softmax_attention
+
+        mask = case_mask(case["mask"], case["seq_len"])
+        return lambda q, k, v: softmax_attention(q, k, v, mask=mask)
+
+    def work_pairs(
+        self, case: dict[str, Any], sharding: Sharding, rank: int, world_size: int
+    ) -> float | None:
+        """Attended pairs of this rank's queries (its shard's rows, all heads)."""
+        return float(ring_work(sharding, case_mask(case["mask"], case["seq_len"]))[rank])
+
+
+@dataclasses.dataclass(frozen=True)
+class RingStrategy(ExactAttention):
+    """Ring attention (``variant``), on zigzag shards for masked cases unless ``contiguous``."""
+
+    variant: Literal["p2p", "allgather"] = "p2p"
+    contiguous: bool = False
+
+    def sharding_kind(self, mask: str) -> str:
+        return "contiguous" if self.contiguous else super().sharding_kind(mask)
+
+    def call(
+        self, case: dict[str, Any], shape: CPShape, comm: Comm, setup: Any, sharding: Sharding
+    ) -> Callable[..., Tensor]:
+        mask = case_mask(case["mask"], case["seq_len"])
+        return lambda q, k, v: ring_attention(
+            q, k, v, comm=comm, sharding=sharding, mask=mask, variant=self.variant
+        )
+
+    def analytic_bytes(
+        self, case: dict[str, Any], shape: CPShape, sharding: Sharding, rank: int
+    ) -> int:
+        return ring_bytes(sharding, batch=shape.batch, kv_heads=shape.heads,
+                          head_dim=shape.head_dim, variant=self.variant,
+                          backward=case["mode"] == "fwd+bwd")[rank]  # fmt: skip
+
+
+register_strategy(RingStrategy("ring", "ring attention, P2P K/V shifts overlapped with compute; "
+                               "zigzag sharding for masked (causal) cases"))  # fmt: skip
+register_strategy(RingStrategy("ring-contiguous", "ring attention (P2P) on contiguous shards: no "
+                               "causal load balance (the baseline that zigzag sharding fixes)",
+                               contiguous=True))  # fmt: skip
+register_strategy(RingStrategy("ring-allgather", "ring attention's all-gather variant: gather all "
+                               "K/V, attend once", variant="allgather"))  # fmt: skip

@@ -1,4 +1,5 @@
-"""State passing: the linear-attention family (linear, Lightning, GLA) on a sequence sharded over ranks.
+"""State passing: the linear-attention family (linear attention, with or without a per-head decay,
+and gated linear attention) on a sequence sharded over ranks.
 
 Every member of the family is a linear recurrence on a ``[K, V]`` state per head,
 ``S_t = diag(a_t) S_{t-1} + k_t^T v_t``, ``o_t = scale * q_t S_t``. Cut the sequence into
@@ -17,8 +18,8 @@ total decay ``A_r`` (in log space), then the ranks combine
 - ``combine="allgather"``: every rank all-gathers every ``(S_r, log A_r)`` and runs the short
   prefix over ranks before it locally (``O(P)`` states of memory, one collective).
 
-Decays: ``1`` for plain linear attention, ``lambda_h^n = exp(n * decay_h)`` for Lightning (per
-head), ``exp(sum of gk)`` per key channel for GLA. Only exponents ``<= 0`` are ever exponentiated:
+Decays: ``1`` for plain linear attention, ``lambda_h^n = exp(n * decay_h)`` with a per-head
+decay (Lightning's), ``exp(sum of gk)`` per key channel for the gated kind (GLA's). Only exponents ``<= 0`` are ever exponentiated:
 GLA's ``A_end / A_s`` is ``exp`` of a suffix sum of the gates after ``s`` (no difference of two
 long cumulative sums), ``A_t`` is ``exp`` of a cumulative sum from the shard start.
 
@@ -28,7 +29,7 @@ Non-causal plain linear attention needs no order: the ranks all-reduce ``sum_s k
 
 Communication goes through :class:`~attnzoo.distributed.comm.Comm`, whose operations are
 differentiable, so the result trains: gradients of the states flow back to the ranks that made
-them. Replicated parameters (Lightning's ``decay``) receive per-rank partial gradients that sum,
+them. Replicated parameters (a ``decay``) receive per-rank partial gradients that sum,
 over ranks, to the single-process gradient (the usual data/context-parallel all-reduce).
 """
 
@@ -49,9 +50,12 @@ from attnzoo.ops.linear import EPS, linear_attention
 from attnzoo.ops.linear import IMPLS as LINEAR_IMPLS
 
 OP = "linear_state_passing"
-KINDS = ("linear", "lightning", "gla")
+# the op kinds: linear attention (with a per-head decay or none) and gated linear attention
+KINDS = ("linear", "gated")
+# the first version named the kinds by mechanism; what replaced each
+RENAMED = {"lightning": "kind='linear' with decay=", "gla": "kind='gated' with gk="}
 COMBINES = ("sequential", "allgather")
-Kind = Literal["linear", "lightning", "gla"]
+Kind = Literal["linear", "gated"]
 Combine = Literal["sequential", "allgather"]
 
 
@@ -80,15 +84,16 @@ def linear_state_passing(
             :func:`~attnzoo.ops.linear.linear_attention`). Shard ``r`` holds the tokens right
             after shard ``r - 1``'s; lengths may differ between ranks.
         comm: the communicator of the sequence-parallel group.
-        kind: ``"linear"`` (:func:`~attnzoo.ops.linear.linear_attention`), ``"lightning"``
-            (the same op with a per-head ``decay``) or ``"gla"``
-            (:func:`~attnzoo.ops.gla.gated_linear_attention` with log gates ``gk``).
-        decay: Lightning's per-head log decay ``log(lambda_h) <= 0`` ``[H]``, replicated.
-        gk: GLA's log forget gates for this shard, the shape of ``k``.
-        scale: score scale; ``None`` means the op's default (``1`` for linear/Lightning,
-            ``1/sqrt(K)`` for GLA).
-        causal: ``False`` only for ``kind="linear"`` (all keys of the whole sequence).
-        normalize: linear/Lightning normaliser ``o / (z + eps)`` (non-negative features assumed).
+        kind: ``"linear"`` (:func:`~attnzoo.ops.linear.linear_attention`, with a per-head
+            ``decay`` as Lightning's, or none) or ``"gated"``
+            (:func:`~attnzoo.ops.gla.gated_linear_attention` with log gates ``gk``, as GLA's).
+            The first version's ``"lightning"`` and ``"gla"`` raise, naming these.
+        decay: per-head log decay ``log(lambda_h) <= 0`` ``[H]``, replicated (causal linear).
+        gk: log forget gates for this shard, the shape of ``k`` (the gated kind).
+        scale: score scale; ``None`` means the op's default (``1`` for linear, ``1/sqrt(K)``
+            for gated).
+        causal: ``False`` only for ``kind="linear"`` without decay (all keys of the sequence).
+        normalize: the linear kind's normaliser ``o / (z + eps)`` (non-negative features).
         eps: the normaliser's epsilon.
         sharding: optional; if given it must be a contiguous sharding whose shard for this rank
             has ``q``'s length (zigzag or striped shards break the recurrence's order).
@@ -101,7 +106,7 @@ def linear_state_passing(
     """
     H, K = _check(q, k, v, kind, decay, gk, causal, normalize, eps, combine, impl)
     _check_sharding(sharding, comm, q.shape[1])
-    if kind == "gla":
+    if kind == "gated":
         assert gk is not None  # checked
         scale_ = resolve_scale(OP, scale, K)
         o = gated_linear_attention(q, k, v, gk, scale=scale_, impl=impl, chunk_size=chunk_size)
@@ -137,19 +142,21 @@ def state_passing_bytes(
     head_dim: int,
     v_head_dim: int | None = None,
     kind: Kind,
+    decay: bool = False,
     combine: Combine = "allgather",
     causal: bool = True,
     normalize: bool = False,
     element_size: int = 4,
     backward: bool = False,
 ) -> list[int]:
-    """Analytic bytes each rank sends for one call (the ``Comm.bytes_sent`` convention).
+    """Analytic bytes each rank sends for one call (the ``Comm.bytes_sent`` convention);
+    ``decay``: the linear kind runs with a per-head decay.
 
     One state is ``n = B·H·K·V'`` elements (``V' = V + 1`` with the normaliser).
 
-    - ``allgather``: a rank's packet (its state, plus its log total decay: ``[H]`` for
-      Lightning, ``[B, H, K]`` for GLA) goes to the ``P - 1`` others; the backward
-      (reduce-scatter) sends as much.
+    - ``allgather``: a rank's packet (its state, plus its log total decay: ``[H]`` for the
+      linear kind with ``decay``, ``[B, H, K]`` for the gated kind) goes to the ``P - 1``
+      others; the backward (reduce-scatter) sends as much.
     - ``sequential``: every rank but the last sends one state forward; every rank but the first
       sends one state gradient back.
     - non-causal linear attention all-reduces one state: ``2 (n - n_r)`` elements each way,
@@ -158,8 +165,7 @@ def state_passing_bytes(
     Shapes:
         returns ``world_size`` ints, bytes sent by each rank.
     """
-    if kind not in KINDS:
-        raise ValueError(f"state_passing_bytes: kind must be one of {KINDS}, got {kind!r}")
+    _check_kind("state_passing_bytes", kind)
     if combine not in COMBINES:
         raise ValueError(f"state_passing_bytes: combine must be one of {COMBINES}, got {combine!r}")
     P, B, H, K = world_size, batch, num_heads, head_dim
@@ -175,7 +181,7 @@ def state_passing_bytes(
         elif combine == "sequential":
             fwd, bwd = (n if r < P - 1 else 0), (n if r > 0 else 0)
         else:
-            packet = n + {"linear": 0, "lightning": H, "gla": B * H * K}[kind]
+            packet = n + (B * H * K if kind == "gated" else H if decay else 0)
             fwd = bwd = (P - 1) * packet
         out.append(element_size * (fwd + (bwd if backward else 0)))
     return out
@@ -314,13 +320,12 @@ def _check(
     combine: str,
     impl: str,
 ) -> tuple[int, int]:
-    if kind not in KINDS:
-        raise ValueError(f"{OP}: kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    _check_kind(OP, kind)
     if combine not in COMBINES:
         raise ValueError(
             f"{OP}: combine must be one of {', '.join(map(repr, COMBINES))}, got {combine!r}"
         )
-    check_impl(OP, impl, GLA_IMPLS if kind == "gla" else LINEAR_IMPLS)
+    check_impl(OP, impl, GLA_IMPLS if kind == "gated" else LINEAR_IMPLS)
     _, T, S, H, Hkv, K = check_qkv(OP, q, k, v)
     if S != T:
         raise ValueError(f"{OP}: k/v length S={S} must equal the q length T={T} on every rank")
@@ -329,25 +334,37 @@ def _check(
             raise TypeError(f"{OP}: {name} must be a bool, got {value!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
         raise ValueError(f"{OP}: eps must be a finite float >= 0, got {eps!r}")
-    if not causal and kind != "linear":
-        raise ValueError(f"{OP}: causal=False is only supported for kind='linear', got {kind!r}")
-    if kind == "lightning":
+    if not causal and (kind != "linear" or decay is not None):
+        raise ValueError(
+            f"{OP}: causal=False is only supported for kind='linear' without decay, got "
+            f"kind={kind!r}" + (" with a decay" if decay is not None else "")
+        )
+    if decay is not None:
+        if kind != "linear":
+            raise ValueError(f"{OP}: decay is only for kind='linear', got it with kind={kind!r}")
         if not isinstance(decay, Tensor) or tuple(decay.shape) != (H,):
             got = tuple(decay.shape) if isinstance(decay, Tensor) else decay
-            raise ValueError(f"{OP}: kind='lightning' needs decay of shape [H]=[{H}], got {got}")
-    elif decay is not None:
-        raise ValueError(f"{OP}: decay is only for kind='lightning', got it with kind={kind!r}")
-    if kind == "gla":
+            raise ValueError(f"{OP}: decay must have shape [H]=[{H}], got {got}")
+    if kind == "gated":
         if not isinstance(gk, Tensor) or gk.shape != k.shape:
             got = tuple(gk.shape) if isinstance(gk, Tensor) else gk
-            raise ValueError(f"{OP}: kind='gla' needs gk of k's shape {tuple(k.shape)}, got {got}")
+            raise ValueError(
+                f"{OP}: kind='gated' needs gk of k's shape {tuple(k.shape)}, got {got}"
+            )
         if Hkv != H:
-            raise ValueError(f"{OP}: kind='gla' needs k/v heads {Hkv} equal to q heads {H}")
+            raise ValueError(f"{OP}: kind='gated' needs k/v heads {Hkv} equal to q heads {H}")
         if normalize:
-            raise ValueError(f"{OP}: normalize=True is not defined for kind='gla'")
+            raise ValueError(f"{OP}: normalize=True is not defined for kind='gated'")
     elif gk is not None:
-        raise ValueError(f"{OP}: gk is only for kind='gla', got it with kind={kind!r}")
+        raise ValueError(f"{OP}: gk is only for kind='gated', got it with kind={kind!r}")
     return H, K
+
+
+def _check_kind(op: str, kind: str) -> None:
+    if kind in RENAMED:
+        raise ValueError(f"{op}: kind={kind!r} is now {RENAMED[kind]} (kinds name the op)")
+    if kind not in KINDS:
+        raise ValueError(f"{op}: kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
 
 
 def _check_sharding(sharding: Sharding | None, comm: Comm, T_local: int) -> None:

@@ -21,13 +21,17 @@ query heads. k and v travel together in one all-to-all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from attnzoo.distributed.comm import Comm
+from attnzoo.distributed.ring import ExactAttention, ring_work
 from attnzoo.distributed.shard import Sharding
+from attnzoo.distributed.strategies import CPShape, case_mask, register_strategy
 from attnzoo.ops.common import check_qkv
 from attnzoo.ops.masks import Mask
 from attnzoo.ops.softmax import softmax_attention
@@ -185,3 +189,38 @@ def heads_to_seq(x: Tensor, comm: Comm, sizes: Sequence[int]) -> Tensor:
         x ``[B, sum(sizes), H/P, D]`` (rank order) -> ``[B, sizes[rank], H, D]``
     """
     return comm.all_to_all(x.contiguous(), scatter_dim=1, gather_dim=2, scatter_sizes=sizes)
+
+
+# ---- the bench's strategy --------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class UlyssesStrategy(ExactAttention):
+    """Ulysses on contiguous shards (its all-to-all needs no load balance)."""
+
+    def heads_divisor(self, world_size: int) -> int:
+        return world_size
+
+    def sharding_kind(self, mask: str) -> str:
+        return "contiguous"
+
+    def call(
+        self, case: dict[str, Any], shape: CPShape, comm: Comm, setup: Any, sharding: Sharding
+    ) -> Callable[..., Tensor]:
+        mask = case_mask(case["mask"], case["seq_len"])
+        return lambda q, k, v: ulysses_attention(q, k, v, comm=comm, sharding=sharding, mask=mask)
+
+    def analytic_bytes(
+        self, case: dict[str, Any], shape: CPShape, sharding: Sharding, rank: int
+    ) -> int:
+        return ulysses_bytes(sharding, batch=shape.batch, num_heads=shape.heads,
+                             kv_heads=shape.heads, head_dim=shape.head_dim,
+                             backward=case["mode"] == "fwd+bwd")[rank]  # fmt: skip
+
+    def work_pairs(
+        self, case: dict[str, Any], sharding: Sharding, rank: int, world_size: int
+    ) -> float | None:
+        """Every query row, for ``H / P`` of the heads."""
+        return sum(ring_work(sharding, case_mask(case["mask"], case["seq_len"]))) / world_size
+
+
+register_strategy(UlyssesStrategy("ulysses", "DeepSpeed-Ulysses: all-to-all sequence shards <-> "
+                                  "head shards, local exact attention"))  # fmt: skip

@@ -17,12 +17,16 @@ from typing import Any
 from torch import nn
 
 from attnzoo.config import suggest
-from attnzoo.models.metaformer import MODELS as _METAFORMERS
-from attnzoo.models.metaformer import MetaFormer, metaformer_small, metaformer_tiny
+from attnzoo.models.metaformer import (
+    MetaFormer,
+    metaformer3d_tiny,
+    metaformer_small,
+    metaformer_tiny,
+)
+from attnzoo.models.registry import MODELS as _MODELS
+from attnzoo.models.registry import register_model
 from attnzoo.models.sequence import SequenceModel
 from attnzoo.models.timm_registry import register_timm_models
-
-_MODELS = dict(_METAFORMERS)
 
 
 def list_models() -> list[str]:
@@ -53,7 +57,9 @@ __all__ = [
     "SequenceModel",
     "create_model",
     "list_models",
+    "metaformer3d_tiny",
     "metaformer_small",
     "metaformer_tiny",
+    "register_model",
     "register_timm_models",
 ]

@@ -1,23 +1,26 @@
-"""A hierarchical MetaFormer image backbone that takes any registered mixer.
+"""A hierarchical MetaFormer backbone, for images (``grid2d``) or volumes (``grid3d``), that takes
+any registered token mixer.
 
 Yu et al., "MetaFormer Is Actually What You Need for Vision", 2022,
 https://arxiv.org/abs/2111.11418, and "MetaFormer Baselines for Vision", 2023,
 https://arxiv.org/abs/2210.13452. Code: https://github.com/sail-sg/metaformer
 (timm: ``timm.models.metaformer.MetaFormer``).
 
-Layout, like timm's image models: ``x [B, 3, H, W] -> logits [B, num_classes]``.
+Layout, like timm's image models: ``x [B, 3, H, W] -> logits [B, num_classes]`` (a volume
+backbone, ``layout="grid3d"``: ``x [B, C_in, D, H, W]``, every convolution 3-D).
 
 1. Stem: ``Conv 7x7, stride 4, padding 2`` then LayerNorm: ``[B, C_0, H/4, W/4]``.
 2. Four stages; stage ``i > 0`` starts with a downsampling ``LayerNorm -> Conv 3x3, stride 2,
    padding 1`` (total stride 32). Each stage has ``depths[i]`` blocks on channels-last
-   ``x [B, h, w, C_i]``::
+   ``x [B, h, w, C_i]`` (``[B, d, h, w, C_i]``)::
 
        x = x + mixer(norm1(x))
        x = x + mlp(norm2(x))          # mlp = Linear(C, r*C) -> GELU -> Linear(r*C, C)
 
-   (optionally with layer scale and drop path). A 2-D mixer (``spec.dims == 2``) sees
-   ``[B, h, w, C]``; a 1-D mixer sees the grid flattened row-major to ``[B, h*w, C]`` and must
-   support the ``noncausal-self`` pattern (it is built with ``causal=False``).
+   (optionally with layer scale and drop path). A mixer of the backbone's layout sees the
+   channels-last grid; a ``tokens`` mixer sees it flattened row-major to ``[B, h*w, C]``. Either
+   must be a token mixer (role ``mixer``) with the ``noncausal-self`` pattern (it is built with
+   ``causal=False``); a mixer of another grid layout raises, naming both layouts.
 3. Head: global average pool -> LayerNorm -> dropout -> Linear (``num_classes=0``: no Linear,
    the pooled, normalised features are returned).
 
@@ -36,11 +39,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from attnzoo.config import suggest
+from attnzoo.models.registry import register_model
 from attnzoo.registry import build_mixer, get_spec, list_mixers
+from attnzoo.spec import LAYOUTS
 
 NUM_STAGES = 4
 TINY_DIMS, TINY_DEPTHS = (32, 64, 128, 256), (1, 1, 2, 1)
@@ -85,10 +89,12 @@ def _int_tuple(arg: str, value: Any, minimum: int) -> tuple[int, ...]:
     return values
 
 
-def build_stage_mixer(stage: int, name: Any, d_model: int, kwargs: Mapping[str, Any]) -> nn.Module:
+def build_stage_mixer(
+    stage: int, name: Any, d_model: int, kwargs: Mapping[str, Any], layout: str = "grid2d"
+) -> nn.Module:
     """The token mixer of one block: a registered mixer built with ``causal=False``.
 
-    Shapes: the returned module maps ``[B, h, w, C] -> [B, h, w, C]``."""
+    Shapes: the returned module maps ``[B, *grid, C] -> [B, *grid, C]`` on ``layout``."""
     where = f"metaformer: mixer for stage {stage}"
     if not isinstance(name, str):
         raise TypeError(f"{where} must be a mixer name (str), got {name!r}")
@@ -98,10 +104,16 @@ def build_stage_mixer(stage: int, name: Any, d_model: int, kwargs: Mapping[str, 
             f"{where}: unknown mixer {name!r}{suggest(name, names)}; registered: {', '.join(names)}"
         )
     spec = get_spec(name)
-    if "noncausal-self" not in spec.patterns:
+    if spec.layout not in (layout, "tokens"):
         raise ValueError(
-            f"{where}: mixer {name!r} (dims={spec.dims}) has patterns {spec.patterns}; a MetaFormer "
-            "token mixer needs the 'noncausal-self' pattern"
+            f"{where}: mixer {name!r} takes {spec.layout} inputs; a {layout} MetaFormer takes "
+            f"{layout} mixers or tokens mixers (run over the flattened grid)"
+        )
+    if spec.role != "mixer" or "noncausal-self" not in spec.patterns:
+        raise ValueError(
+            f"{where}: mixer {name!r} ({spec.layout}, role {spec.role}) has patterns "
+            f"{spec.patterns}; a MetaFormer token mixer needs role 'mixer' and the "
+            "'noncausal-self' pattern"
         )
     if not isinstance(kwargs, Mapping):
         raise TypeError(
@@ -117,22 +129,22 @@ def build_stage_mixer(stage: int, name: Any, d_model: int, kwargs: Mapping[str, 
         mixer = build_mixer(name, d_model=d_model, causal=False, **kwargs)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{where} ({name!r}, d_model={d_model}): {e}") from e
-    return mixer if spec.dims == 2 else FlatTokens(mixer)
+    return mixer if spec.layout == layout else FlatTokens(mixer, layout)
 
 
 class FlatTokens(nn.Module):
-    """Runs a 1-D mixer on the grid's tokens in row-major order.
+    """Runs a ``tokens`` mixer on a grid's tokens in row-major order.
 
-    Shapes: ``[B, h, w, C] -> [B, h*w, C] -> [B, h, w, C]``."""
+    Shapes: ``[B, *grid, C] -> [B, prod(grid), C] -> [B, *grid, C]``."""
 
-    def __init__(self, mixer: nn.Module) -> None:
+    def __init__(self, mixer: nn.Module, layout: str = "grid2d") -> None:
         super().__init__()
         self.mixer = mixer
+        self.layout = LAYOUTS[layout]
 
     def forward(self, x: Tensor) -> Tensor:
-        w = x.shape[2]
-        y = self.mixer(rearrange(x, "b h w c -> b (h w) c"))  # [B, h*w, C]
-        return rearrange(y, "b (h w) c -> b h w c", w=w)
+        y = self.mixer(self.layout.flatten(x))  # [B, N, C]
+        return self.layout.unflatten(y, self.layout.sizes(x))
 
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
@@ -188,7 +200,8 @@ class MetaFormerBlock(nn.Module):
 
 class Downsample(nn.Module):
     """``LayerNorm -> Conv(k, stride, padding)``; ``pre_norm=False`` puts the norm after the conv
-    (the stem). Shapes: ``[B, h, w, C_in] -> [B, h', w', C_out]`` (``[B, 3, H, W]`` in for the stem).
+    (the stem). Shapes: ``[B, h, w, C_in] -> [B, h', w', C_out]`` (``[B, 3, H, W]`` in for the stem;
+    one more spatial axis with ``rank=3``).
     """
 
     def __init__(
@@ -200,17 +213,19 @@ class Downsample(nn.Module):
         padding: int,
         pre_norm: bool,
         eps: float,
+        rank: int = 2,
     ) -> None:
         super().__init__()
         self.pre_norm = pre_norm
         self.norm = nn.LayerNorm(c_in if pre_norm else c_out, eps=eps)
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding)
+        conv = nn.Conv2d if rank == 2 else nn.Conv3d
+        self.conv = conv(c_in, c_out, kernel, stride=stride, padding=padding)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.pre_norm:
-            x = rearrange(self.norm(x), "b h w c -> b c h w")
-            return rearrange(self.conv(x), "b c h w -> b h w c")
-        return self.norm(rearrange(self.conv(x), "b c h w -> b h w c"))
+            x = self.norm(x).movedim(-1, 1)  # channels first for the conv
+            return self.conv(x).movedim(1, -1)
+        return self.norm(self.conv(x).movedim(1, -1))
 
 
 class Stage(nn.Module):
@@ -224,7 +239,7 @@ class Stage(nn.Module):
 
 
 class Head(nn.Module):
-    """Global average pool -> LayerNorm -> dropout -> Linear. Shapes: ``[B, C, h, w] -> [B, N]``."""
+    """Global average pool -> LayerNorm -> dropout -> Linear. Shapes: ``[B, C, *grid] -> [B, N]``."""
 
     def __init__(self, dim: int, num_classes: int, drop_rate: float, eps: float) -> None:
         super().__init__()
@@ -233,14 +248,14 @@ class Head(nn.Module):
         self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.norm(x.mean(dim=(2, 3))))  # [B, C]
+        x = self.drop(self.norm(x.flatten(2).mean(dim=2)))  # [B, C]
         return x if pre_logits else self.fc(x)
 
 
 def _init_weights(module: nn.Module) -> None:
     """timm-style init for the backbone's own layers (mixers keep their own init)."""
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -264,16 +279,17 @@ class MetaFormer(nn.Module):
         drop_path_rate: stochastic depth, increasing linearly to this rate over the blocks.
         features_only: return the per-stage feature maps instead of logits.
         out_indices: the stages returned by ``features_only`` (negative counts from the end).
+        layout: ``grid2d`` (images) or ``grid3d`` (volumes: 3-D convolutions, grid3d mixers).
 
     Shapes:
-        x ``[B, in_chans, H, W]`` -> ``[B, num_classes]``, or with ``features_only`` a list of
-        ``[B, dims[i], H_i, W_i]`` for ``i`` in ``out_indices``.
+        x ``[B, in_chans, H, W]`` (``[B, in_chans, D, H, W]``) -> ``[B, num_classes]``, or with
+        ``features_only`` a list of ``[B, dims[i], H_i, W_i]`` for ``i`` in ``out_indices``.
     """
 
     def __init__(
         self,
         *,
-        mixer: str | Sequence[str] = "softmax",
+        mixer: str | Sequence[str],
         mixer_kwargs: MixerKwargs = None,
         dims: Sequence[int] = TINY_DIMS,
         depths: Sequence[int] = TINY_DEPTHS,
@@ -286,8 +302,13 @@ class MetaFormer(nn.Module):
         drop_path_rate: float = 0.0,
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        layout: str = "grid2d",
     ) -> None:
         super().__init__()
+        if layout not in ("grid2d", "grid3d"):
+            raise ValueError(f"metaformer: layout must be 'grid2d' or 'grid3d', got {layout!r}")
+        self.layout = layout
+        self.rank = len(LAYOUTS[layout].axes)
         mixers = _per_stage("mixer", mixer, str)
         if mixer_kwargs is None:
             mixer_kwargs = {}
@@ -308,7 +329,8 @@ class MetaFormer(nn.Module):
         self.in_chans = in_chans
         self.mixers = mixers
 
-        self.stem = Downsample(in_chans, self.dims[0], 7, 4, 2, pre_norm=False, eps=norm_eps)
+        rank = self.rank
+        self.stem = Downsample(in_chans, self.dims[0], 7, 4, 2, False, norm_eps, rank)
         rates = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         stages, start = [], 0
         for i in range(last + 1):
@@ -316,12 +338,12 @@ class MetaFormer(nn.Module):
             down = (
                 nn.Identity()
                 if i == 0
-                else Downsample(self.dims[i - 1], d, 3, 2, 1, pre_norm=True, eps=norm_eps)
+                else Downsample(self.dims[i - 1], d, 3, 2, 1, True, norm_eps, rank)
             )
             blocks = [
                 MetaFormerBlock(
                     d,
-                    build_stage_mixer(i, mixers[i], d, stage_kwargs[i]),
+                    build_stage_mixer(i, mixers[i], d, stage_kwargs[i], layout),
                     mlp_ratio,
                     norm_eps,
                     layer_scale_init,
@@ -344,7 +366,7 @@ class MetaFormer(nn.Module):
         )
         self.pretrained_cfg = self.default_cfg = {
             "num_classes": num_classes,
-            "input_size": (in_chans, 224, 224),
+            "input_size": (in_chans,) + (224,) * rank,
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "first_conv": "stem.conv",
@@ -376,20 +398,25 @@ class MetaFormer(nn.Module):
     def check_image(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"metaformer: x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
+        axes = ("H", "W") if self.rank == 2 else ("D", "H", "W")
+        if x.dim() != 2 + self.rank or x.shape[1] != self.in_chans:
+            what = "images" if self.rank == 2 else "volumes"
             raise ValueError(
-                f"metaformer: x must be [B, {self.in_chans}, H, W] (channels-first images), "
-                f"got shape {tuple(x.shape)}"
+                f"metaformer: x must be [B, {self.in_chans}, {', '.join(axes)}] (channels-first "
+                f"{what}), got shape {tuple(x.shape)}"
             )
-        H, W = x.shape[2:]
-        if min(H, W) < self.min_size:
+        sizes = x.shape[2:]
+        if min(sizes) < self.min_size:
+            got = ", ".join(f"{a}={s}" for a, s in zip(axes, sizes, strict=True))
             raise ValueError(
-                f"metaformer: image size H={H}, W={W} is too small: the {len(self.stages)} stages "
-                f"downsample by {self.min_size} in total, so H and W must be >= {self.min_size}"
+                f"metaformer: image size {got} is too small: the {len(self.stages)} stages "
+                f"downsample by {self.min_size} in total, so {' and '.join(axes)} must be >= "
+                f"{self.min_size}"
             )
 
     def _stages(self, x: Tensor) -> list[Tensor]:
-        """Per-stage channels-last features. Shapes: ``[B, 3, H, W] -> [[B, h_i, w_i, C_i]]``."""
+        """Per-stage channels-last features. Shapes: ``[B, 3, H, W] -> [[B, h_i, w_i, C_i]]``
+        (one more spatial axis for volumes)."""
         self.check_image(x)
         x = self.stem(x)  # [B, H/4, W/4, C_0]
         feats = []
@@ -400,7 +427,7 @@ class MetaFormer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Shapes: ``[B, 3, H, W] -> [B, C_last, H/32, W/32]`` (channels-first, like timm)."""
-        return rearrange(self._stages(x)[-1], "b h w c -> b c h w")
+        return self._stages(x)[-1].movedim(-1, 1)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Shapes: ``[B, C, h, w] -> [B, num_classes]`` (``[B, C]`` with ``pre_logits``)."""
@@ -428,29 +455,37 @@ class MetaFormer(nn.Module):
         """Shapes: ``[B, 3, H, W] -> [B, num_classes]``, or the feature maps (``features_only``)."""
         feats = self._stages(x)
         if self.features_only:
-            return [rearrange(feats[i], "b h w c -> b c h w") for i in self.out_indices]
-        return self.forward_head(rearrange(feats[-1], "b h w c -> b c h w"))
+            return [feats[i].movedim(-1, 1) for i in self.out_indices]
+        return self.forward_head(feats[-1].movedim(-1, 1))
 
 
-def _build(name: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> MetaFormer:
-    """``MetaFormer(**defaults, **kwargs)``; an unknown keyword raises naming close matches."""
+def _build(name: str, kwargs: dict[str, Any]) -> MetaFormer:
+    """``MetaFormer(**kwargs)``; an unknown keyword raises naming close matches."""
     valid = [p for p in inspect.signature(MetaFormer.__init__).parameters if p != "self"]
     for key in kwargs:
         if key not in valid:
             raise TypeError(
                 f"{name}: unknown argument {key!r}{suggest(key, valid)}; valid: {', '.join(valid)}"
             )
-    return MetaFormer(**{**defaults, **kwargs})
+    return MetaFormer(**kwargs)
 
 
+@register_model("metaformer_tiny", mixer="softmax", dims=TINY_DIMS, depths=TINY_DEPTHS)
 def metaformer_tiny(**kwargs: Any) -> MetaFormer:
-    """dims (32, 64, 128, 256), depths (1, 1, 2, 1): trains on a CPU. Keywords: :class:`MetaFormer`."""
-    return _build("metaformer_tiny", {"dims": TINY_DIMS, "depths": TINY_DEPTHS}, kwargs)
+    """dims (32, 64, 128, 256), depths (1, 1, 2, 1): trains on a CPU; softmax attention unless
+    ``mixer`` says otherwise. Keywords: :class:`MetaFormer`."""
+    return _build("metaformer_tiny", kwargs)
 
 
+@register_model("metaformer_small", mixer="softmax", dims=SMALL_DIMS, depths=SMALL_DEPTHS)
 def metaformer_small(**kwargs: Any) -> MetaFormer:
     """dims (64, 128, 320, 512), depths (2, 2, 6, 2) (the MetaFormer S12 layout)."""
-    return _build("metaformer_small", {"dims": SMALL_DIMS, "depths": SMALL_DEPTHS}, kwargs)
+    return _build("metaformer_small", kwargs)
 
 
-MODELS = {"metaformer_tiny": metaformer_tiny, "metaformer_small": metaformer_small}
+@register_model("metaformer3d_tiny", mixer="softmax", dims=TINY_DIMS, depths=TINY_DEPTHS,
+                layout="grid3d", in_chans=1)  # fmt: skip
+def metaformer3d_tiny(**kwargs: Any) -> MetaFormer:
+    """metaformer_tiny on volumes ``[B, C_in, D, H, W]`` (``layout="grid3d"``): 3-D convolutions,
+    grid3d (or tokens) mixers, one input channel. Keywords: :class:`MetaFormer`."""
+    return _build("metaformer3d_tiny", kwargs)

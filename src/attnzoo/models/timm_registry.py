@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnzoo.models.metaformer import MODELS, MetaFormer
+from attnzoo.models.metaformer import MetaFormer
+from attnzoo.models.registry import MODELS
 
 # timm's register_model appends entry-point names to the module's __all__; list them up front.
 __all__ = ["attnzoo_metaformer_small", "attnzoo_metaformer_tiny", "register_timm_models"]

@@ -114,9 +114,12 @@ def _build() -> ModuleType:
     sources = [str(here / name) for name in SOURCES]
     # torch's loader rebuilds when the .cpp files change, not the headers, and knows nothing of
     # -march=native: name the build by a digest of every file and of this CPU, so an edited
-    # kernel never meets a stale build and a cache shared by two kinds of CPU holds one each
+    # kernel never meets a stale build and a cache shared by two kinds of CPU holds one each;
+    # and of the sources' folder and flags, which the build's ninja file names: two checkouts
+    # sharing the cache would otherwise rewrite one build folder and rebuild each other's
     files = b"".join((here / f).read_bytes() for f in SOURCES + HEADERS)
-    name = f"{NAME}_{hashlib.sha256(files + _cpu_identity()).hexdigest()[:12]}"
+    where = "\0".join([str(here.resolve()), *FLAGS]).encode()
+    name = f"{NAME}_{hashlib.sha256(files + _cpu_identity() + where).hexdigest()[:12]}"
     with _quiet_cuda_notice(), _ninja_on_path():
         from torch.utils.cpp_extension import load as load_extension
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnzoo import native
+import attnzoo.native as native
+from attnzoo.ops.gla_chunk import _chunk
 
 
 @torch.library.custom_op("attnzoo::gla_chunk", mutates_args=())
@@ -73,8 +74,6 @@ def _backward(ctx, do: Tensor):  # noqa: ANN001, ANN202
     if not torch.is_grad_enabled():
         grads = gla_chunk_backward(*ctx.saved_tensors, do, ctx.scale, ctx.chunk)
         return *(g if need else None for g, need in zip(grads, needs, strict=True)), None, None
-    from attnzoo.ops.gla import _chunk  # deferred: attnzoo.ops.gla imports this module
-
     saved = ctx.saved_tensors
     with torch.enable_grad():  # on the saved inputs themselves, so the graph reaches the callers'
         o = _chunk(*saved, ctx.scale, ctx.chunk)

@@ -57,10 +57,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnzoo.config import suggest
 from attnzoo.ops.chunks import decay_exp, from_chunks, to_chunks
 from attnzoo.ops.common import check_block, check_impl, check_qkv, expand_kv, resolve_scale
 from attnzoo.ops.linear_native import check_native, native_for_auto, native_linear_causal
+from attnzoo.text import suggest
 
 IMPLS = ("auto", "reference", "chunk", "native", "compiled", "recurrent")
 FEATURE_MAPS = ("elu+1", "relu", "identity")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnzoo import native
+import attnzoo.native as native
 
 
 def check_native(op: str, q: Tensor, g: Tensor | None) -> None:

@@ -341,7 +341,10 @@ def _sdpa(
     if mask is not None:
         mask = mask.repeat(B, 1, 1, 1)
     G, n, nk = qw.shape[0], qw.shape[2], kw.shape[2]
-    step = G if bias is None and mask is None else max(1, CHUNK_ELEMENTS // (H * n * nk))
+    # chunks of windows only when a [g, H, n, n_k] logit bias must be made per chunk (a bias
+    # computed from the queries, or a shared one plus the padding mask); else one call
+    made = callable(bias) or (bias is not None and mask is not None)
+    step = max(1, CHUNK_ELEMENTS // (H * n * nk)) if made else G
     outs = []
     for g in range(0, G, step):
         qc = qw[g : g + step]

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attnzoo.analysis import derived_table
 from attnzoo.report.common import esc as _e
 from attnzoo.report.common import num as _num
 from attnzoo.report.common import table as _table
@@ -25,9 +24,10 @@ from attnzoo.report.common import when as _when
 from attnzoo.report.cp import cp_section
 from attnzoo.report.plots import loglog_svg
 from attnzoo.report.quality import quality_section
+from attnzoo.report.scaling import derived_table
+from attnzoo.spec import PATTERNS, stored_layout
 from attnzoo.store import Store
 
-PATTERNS = ("noncausal-self", "causal-self", "noncausal-cross", "causal-cross")
 MODES = {
     "fwd": "forward",
     "fwdbwd": "forward + backward",
@@ -91,7 +91,11 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
                 "Peak memory vs sequence length",
                 _plots(rows, "peak_bytes", 2**-20, "peak memory (MiB)", multi),
             ),
-            ("scaling", "Scaling exponents and efficiency lengths", _scaling(rows)),
+            (
+                "scaling",
+                "Scaling exponents and efficiency lengths",
+                _scaling(rows, baseline_of(runs)),
+            ),
             ("gemm", "Fraction of the GEMM limit", _gemm(rows, runs)),
             ("masks", "Mask axis (self patterns)", _masks(rows)),
             ("skips", "Skipped and failed work", _skips(skips)),
@@ -201,7 +205,8 @@ def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]
     head = [
         "mechanism",
         "family",
-        "dims",
+        "layout",
+        "role",
         *PATTERNS,
         *mask_kinds,
         "state",
@@ -212,7 +217,7 @@ def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]
     ]
     rows = []
     for name, s in sorted(specs.items()):
-        cells = [_td(name), _td(s["family"]), _td(s["dims"])]
+        cells = [_td(name), _td(s["family"]), _td(stored_layout(s)), _td(s.get("role", "mixer"))]
         for p in PATTERNS:
             if p not in s["patterns"]:
                 cells.append(_td("unsupported", "na"))
@@ -231,7 +236,8 @@ def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]
         rows.append(cells)
     note = (
         '<p class="muted">"verified": every implementation of the mechanism passed this run\'s '
-        "correctness gate on that pattern (fast paths vs the reference, forward and backward).</p>"
+        "correctness gate on that pattern (fast paths vs the reference, forward and backward). "
+        "Runs recorded before layouts show the layout their dims meant.</p>"
     )
     return note + _table(head, rows, "capability-table")
 
@@ -265,23 +271,34 @@ def _plots(rows: list[dict[str, Any]], key: str, scale: float, ylabel: str, mult
     return '<div class="grid">' + "\n".join(figs) + "</div>" if figs else "<p>No measurements.</p>"
 
 
-def _scaling(rows: list[dict[str, Any]]) -> str:
-    table = derived_table(rows)
+def baseline_of(runs: Sequence[dict[str, Any]]) -> str | None:
+    """The baseline mechanism the first of ``runs`` (speed runs) compared against."""
+    for run in runs:
+        config = run.get("config")
+        config = json.loads(config) if isinstance(config, str) else (config or {})
+        if config.get("baseline"):
+            return str(config["baseline"])
+    return None
+
+
+def _scaling(rows: list[dict[str, Any]], baseline: str | None) -> str:
+    table = derived_table(rows, baseline)
     head = ["mechanism", "impl", "pattern", "mask", "mode", "lengths", "time exponent", "memory exponent",
             "efficiency length (time)", "efficiency length (memory)"]  # fmt: skip
     body = [
         [
             _td(d["mixer"]), _td(d["impl"]), _td(d["pattern"]), _td(d["mask"]), _td(d["mode"]),
             _td(", ".join(map(str, d["lengths"]))), _num(d["time_exponent"], ".2f"), _num(d["memory_exponent"], ".2f"),
-            _td("baseline" if d["mixer"] == "softmax" else (d["efficiency_length_time"] or "never (in range)")),
-            _td("baseline" if d["mixer"] == "softmax" else (d["efficiency_length_memory"] or "never (in range)")),
+            _td("baseline" if d["mixer"] == baseline else (d["efficiency_length_time"] or "never (in range)")),
+            _td("baseline" if d["mixer"] == baseline else (d["efficiency_length_memory"] or "never (in range)")),
         ]
         for d in table
     ]  # fmt: skip
     note = (
         '<p class="muted">Exponent p of a least-squares fit time ~ T^p (log-log). Efficiency length (CAB): '
-        "the smallest measured T from which the mechanism (best impl) stays faster / smaller than exact "
-        "softmax attention (best impl) on the same pattern, mask and mode.</p>"
+        "the smallest measured T from which the mechanism (best impl) stays faster / smaller than the "
+        f"run's baseline <code>{_e(baseline or '(none recorded)')}</code> (best impl) on the same "
+        "pattern, mask and mode.</p>"
     )
     return note + _table(head, body, "scaling-table")
 

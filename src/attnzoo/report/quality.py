@@ -6,7 +6,8 @@ settings such as MQAR's ``L`` and ``kv``, extra evaluations as extra columns), Z
 size, the learning curves of the best-lr runs, and the metric vs forward latency taken from a
 speed run at the sequence length closest to the task's.
 
-The report reads the store only (DESIGN §2), so what it knows of a task lives in :data:`TASKS`.
+The report reads the store only (DESIGN §2): what it knows of a task (metric, direction, speed
+patterns, tokens per layer, the keys naming a task point) is what the bench stored with the run.
 Curve points and extra evaluations belong to the model row of the same (task point, mechanism,
 width, lr, seed). Stores before schema v4 did not record the task point with them: when several
 points of one task share the rest of that key, a curve point goes to the first model row
@@ -32,19 +33,18 @@ from attnzoo.report.common import table as _table
 from attnzoo.report.common import td as _td
 from attnzoo.report.common import when as _when
 from attnzoo.report.plots import Point, PointSeries, panels_svg
-from attnzoo.report.quality_data import (
-    TASKS,
+from attnzoo.report.quality_rows import (
     UNKNOWN_TASK,
     Row,
     TaskInfo,
     closest_speed,
     pick_best,
-    task_length,
+    point_label,
+    task_infos,
 )
 from attnzoo.store import Store
 
 DASHES = ("-", "--", ":", "-.")  # line styles of the widths in the learning curves
-SHORT = {"seq_len": "L", "num_kv_pairs": "kv"}  # MQAR's grid coordinates, as Zoology writes them
 
 
 def quality_section(store: Store, speed_run: int | None) -> str:
@@ -128,9 +128,13 @@ def _run_block(store: Store, run: Row, rows: list[Row], speed: list[Row]) -> str
         return out + "<p>No trained models recorded in this run yet.</p>"
     curves = _attach(store.curves([rid]), rows, nearest=False)
     extra = _attach(store.quality_evals([rid]), rows, nearest=True)
+    infos = task_infos(store.tasks([rid]))
     for task in sorted({r["task"] for r in rows}):
-        info = TASKS.get(task, UNKNOWN_TASK)
-        view = _view(rid, task, info, [r for r in rows if r["task"] == task], extra)
+        mine = [r for r in rows if r["task"] == task]
+        points = {r["task_config"]: infos.get((rid, task, r["task_config"])) for r in mine}
+        info = next((i for i in points.values() if i is not None), UNKNOWN_TASK)
+        tokens = {p: (i.tokens if i is not None else None) for p, i in points.items()}
+        view = _view(rid, task, info, mine, extra, tokens)
         latency_figs, latency_table = view.latency(speed)
         figs = view.figures(curves) + latency_figs
         out += (
@@ -164,6 +168,7 @@ class _TaskView:
     info: TaskInfo
     rows: list[Row]
     configs: dict[str, dict[str, Any]]  # task_config JSON -> parsed
+    tokens: dict[str, int | None]  # task_config JSON -> tokens per layer (stored by the bench)
     keys: list[str]  # the config keys that tell the points apart
     points: list[str]  # task_config JSONs, ordered
     cells: list[_Cell]
@@ -174,8 +179,8 @@ class _TaskView:
         return f"quality-{self.rid}-{re.sub(r'[^a-z0-9]+', '-', self.task.lower())}"
 
     def label(self, point: str) -> str:
-        cfg = self.configs[point]
-        return ", ".join(f"{SHORT.get(k, k)}={cfg.get(k)}" for k in self.keys) or self.task
+        label = point_label(self.configs[point], self.keys, dict(self.info.point_keys))
+        return label or self.task
 
     def panel(self, point: str) -> str:
         """A plot panel's title: the point's settings (none for a task run at one setting)."""
@@ -230,7 +235,8 @@ class _TaskView:
                    _ms(_mean_std([r["seconds"] for r in c.rows]), ".1f")]
             )  # fmt: skip
         metric = self.info.metric
-        head = [*(SHORT.get(k, k) for k in self.keys), "mechanism", "d_model", "layers", "best lr",
+        short = dict(self.info.point_keys)
+        head = [*(short.get(k, k) for k in self.keys), "mechanism", "d_model", "layers", "best lr",
                 "seeds", f"best {metric}", f"final {metric}", *self.names, "steps", "status",
                 "params", "state floats", "seconds"]  # fmt: skip
         return _table(head, body, f"{self.sid}-table")
@@ -294,7 +300,7 @@ class _TaskView:
         figure (if any mechanism was measured) and the table saying which T and impl."""
         panels, body = [], []
         for p in self.points:
-            length = task_length(self.configs[p])
+            length = self.tokens.get(p)
             ms: dict[str, float] = {}
             for m in sorted({c.mixer for c in self.at(p)}):
                 r = closest_speed(speed, m, length, self.info.patterns) if length else None
@@ -324,11 +330,11 @@ class _TaskView:
         return [self.fig(svg, cap)], table
 
 
-def _view(rid: int, task: str, info: TaskInfo, rows: list[Row],
-          evals: dict[int, list[Row]]) -> _TaskView:  # fmt: skip
+def _view(rid: int, task: str, info: TaskInfo, rows: list[Row], evals: dict[int, list[Row]],
+          tokens: dict[str, int | None]) -> _TaskView:  # fmt: skip
     """Group one task's rows: points, then the best lr per (point, mechanism, width, seed)."""
     configs = {r["task_config"]: json.loads(r["task_config"]) for r in rows}
-    keys = ["seq_len", "num_kv_pairs"] if task == "mqar" else []
+    keys = [k for k, _ in info.point_keys]
     for k in sorted({k for c in configs.values() for k in c}):
         if k not in keys and len({json.dumps(c.get(k)) for c in configs.values()}) > 1:
             keys.append(k)
@@ -350,7 +356,7 @@ def _view(rid: int, task: str, info: TaskInfo, rows: list[Row],
     cells.sort(
         key=lambda c: (points.index(c.point), c.d_model, -sign * (c.metric[0] or 0), c.mixer)
     )
-    return _TaskView(rid, task, info, rows, configs, keys, points, cells, names)
+    return _TaskView(rid, task, info, rows, configs, tokens, keys, points, cells, names)
 
 
 # ---- helpers ----------------------------------------------------------------------------

@@ -214,6 +214,63 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "cp rows record the scale of their error (max |one process|): exact is relative",
         ["""ALTER TABLE cp ADD COLUMN ref_max DOUBLE"""],
     ),
+    (
+        7,
+        "quality runs record what each task point is (metric, direction, patterns, tokens per "
+        "layer) and speed runs their baseline, so the report reads them instead of mirroring the "
+        "bench; runs before this version get what the bench used when they were recorded",
+        [
+            """CREATE TABLE quality_tasks (
+                run_id BIGINT NOT NULL,
+                task VARCHAR NOT NULL,
+                task_config VARCHAR NOT NULL,     -- JSON, as in quality
+                description VARCHAR,
+                metric VARCHAR NOT NULL,          -- what the metric measures (axis label)
+                maximize BOOLEAN NOT NULL,        -- higher is better
+                patterns VARCHAR NOT NULL,        -- JSON list: speed patterns, preferred first
+                fmt VARCHAR NOT NULL,             -- number format of the metric
+                bounded BOOLEAN NOT NULL,         -- the metric lies in [0, 1]
+                tokens INTEGER,                   -- tokens one mixer layer sees, if defined
+                point_keys VARCHAR NOT NULL,      -- JSON [[config key, short label], ...]
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+            # the seven tasks of schema v6, as the bench then described them
+            """INSERT INTO quality_tasks
+               SELECT q.run_id, q.task, q.task_config, NULL, k.metric, k.maximize, k.patterns,
+                      k.fmt, k.bounded,
+                      CASE
+                        WHEN q.task = 'mqar'
+                          THEN CAST(json_extract(q.task_config, '$.seq_len') AS INTEGER)
+                        WHEN q.task = 'listops'
+                          THEN CAST(json_extract(q.task_config, '$.max_length') AS INTEGER)
+                        WHEN q.task = 'regression'
+                          THEN 2 * CAST(json_extract(q.task_config, '$.num_pairs') AS INTEGER)
+                        WHEN q.task LIKE 'pointer-%'
+                          THEN list_max(CAST(json_extract(q.task_config, '$.train_n') AS INTEGER[]))
+                        WHEN q.task IN ('shapes', 'digits')
+                          THEN CAST(power(CAST(json_extract(q.task_config, '$.image_size')
+                                                    AS INTEGER) // 4, 2) AS INTEGER)
+                      END,
+                      CASE WHEN q.task = 'mqar'
+                           THEN '[["seq_len", "L"], ["num_kv_pairs", "kv"]]' ELSE '[]' END,
+                      now()
+               FROM (SELECT DISTINCT run_id, task, task_config FROM quality) q
+               JOIN (VALUES
+                 ('mqar', 'accuracy', true, '["causal-self"]', '.3f', true),
+                 ('listops', 'accuracy', true, '["noncausal-self"]', '.3f', true),
+                 ('regression', 'MSE', false, '["causal-self"]', '.3g', false),
+                 ('pointer-sort', 'greedy exact match', true,
+                  '["noncausal-self", "causal-self"]', '.3f', true),
+                 ('pointer-hull', 'greedy exact match', true,
+                  '["noncausal-self", "causal-self"]', '.3f', true),
+                 ('shapes', 'accuracy', true, '["noncausal-self"]', '.3f', true),
+                 ('digits', 'accuracy', true, '["noncausal-self"]', '.3f', true)
+               ) AS k(task, metric, maximize, patterns, fmt, bounded) ON q.task = k.task""",
+            # speed runs name the baseline of their efficiency lengths; it was softmax before
+            """UPDATE runs SET config = json_merge_patch(config, '{"baseline": "softmax"}')
+               WHERE kind = 'speed' AND json_extract(config, '$.baseline') IS NULL""",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -43,6 +43,8 @@ EVAL_COLUMNS = ("task", "mixer", "d_model", "lr", "seed", "name", "value")
 CP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_size", "rank", "latency_s",
               "rank_wall_s", "rank_cpu_s", "peak_bytes", "bytes_sent", "bytes_analytic", "pairs",
               "max_abs_err", "ref_max", "exact")  # fmt: skip
+TASK_COLUMNS = ("task", "task_config", "description", "metric", "maximize", "patterns", "fmt",
+                "bounded", "tokens", "point_keys")  # fmt: skip
 CP_SKIP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_size", "reason")
 PEER_COLUMNS = (
     "case_name", "mechanism", "peer", "size", "n", "ours_s", "peer_s", "ratio", "ours_flops",
@@ -282,6 +284,18 @@ class Store:
         cols = (*EVAL_COLUMNS, "task_config")
         self._insert("quality_eval", cols, run_id, {"task_config": None, **row})
 
+    def add_task(self, run_id: int, row: dict[str, Any]) -> None:
+        """What a quality task point is (``QualityTask.describe``): once per run, task and
+        ``task_config`` (JSON); a repeat is ignored."""
+        have = self._rows(
+            "SELECT 1 FROM quality_tasks WHERE run_id = ? AND task = ? AND task_config = ?",
+            [run_id, row["task"], row["task_config"]],
+        )
+        if not have:
+            cols = {**row, "patterns": json.dumps(list(row["patterns"])),
+                    "point_keys": json.dumps([list(k) for k in row.get("point_keys", ())])}  # fmt: skip
+            self._insert("quality_tasks", TASK_COLUMNS, run_id, cols)
+
     def add_cp(self, run_id: int, row: dict[str, Any]) -> None:
         self._insert("cp", CP_COLUMNS, run_id, row)
 
@@ -374,6 +388,15 @@ class Store:
     def quality_evals(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Extra evaluations (``quality_eval`` rows); empty for stores older than v4."""
         return self._table("quality_eval", run_ids, {})
+
+    def tasks(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """What each quality task point is (``patterns`` and ``point_keys`` parsed); empty for
+        stores older than v7."""
+        rows = self._table("quality_tasks", run_ids, {})
+        for r in rows:
+            r["patterns"] = tuple(json.loads(r["patterns"]))
+            r["point_keys"] = [tuple(k) for k in json.loads(r["point_keys"])]
+        return rows
 
     def cp(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Context-parallel rows (one per case and rank); empty for stores older than v5."""

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnzoo.tasks.checks import check_float, check_int
-from attnzoo.tasks.images import loss, metric
+from attnzoo.tasks.images import check_image_size, image_model, image_tokens, loss, metric
+from attnzoo.tasks.registry import QualityTask, TaskParts, parse_config, register_task
 
 __all__ = ["NUM_CLASSES", "Batch", "DigitsConfig", "load_split", "loss", "make_batch", "metric"]
 
@@ -163,3 +164,23 @@ def make_batch(cfg: DigitsConfig, batch_size: int, generator: torch.Generator) -
     train = load_split(cfg, "train")
     pick = torch.randint(len(train.labels), (batch_size,), generator=generator)  # [B]
     return Batch(train.images[pick], train.labels[pick], train.indices[pick])
+
+
+# ---- the quality bench's adapter -----------------------------------------------------------------
+def _digits(mixer: str, d_model: int, num_layers: int, settings: dict) -> TaskParts:
+    cfg = parse_config("digits", DigitsConfig, settings)
+    check_image_size("digits", cfg.image_size)
+    test = load_split(cfg, "test")
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = make_batch(cfg, batch_size, g)
+        return b.images, b.labels
+
+    return TaskParts(lambda: image_model(mixer, d_model, num_layers, NUM_CLASSES, 1),
+                     batch_fn, loss, metric, dataclasses.asdict(cfg), None,
+                     held_out=[(test.images, test.labels)])  # fmt: skip
+
+
+register_task(QualityTask("digits", "scikit-learn 8x8 digits upsampled to 32x32, metaformer_tiny "
+                          "(top-1 accuracy on the fixed test split)", False, _digits,
+                          patterns=("noncausal-self",), tokens=image_tokens))  # fmt: skip

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.models import create_model
 from attnzoo.tasks.checks import check_float, check_int
+from attnzoo.tasks.registry import QualityTask, TaskParts, parse_config, register_task
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond")
 #: smallest half-size in pixels at which any two of the six masks, drawn with the same
@@ -196,3 +198,47 @@ def metric(output: Tensor, targets: Tensor) -> float:
 def loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy. logits ``[B, K]``, targets ``[B]`` -> scalar."""
     return F.cross_entropy(logits, targets)
+
+
+# ---- the quality bench's adapters (shapes here, digits in its module) ------------------------
+#: metaformer_tiny's total stride: the smallest image side it accepts
+MIN_IMAGE_SIZE = 32
+
+
+def image_model(mixer: str, d_model: int, num_layers: int, num_classes: int, in_chans: int) -> torch.nn.Module:  # fmt: skip
+    """``metaformer_tiny`` with ``dims = (d, 2d, 4d, 8d)`` and ``depths = (1, 1, num_layers, 1)``.
+
+    Shapes: ``[B, in_chans, H, W] -> [B, num_classes]``."""
+    return create_model("metaformer_tiny", mixer=mixer, num_classes=num_classes, in_chans=in_chans,
+                        dims=tuple(d_model * 2**i for i in range(4)),
+                        depths=(1, 1, num_layers, 1))  # fmt: skip
+
+
+def check_image_size(owner: str, size: int) -> None:
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"{owner}: image_size must be >= {MIN_IMAGE_SIZE} (metaformer_tiny downsamples by "
+            f"{MIN_IMAGE_SIZE}), got {size}"
+        )
+
+
+def _shapes(mixer: str, d_model: int, num_layers: int, settings: dict) -> TaskParts:
+    cfg = parse_config("shapes", ShapesConfig, settings)
+    check_image_size("shapes", cfg.image_size)
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = make_batch(cfg, batch_size, g)
+        return b.images, b.labels
+
+    return TaskParts(lambda: image_model(mixer, d_model, num_layers, cfg.num_classes, 3), batch_fn,
+                     loss, metric, dataclasses.asdict(cfg), None)  # fmt: skip
+
+
+def image_tokens(cfg: dict) -> int | None:
+    """Tokens of metaformer_tiny's first stage after its stride-4 stem."""
+    return (int(cfg["image_size"]) // 4) ** 2 if "image_size" in cfg else None
+
+
+register_task(QualityTask("shapes", "synthetic shapes, 32x32 RGB, metaformer_tiny (top-1 "
+                          "accuracy)", False, _shapes, patterns=("noncausal-self",),
+                          tokens=image_tokens))  # fmt: skip

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.models.sequence import SequenceModel
 from attnzoo.tasks.checks import check_int
+from attnzoo.tasks.registry import QualityTask, TaskParts, parse_config, register_task
 
 OPERATORS: tuple[str, ...] = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -256,3 +258,26 @@ def loss(logits: Tensor, targets: Tensor) -> Tensor:
         logits: ``[B, 10]``; targets: ``[B]``; returns a scalar.
     """
     return F.cross_entropy(logits, targets)
+
+
+# ---- the quality bench's adapter ---------------------------------------------------------------
+def _parts(mixer: str, d_model: int, num_layers: int, settings: dict) -> TaskParts:
+    """A non-causal sequence classifier; mean pooling runs over the right padding too (the pad
+    token has its own embedding, so the model can learn to discount it)."""
+    cfg = parse_config("listops", ListOpsConfig, settings)
+
+    def model_fn() -> SequenceModel:
+        return SequenceModel(vocab_size=VOCAB_SIZE, d_model=d_model, num_layers=num_layers,
+                             mixer=mixer, causal=False, num_outputs=NUM_CLASSES, pool="mean",
+                             max_len=cfg.max_length)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, loss, metric, dataclasses.asdict(cfg), cfg.max_length)
+
+
+register_task(QualityTask("listops", "LRA's ListOps, scaled down (accuracy of the 10-way value)",
+                          False, _parts, patterns=("noncausal-self",),
+                          tokens=lambda cfg: cfg.get("max_length")))  # fmt: skip

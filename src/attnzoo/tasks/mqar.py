@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.models.sequence import SequenceModel
 from attnzoo.tasks.checks import check_int
+from attnzoo.tasks.registry import QualityTask, TaskParts, parse_config, register_task
 
 IGNORE_INDEX = -100
 
@@ -228,3 +230,26 @@ def loss(logits: Tensor, targets: Tensor) -> Tensor:
         logits: ``[B, L, V]``; targets: ``[B, L]``; returns a scalar.
     """
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+
+# ---- the quality bench's adapter ---------------------------------------------------------------
+def _parts(mixer: str, d_model: int, num_layers: int, settings: dict) -> TaskParts:
+    """A causal :class:`SequenceModel` with a short convolution and learned positions
+    (Zoology's setting)."""
+    cfg = parse_config("mqar", MQARConfig, settings)
+
+    def model_fn() -> SequenceModel:
+        return SequenceModel(vocab_size=cfg.vocab_size, d_model=d_model, num_layers=num_layers,
+                             mixer=mixer, causal=True, max_len=cfg.seq_len, short_conv=4)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, loss, metric, dataclasses.asdict(cfg), cfg.seq_len)
+
+
+register_task(QualityTask("mqar", "Zoology's multi-query associative recall (accuracy over the "
+                          "queried positions)", True, _parts, patterns=("causal-self",),
+                          tokens=lambda cfg: cfg.get("seq_len"),
+                          point_keys=(("seq_len", "L"), ("num_kv_pairs", "kv"))))  # fmt: skip

@@ -41,7 +41,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from attnzoo.models.sequence import SequenceModel
 from attnzoo.tasks.checks import check_float, check_int
+from attnzoo.tasks.registry import QualityTask, TaskParts, parse_config, register_task
 
 Mode = Literal["linear", "switching", "drift", "locally_linear"]
 _MODES = ("linear", "switching", "drift", "locally_linear")
@@ -254,3 +256,29 @@ def ridge_predictions(batch: Batch, lam: float = 1e-6, window: int | None = None
         w = torch.linalg.solve(gram, x.transpose(1, 2) @ y)  # [B, d_x, d_y]
         out[:, 2 * t] = (xs[:, t, None, :] @ w)[:, 0]
     return out.float()
+
+
+# ---- the quality bench's adapter ---------------------------------------------------------------
+def _parts(mixer: str, d_model: int, num_layers: int, settings: dict) -> TaskParts:
+    """In-context regression: continuous rows through a linear input map, a causal model, the
+    task's MSE at the query rows (lower is better)."""
+    cfg = parse_config("regression", RegressionConfig, settings)
+    probe = make_batch(cfg, 1, torch.Generator().manual_seed(0))
+    L, E = probe.inputs.shape[1:]
+
+    def model_fn() -> SequenceModel:
+        return SequenceModel(vocab_size=1, input_dim=E, d_model=d_model, num_layers=num_layers,
+                             mixer=mixer, causal=True, num_outputs=cfg.d_y, max_len=L)  # fmt: skip
+
+    def batch_fn(batch_size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        b = make_batch(cfg, batch_size, g)
+        return b.inputs, b.targets
+
+    return TaskParts(model_fn, batch_fn, loss, metric, dataclasses.asdict(cfg), L)
+
+
+# tokens per layer: a query and a pair token per example
+register_task(QualityTask("regression", "in-context (piecewise / locally) linear regression "
+                          "(MSE at the query rows; lower is better)", True, _parts, metric="MSE",
+                          maximize=False, patterns=("causal-self",), fmt=".3g", bounded=False,
+                          tokens=lambda cfg: 2 * cfg["num_pairs"] if "num_pairs" in cfg else None))  # fmt: skip

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from attnzoo import peers
 from attnzoo.config import limit
+from attnzoo.distributed.strategies import StatePassing, register_strategy
 from attnzoo.mixers.base import AttentionMaps, StreamingMixer
 from attnzoo.mixers.common import GatedConfig
 from attnzoo.ops.chunks import chunk_flops
@@ -47,16 +49,6 @@ from attnzoo.ops.gla import (
     gla_flops,
     gla_step,
     gla_weights,
-)
-from attnzoo.peers import (
-    SEQ_B,
-    SEQ_H,
-    SEQ_K,
-    PeerPair,
-    peer_function,
-    register_impl_cases,
-    seq_inputs,
-    seq_pair,
 )
 from attnzoo.registry import Paper, register_mixer
 
@@ -197,25 +189,35 @@ def gla_train_flops(T: int, C: int = 64) -> int:
     ``3C²(K + V) + 5CKV`` (its forward scan for dq: ``do v^T``, ``do S^T``, ``P (k e^-b)``, the
     state; its reverse scan: the scores, ``do v^T``, ``A^T do``, two reads and one update of its
     state, ``P^T (q e^b)``)."""
-    N, K = -(-T // C), SEQ_K
-    return 2 * SEQ_B * SEQ_H * N * C * (4 * C * (K + K) + 7 * K * K)
+    N, K = -(-T // C), peers.SEQ_K
+    return 2 * peers.SEQ_B * peers.SEQ_H * N * C * (4 * C * (K + K) + 7 * K * K)
 
 
-def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> PeerPair:
-    q, k, v = seq_inputs(T, g)
+def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> peers.PeerPair:
+    q, k, v = peers.seq_inputs(T, g)
     gk = F.logsigmoid(torch.randn(q.shape, generator=g)) / 16  # GLA's gate parametrisation
-    peer = peer_function("fla.ops.gla.naive", "naive_recurrent_gla")
-    flops = gla_train_flops(T) if train else chunk_flops(SEQ_B, SEQ_H, SEQ_K, SEQ_K, T, 64)
-    return seq_pair(
+    peer = peers.peer_function("fla.ops.gla.naive", "naive_recurrent_gla")
+    flops = (
+        gla_train_flops(T)
+        if train
+        else chunk_flops(peers.SEQ_B, peers.SEQ_H, peers.SEQ_K, peers.SEQ_K, T, 64)
+    )
+    return peers.seq_pair(
         lambda q, k, v, gk: gated_linear_attention(q, k, v, gk, impl=impl),
         lambda q, k, v, gk: peer(q, k, v, gk)[0],
         [q, k, v, gk], flops, T, train,
     )  # fmt: skip
 
 
-register_impl_cases(
+peers.register_impl_cases(
     "gla", "fla-naive-recurrent", "fla naive_recurrent_gla", _fla_case,
     (("chunk", False, (2048, 8192), (2048,)), ("native", False, (2048, 8192), (2048,)),
      ("native", True, (2048, 4096), (2048,))),
     notes="peer is a token loop (fla has no naive chunked GLA)", rtol=1e-3, smoke_size=100,
 )  # fmt: skip
+
+# ---- context parallelism: gated states passed across ranks ---------------------------------------
+register_strategy(StatePassing(
+    "state-gla", "gated linear attention (data-dependent gates), states combined across ranks",
+    kind="gated", gates=lambda g, shape: F.logsigmoid(torch.randn(shape, generator=g)) / 16,
+))  # fmt: skip

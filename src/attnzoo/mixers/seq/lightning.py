@@ -36,7 +36,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from attnzoo import peers
 from attnzoo.config import limit
+from attnzoo.distributed.strategies import StatePassing, register_strategy
 from attnzoo.mixers.base import AttentionMaps, StreamingMixer
 from attnzoo.mixers.common import HeadsConfig
 from attnzoo.mixers.seq.linear import LINEAR_VARIANTS, scan_flops
@@ -45,16 +47,6 @@ from attnzoo.ops.linear import (
     linear_attention_flops,
     linear_attention_step,
     linear_weights,
-)
-from attnzoo.peers import (
-    SEQ_B,
-    SEQ_H,
-    SEQ_K,
-    PeerPair,
-    peer_function,
-    register_impl_cases,
-    seq_inputs,
-    seq_pair,
 )
 from attnzoo.registry import Paper, register_mixer
 
@@ -186,17 +178,21 @@ class LightningAttention(StreamingMixer):
         return self._out(o[:, None])[:, 0], LightningState(kv)  # [B, D]
 
 
-def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> PeerPair:
+def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> peers.PeerPair:
     """fla's simple GLA with ``g = -slope`` at every step is Lightning's decay (fla's ``scale``
     multiplies q)."""
-    peer = peer_function("fla.ops.simple_gla.naive", "naive_chunk_simple_gla")
-    decay, s = -torch.tensor(alibi_slopes(SEQ_H)), SEQ_K**-0.5
-    return seq_pair(
+    peer = peers.peer_function("fla.ops.simple_gla.naive", "naive_chunk_simple_gla")
+    decay, s = -torch.tensor(alibi_slopes(peers.SEQ_H)), peers.SEQ_K**-0.5
+    return peers.seq_pair(
         lambda q, k, v: linear_attention(q, k, v, causal=True, decay=decay, scale=s, impl=impl),
-        lambda q, k, v: peer(q, k, v, decay.expand(SEQ_B, T, SEQ_H), scale=s)[0],
-        seq_inputs(T, g), scan_flops(T, train), T, train,
+        lambda q, k, v: peer(q, k, v, decay.expand(peers.SEQ_B, T, peers.SEQ_H), scale=s)[0],
+        peers.seq_inputs(T, g), scan_flops(T, train), T, train,
     )  # fmt: skip
 
 
-register_impl_cases("lightning", "fla-naive-chunk-simple-gla", "fla naive_chunk_simple_gla",
+peers.register_impl_cases("lightning", "fla-naive-chunk-simple-gla", "fla naive_chunk_simple_gla",
                     _fla_case, LINEAR_VARIANTS, smoke_size=192)  # fmt: skip
+
+register_strategy(StatePassing("state-lightning", "Lightning attention (per-head decay), states "
+                               "combined across ranks",
+                               decay=lambda H: -torch.tensor(alibi_slopes(H))))  # fmt: skip

@@ -28,7 +28,9 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from attnzoo import peers
 from attnzoo.config import limit, suggest
+from attnzoo.distributed.strategies import StatePassing, register_strategy
 from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_flops
 from attnzoo.ops.chunks import chunk_flops
 from attnzoo.ops.common import expand_kv
@@ -42,16 +44,6 @@ from attnzoo.ops.linear import (
     linear_weights,
 )
 from attnzoo.ops.masks import Mask
-from attnzoo.peers import (
-    SEQ_B,
-    SEQ_H,
-    SEQ_K,
-    PeerPair,
-    peer_function,
-    register_impl_cases,
-    seq_inputs,
-    seq_pair,
-)
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -180,16 +172,18 @@ class LinearAttention(AttentionMixer):
 def scan_flops(T: int, train: bool, chunk: int = 64) -> int:
     """FLOPs of the chunked causal scan at the peer cases' shape: one scan, or four with the
     backward (dq, dk and dv are one scan each)."""
-    return chunk_flops(SEQ_B, SEQ_H, SEQ_K, SEQ_K, T, chunk) * (4 if train else 1)
+    return chunk_flops(peers.SEQ_B, peers.SEQ_H, peers.SEQ_K, peers.SEQ_K, T, chunk) * (
+        4 if train else 1
+    )
 
 
-def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> PeerPair:
-    peer = peer_function("fla.ops.linear_attn.naive", "naive_chunk_linear_attn")
-    s = SEQ_K**-0.5
-    return seq_pair(
+def _fla_case(T: int, g: torch.Generator, impl: str, train: bool) -> peers.PeerPair:
+    peer = peers.peer_function("fla.ops.linear_attn.naive", "naive_chunk_linear_attn")
+    s = peers.SEQ_K**-0.5
+    return peers.seq_pair(
         lambda q, k, v: linear_attention(q, k, v, causal=True, scale=s, impl=impl),
         lambda q, k, v: peer(q, k, v, scale=s),
-        seq_inputs(T, g), scan_flops(T, train), T, train,
+        peers.seq_inputs(T, g), scan_flops(T, train), T, train,
     )  # fmt: skip
 
 
@@ -201,5 +195,9 @@ LINEAR_VARIANTS = (
     ("compiled", False, (2048, 8192, 32768), (2048, 8192)),
     ("native", True, (2048, 8192), (2048,)),
 )
-register_impl_cases("linear", "fla-naive-chunk", "fla naive_chunk_linear_attn", _fla_case,
+peers.register_impl_cases("linear", "fla-naive-chunk", "fla naive_chunk_linear_attn", _fla_case,
                     LINEAR_VARIANTS, smoke_size=192)  # fmt: skip
+
+# ---- context parallelism: causal states passed across ranks --------------------------------------
+register_strategy(StatePassing("state-linear", "linear attention, chunk states combined across "
+                               "ranks (all-gather prefix)"))  # fmt: skip

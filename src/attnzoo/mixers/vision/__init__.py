@@ -2,7 +2,8 @@
 
 from attnzoo.mixers.vision import (  # noqa: F401
     area,
-    davit,
+    davit_channel,
+    davit_window,
     ffnified,
     gpsa,
     halo,

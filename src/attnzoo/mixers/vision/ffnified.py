@@ -4,8 +4,9 @@ with RepVGG-style re-parameterisation.
 Yun, Lee, Ro, "FFNet: MetaMixer-based Efficient Convolutional Mixer Design" (first version:
 "MetaMixer Is All You Need"), 2024. https://arxiv.org/abs/2406.02021
 Code: https://github.com/ysj9909/FFNet (``models/ffnet.py``: ``Token_Mixer``, ``RepVGGDW``,
-``Conv2d_BN``, ``FFBlock``). timm has no FFNet; the tests compare against a written-out
-formulation (shift-and-add depthwise convolutions, BatchNorm by hand).
+``Conv2d_BN``, ``FFBlock``). timm has no FFNet; the fast path is checked against
+``impl="reference"``, a written-out formulation (shift-and-add depthwise convolutions, BatchNorm
+by hand; see "Paths" below).
 
 The paper "FFNifies" self-attention: the query is the input after a 1x1 projection, the keys
 and values are the two large-kernel depthwise convolutions, and GELU replaces the softmax. On
@@ -37,6 +38,20 @@ the mixer. The unfused mixer in eval mode already computes this deployed form on
 folded kernels are rebuilt each call, so gradients still reach the BatchNorm and branch
 parameters); ``fuse`` drops that small per-call cost and the extra parameters. Works on any grid
 ``h x w``.
+
+Paths (``impl``):
+
+- ``reference``: the unfused block written out (``FFNifiedMixer._reference``): the 1x1
+  projection as a matmul over channels, every BatchNorm by
+  :func:`~attnzoo.mixers.vision.batchnorm.bn_reference` and every depthwise convolution (both
+  RepVGG branches) by :func:`~attnzoo.ops.conv.depthwise_conv` ``(impl="reference")``, one
+  shifted copy per kernel offset. It reads whatever the mixer holds, so it also computes a fused
+  mixer. In train mode it normalises with batch statistics but does not update the running
+  statistics (it is the spec the fast path is checked against, not a training path).
+- ``conv`` (``auto``): ``F.conv2d`` depthwise convolutions on a channels-last
+  ``[B, C, h, w]`` view; in eval mode the BatchNorms and the RepVGG branches are folded on the
+  fly (one matmul and one ``k x k`` convolution per stage), in train mode the two branches run
+  with ``nn.BatchNorm2d`` (batch statistics, running statistics updated).
 """
 
 from __future__ import annotations
@@ -49,9 +64,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
+from attnzoo.config import MixerConfig, limit
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.vision.batchnorm import fold_bn, linear_bn
+from attnzoo.mixers.vision.batchnorm import bn_reference, fold_bn, linear_bn
+from attnzoo.ops.conv import depthwise_conv
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -74,24 +90,15 @@ class FFNifiedConfig(MixerConfig):
             ``None`` never adds it. Odd.
         activation: ``gelu`` (official default) or ``relu`` between the two convolutions.
         bn_eps: epsilon of every BatchNorm.
+        impl: ``auto`` (= ``conv``) | ``reference`` (the unfused block written out) | ``conv``
+            (``F.conv2d``, BatchNorms and branches folded on the fly in eval mode).
     """
 
-    kernel_size: int = 7
-    rep_kernel_size: int | None = 3
+    kernel_size: int = limit(7, ge=1, odd=True)
+    rep_kernel_size: int | None = limit(3, ge=1, odd=True)
     activation: Literal["gelu", "relu"] = "gelu"
-    bn_eps: float = 1e-5
-
-    def validate(self) -> None:
-        owner = self._owner()
-        for name in ("kernel_size", "rep_kernel_size"):
-            k = getattr(self, name)
-            if k is not None and (k < 1 or k % 2 == 0):
-                raise ValueError(
-                    f"{owner}: {name} must be a positive odd int (centred, same-size padding), "
-                    f"got {k}"
-                )
-        if not self.bn_eps > 0:
-            raise ValueError(f"{owner}: bn_eps must be > 0, got {self.bn_eps}")
+    bn_eps: float = limit(1e-5, gt=0)
+    impl: Literal["auto", "reference", "conv"] = "auto"
 
     @property
     def branch(self) -> int | None:
@@ -162,15 +169,11 @@ class RepDepthwise(nn.Module):
     "ffnified",
     config=FFNifiedConfig,
     family="conv",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
-    exact=False,
+    layout="grid2d",
     complexity="O(h·w·C·(C + k²)) time, O(h·w·C) memory (k: depthwise kernel)",
     paper=PAPER,
-    peer="written-out 1x1 projection, shift-and-add depthwise convs and BatchNorm (tests); "
-    "fuse() checked against the unfused mixer",
+    peer="impl='reference': written-out 1x1 projection, shift-and-add depthwise convs and "
+    "BatchNorm; fuse() checked against the unfused mixer (tests)",
     flops=ffnified_flops,
 )
 class FFNifiedMixer(Mixer):
@@ -207,13 +210,10 @@ class FFNifiedMixer(Mixer):
         self.conv2.fuse()
         return self
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: Mask | None) -> Tensor:
         """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
+        if self.cfg.impl == "reference":
+            return self._reference(x)
         if self.fc_bn is None:
             q = self.fc(x)  # [B, h, w, C]
         else:  # eval mode folds the BatchNorm into the projection on the fly
@@ -222,3 +222,27 @@ class FFNifiedMixer(Mixer):
         a = self.conv1(rearrange(q, "b h w c -> b c h w"))
         a = F.gelu(a) if self.cfg.activation == "gelu" else F.relu(a)
         return rearrange(self.conv2(a), "b c h w -> b h w c")  # [B, h, w, C]
+
+    # ---- impl="reference" -----------------------------------------------------------------
+    def _reference(self, x: Tensor) -> Tensor:
+        """``conv2(act(conv1(BN(x W))))`` written out, unfused (or fused, after :meth:`fuse`).
+
+        Shapes: x ``[B, h, w, C]`` -> ``[B, h, w, C]``."""
+        q = torch.einsum("bhwi,oi->bhwo", x, self.fc.weight)  # [B, h, w, C]
+        if self.fc_bn is not None:
+            q = bn_reference(self.fc_bn, q)
+        else:  # fused: the BatchNorm lives in the projection's bias
+            q = q + self.fc.bias
+        a = _rep_reference(self.conv1, q)  # [B, h, w, C]
+        a = F.gelu(a) if self.cfg.activation == "gelu" else a.clamp(min=0)
+        return _rep_reference(self.conv2, a)  # [B, h, w, C]
+
+
+def _rep_reference(conv: RepDepthwise, t: Tensor) -> Tensor:
+    """``BN(DW_k(t)) + BN(DW_r(t))``, or a biased ``DW_k(t)`` without the branch, by shifted
+    copies. Shapes: t ``[B, h, w, C]`` -> ``[B, h, w, C]``."""
+    if conv.bn is None or conv.conv_small is None or conv.bn_small is None:
+        return depthwise_conv(t, conv.conv.weight, conv.conv.bias, impl="reference")
+    big = bn_reference(conv.bn, depthwise_conv(t, conv.conv.weight, impl="reference"))
+    small = bn_reference(conv.bn_small, depthwise_conv(t, conv.conv_small.weight, impl="reference"))
+    return big + small

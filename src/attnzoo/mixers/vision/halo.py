@@ -26,17 +26,33 @@ window ``s = b + 2r``, per head (``n`` heads, query/key width ``dk``, value widt
    There is no output projection (timm's ``HaloAttn`` has none; in HaloNet the following 1x1
    conv of the bottleneck plays that role).
 
-Computed as fused SDPA with ``rel(q) = q . E`` as the additive mask, where ``E [b², s², dk]``
-is the summed embedding per (query offset, window offset), in chunks of (sample, head, block)
-groups so that the ``[b², s²]`` relative logits of all blocks never exist at once.
+**Paths** (``impl``), both through :func:`attnzoo.ops.window.window_attention` with ``halo=r``,
+``sizes=(h, w)`` and the relative logits as a query-dependent ``bias`` (``rel(q) = q . E``, where
+``E [b², s², dk]`` is the summed embedding per (query offset, window offset)):
+
+- ``reference``: the op's reference, dense ``[N, M]`` softmax weights over the rounded query
+  grid and the key grid, query ``i`` seeing key ``j`` only inside its block's window, the
+  relative logits written into the dense logits (its index tables come from explicit loops over
+  the blocks). The unit tests check both paths against a third formulation, an explicit loop
+  over blocks and window pixels (``halo_by_hand`` in ``tests/mixers/vision/test_halo.py``).
+- ``sdpa`` (``auto``): the op's fused path, SDPA per chunk of windows with the relative logits
+  as the additive mask, so that the ``[b², s²]`` relative logits of all blocks never exist at
+  once (``attnzoo.ops.window.CHUNK_ELEMENTS`` sets the chunk).
 
 **Any grid.** timm requires ``h`` and ``w`` divisible by ``block_size``. Here the projected
-q/k/v are padded at the bottom/right up to a multiple of ``b`` and the output is cropped back to
-``h x w``. The key grid is the image zero-padded by ``r`` (as in timm); key positions farther
-than ``r`` outside the image (reachable only because of the rounding) are masked out of the
-softmax. So when ``b`` divides ``h`` and ``w`` nothing is masked and the mixer is timm's
-function, and otherwise every pixel sees its block's window restricted to the image plus
-the ``r``-wide zero border.
+q/k/v are padded at the bottom/right up to a multiple of ``b``
+(:func:`~attnzoo.ops.window.pad_grid`) and the output is cropped back to ``h x w``. The key grid
+is the image zero-padded by ``r`` (as in timm); key positions farther than ``r`` outside the
+image (reachable only because of the rounding) are masked out of the softmax (the op's
+``sizes``). So when ``b`` divides ``h`` and ``w`` nothing is masked and the mixer is timm's
+function, and otherwise every pixel sees its block's window restricted to the image plus the
+``r``-wide zero border.
+
+**Attention maps** (exact): weights ``[B, H, h·w, M]`` over the real query pixels and the key
+grid zero-padded by the halo *after rounding*, ``M = (h' + 2r)(w' + 2r)`` with
+``h' = ceil(h/b)·b`` (likewise ``w'``), row-major: the zero border keys take weight in HaloNet
+(their logit is the relative term alone), so they are columns of the map, with zero values;
+keys past the border (rounding only) weigh 0. ``M`` is not ``h·w``.
 
 Mapping from timm (:func:`load_timm_weights`): ``q.weight [n*dk, C, 1, 1]`` is the first block
 of our fused ``qkv`` linear; ``kv.weight [n*(dk+dv), C, 1, 1]`` is grouped per head as
@@ -52,15 +68,20 @@ the grid), ``dim_out != dim`` and ``qk_ratio`` rounding (set ``qk_dim_head`` dir
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.mixers.base import Mixer
+from attnzoo.config import limit
+from attnzoo.mixers.base import AttentionMaps, Mixer
 from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.masks import Mask
+from attnzoo.ops.window import crop_grid, pad_grid, window_attention, window_weights
+from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -80,30 +101,20 @@ class HaloConfig(HeadsConfig):
             (timm's default is 8; HaloNet configs use 4 to 8).
         qk_dim_head: query/key width per head; ``None`` means ``C // num_heads``
             (timm's ``dim_head``). The value width is always ``C // num_heads``.
-        block_size: query block side ``b`` (HaloNet: 8); >= 1.
-        halo_size: halo ``r`` around each block (HaloNet: 3, some timm configs 2); >= 0.
+        block_size: query block side ``b`` (HaloNet: 8).
+        halo_size: halo ``r`` around each block (HaloNet: 3, some timm configs 2).
         qkv_bias: bias on the q/k/v projections (timm default: off).
         scale_pos_embed: scale the relative logits too (timm's ``scale_pos_embed``).
+        impl: ``auto`` (``sdpa``) | ``reference`` (dense masked weights) | ``sdpa`` (windows
+            and fused attention, chunked); see the module docstring.
     """
 
-    qk_dim_head: int | None = None
-    block_size: int = 8
-    halo_size: int = 3
+    qk_dim_head: int | None = limit(None, ge=1)
+    block_size: int = limit(8, ge=1)
+    halo_size: int = limit(3, ge=0)
     qkv_bias: bool = False
     scale_pos_embed: bool = False
-
-    def validate(self) -> None:
-        owner = self._owner()
-        for name in ("num_heads", "qk_dim_head", "block_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
-        if self.halo_size < 0:
-            raise ValueError(f"{owner}: halo_size must be >= 0, got {self.halo_size}")
-        if self.d_model % self.heads != 0:
-            raise ValueError(
-                f"{owner}: d_model={self.d_model} is not divisible by num_heads={self.heads}"
-            )
+    impl: Literal["auto", "reference", "sdpa"] = "auto"
 
     @property
     def dim_qk(self) -> int:
@@ -116,9 +127,6 @@ class HaloConfig(HeadsConfig):
     @property
     def win_size(self) -> int:
         return self.block_size + 2 * self.halo_size
-
-
-CHUNK_ELEMENTS = 1 << 21  # relative-logit elements per SDPA call (8 MB in fp32)
 
 
 def halo_flops(cfg: HaloConfig, batch: int, T: int, S: int | None, mask: Mask | None) -> int:
@@ -142,14 +150,12 @@ def _rel_index(block_size: int, win_size: int) -> Tensor:
     "halo",
     config=HaloConfig,
     family="sparse",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
-    exact=False,
+    layout="grid2d",
+    attention_maps=True,
     complexity="O(h·w·s²·d) time and O(h·w·s²/b²·d) window memory, window s = block + 2·halo",
     paper=PAPER,
-    peer="timm.layers.halo_attn.HaloAttn (weights copied; grids divisible by block_size)",
+    peer="timm.layers.halo_attn.HaloAttn (weights copied; grids divisible by block_size; "
+    "both paths)",
     flops=halo_flops,
 )
 class HaloMixer(Mixer):
@@ -179,67 +185,55 @@ class HaloMixer(Mixer):
             e = e * self.scale
         return rearrange(e, "y x ky kx d -> (y x) (ky kx) d")
 
-    def border_mask(self, h: int, w: int, nh: int, nw: int, ref: Tensor) -> Tensor | None:
-        """Additive ``[nh*nw, 1, s²]`` mask (``-inf``) on window keys farther than the halo from
-        the image, which only the rounding to whole blocks creates; ``None`` when there are none."""
-        b, r, s = self.cfg.block_size, self.cfg.halo_size, self.cfg.win_size
-        if h % b == 0 and w % b == 0:
-            return None
-        # a padded key row/column p (0 = top of the r-wide top border) exists iff p < size + 2r
-        offs = torch.arange(s, device=ref.device)
-        ok_y = torch.arange(nh, device=ref.device)[:, None] * b + offs < h + 2 * r  # [nh, s]
-        ok_x = torch.arange(nw, device=ref.device)[:, None] * b + offs < w + 2 * r  # [nw, s]
-        ok = ok_y[:, None, :, None] & ok_x[None, :, None, :]  # [nh, nw, s, s]
-        mask = torch.zeros(ok.shape, dtype=ref.dtype, device=ref.device)
-        mask.masked_fill_(~ok, float("-inf"))
-        return rearrange(mask, "nh nw ky kx -> (nh nw) 1 (ky kx)")
-
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
-        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
-        cfg = self.cfg
-        n, dk, b, r, s = cfg.heads, cfg.dim_qk, cfg.block_size, cfg.halo_size, cfg.win_size
-        B, h, w, _ = x.shape
-        ph, pw = -h % b, -w % b
-        nh, nw = (h + ph) // b, (w + pw) // b
-        qkv = self.qkv(x)  # [B, h, w, n*(2dk + dv)]
-        q, kv = qkv[..., : n * dk], qkv[..., n * dk :]
-        if ph or pw:
-            q = F.pad(q, (0, 0, 0, pw, 0, ph))  # [B, nh*b, nw*b, n*dk]
-        # G = B*n*nh*nw (sample, head, block) groups, each attending on its own
-        q = rearrange(q, "B (nh y) (nw x) (n d) -> (B n nh nw) (y x) d", y=b, x=b, n=n)
-        kv = F.pad(kv, (0, 0, r, r + pw, r, r + ph))  # zero k/v halo border (+ rounding)
-        # overlapping s x s windows with step b, as views: [B, nh, nw, n*(dk+dv), s, s]
-        kv = kv.unfold(1, s, b).unfold(2, s, b)
-        pattern = "B nh nw (n d) ky kx -> (B n nh nw) (ky kx) d"
-        k = rearrange(kv[:, :, :, : n * dk], pattern, n=n)  # [G, s², dk]
-        v = rearrange(kv[:, :, :, n * dk :], pattern, n=n)  # [G, s², dv]
+    def rel_bias(self) -> Callable[[Tensor], Tensor]:
+        """The window op's ``bias``: the relative logits ``q . E`` of a chunk of windows.
+        Shapes: ``[G, H, b², dk] -> [G, H, b², s²]``."""
         e_t = self.rel_table().transpose(1, 2)  # [b², dk, s²]
-        border = self.border_mask(h, w, nh, nw, x)  # [nh*nw, 1, s²] or None
-        if border is not None:
-            border = border.repeat(B * n, 1, 1)  # [G, 1, s²]
-        # the [G, b², s²] relative logits are the SDPA mask; chunks keep them small (allocating
-        # tens of MB at once costs more than computing them)
-        G, step = q.shape[0], max(1, CHUNK_ELEMENTS // (b * b * s * s))
-        outs = []
-        for g in range(0, G, step):
-            qc = q[g : g + step]  # [g, b², dk]
-            bias = torch.bmm(qc.transpose(0, 1), e_t).transpose(0, 1)  # [g, b², s²]
-            if border is not None:
-                bias = bias + border[g : g + step]
-            kc, vc = k[g : g + step], v[g : g + step]
-            outs.append(
-                F.scaled_dot_product_attention(qc, kc, vc, attn_mask=bias, scale=self.scale)
-            )
-        o = outs[0] if len(outs) == 1 else torch.cat(outs)  # [G, b², dv]
-        o = rearrange(
-            o, "(B n nh nw) (y x) d -> B (nh y) (nw x) (n d)", n=n, nh=nh, nw=nw, y=b, x=b
-        )
-        return o[:, :h, :w]  # [B, h, w, C]
+
+        def bias(q: Tensor) -> Tensor:
+            G, H, n, dk = q.shape
+            # one [G·H, dk] x [dk, s²] product per query offset
+            t = q.permute(2, 0, 1, 3).reshape(n, G * H, dk)  # [b², G·H, dk]
+            return torch.bmm(t, e_t).view(n, G, H, -1).permute(1, 2, 0, 3)  # [G, H, b², s²]
+
+        return bias
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v on the grid zero-padded at the bottom/right to whole blocks (after the
+        projection, as timm pads k/v). Shapes: x ``[B, h, w, C]`` -> q, k ``[B, h', w', H, dk]``,
+        v ``[B, h', w', H, dv]``."""
+        n, dk = self.cfg.heads, self.cfg.dim_qk
+        qkv = pad_grid(self.qkv(x), self.cfg.block_size)  # [B, h', w', n*(2dk + dv)]
+        q, k, v = qkv.split([n * dk, n * dk, qkv.shape[-1] - 2 * n * dk], dim=-1)
+        return q.unflatten(-1, (n, dk)), k.unflatten(-1, (n, dk)), v.unflatten(-1, (n, -1))
+
+    def _sizes(self, x: Tensor) -> tuple[int, int] | None:
+        """The op's ``sizes``: the real grid when rounding padded it (``None``: nothing masked)."""
+        h, w, b = x.shape[1], x.shape[2], self.cfg.block_size
+        return None if h % b == 0 and w % b == 0 else (h, w)
+
+    def mix(self, x: Tensor, context: None, mask: Mask | None) -> Tensor:
+        """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
+        cfg = self.cfg
+        impl = "sdpa" if cfg.impl == "auto" else cfg.impl
+        q, k, v = self._project(x)
+        o = window_attention(q, k, v, cfg.block_size, halo=cfg.halo_size, sizes=self._sizes(x),
+                             bias=self.rel_bias(), scale=self.scale, impl=impl)  # fmt: skip
+        return crop_grid(o.flatten(-2), x.shape[1:3])  # [B, h, w, C]
+
+    def maps(self, x: Tensor, context: None, mask: Mask | None) -> AttentionMaps:
+        """Weights ``[B, H, h·w, M]`` over the real queries and the rounded grid zero-padded by
+        the halo (``M = (h' + 2r)(w' + 2r)``, see the module docstring); values ``[B, H, M, dv]``
+        (zero on the border); exact."""
+        cfg = self.cfg
+        h, w, r = x.shape[1], x.shape[2], cfg.halo_size
+        q, k, v = self._project(x)
+        a = window_weights(q, k, cfg.block_size, halo=r, sizes=self._sizes(x),
+                           bias=self.rel_bias(), scale=self.scale)  # fmt: skip
+        a = a.unflatten(2, q.shape[1:3])[:, :, :h, :w].flatten(2, 3)  # [B, H, h*w, M]
+        values = rearrange(F.pad(v, (0, 0, 0, 0, r, r, r, r)), "b y x n d -> b n (y x) d")
+        finish = lambda o: rearrange(o, "b n (y x) d -> b y x (n d)", y=h)  # noqa: E731
+        return AttentionMaps(a, values, finish)
 
 
 def load_timm_weights(mixer: HaloMixer, timm_module: nn.Module) -> None:
@@ -287,3 +281,28 @@ def load_timm_weights(mixer: HaloMixer, timm_module: nn.Module) -> None:
             mixer.qkv.bias.copy_(torch.cat([sd["q.bias"], kv_b]))
         mixer.rel_h.copy_(sd["pos_embed.height_rel"][2 * r :])
         mixer.rel_w.copy_(sd["pos_embed.width_rel"][2 * r :])
+
+
+# ---- peer: timm's HaloAttn (issue 5's sizes: forward, fp32, batch 8, same weights) -----------
+PEER_BATCH = 8
+
+
+def _timm_case(side: int, g: torch.Generator) -> PeerPair:
+    """timm ``HaloAttn`` (its default 8 heads, block 8, halo 3) on ``[B, C, H, W]``; the
+    permutes to and from timm's layout are free views outside the timing."""
+    from timm.layers.halo_attn import HaloAttn
+
+    C = 64
+    theirs = randomise_biases(HaloAttn(C, num_heads=8, block_size=8, halo_size=3), g)
+    ours = HaloMixer(HaloConfig(d_model=C, num_heads=8, block_size=8, halo_size=3)).eval()
+    load_timm_weights(ours, theirs)
+    x = torch.randn(PEER_BATCH, side, side, C, generator=g)
+    x_nchw = x.permute(0, 3, 1, 2)
+    return PeerPair(ours=lambda: ours(x), peer=lambda: theirs(x_nchw),
+                    flops=halo_flops(ours.cfg, PEER_BATCH, side * side, None, None),
+                    size=f"B={PEER_BATCH} {side}x{side}x{C}",
+                    check=lambda: (ours(x), theirs(x_nchw).permute(0, 2, 3, 1)))  # fmt: skip
+
+
+register_case(PeerCase("halo/timm", "halo", "timm halo_attn.HaloAttn", ("timm", "torchvision"),
+                       _timm_case, (32, 64), (32,), smoke_size=16))  # fmt: skip

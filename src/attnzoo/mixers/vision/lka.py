@@ -2,8 +2,9 @@
 
 Guo et al., "Visual Attention Network", 2022. https://arxiv.org/abs/2202.09741
 Code: https://github.com/Visual-Attention-Network/VAN-Classification (``models/van.py``: ``LKA``,
-``Attention``, ``Block``). Not in timm 1.0.31; the tests compare against an explicit naive
-formulation (the dilated convolution as a sum of shifted products).
+``Attention``, ``Block``). Not in timm 1.0.31, so there is no peer case; the tests compare both
+paths against a by-hand channels-first formulation of the official modules (the dilated
+convolution as a sum of shifted products, written in the test file).
 
 On channels-last ``u [B, h, w, C]``, per channel (``DW``: depthwise, biased, same-size padding):
 
@@ -25,20 +26,33 @@ So with the default ``shortcut=None`` (= ``wrapper``) a residual wrapper ``x + y
 ``LKA`` (``y = x * attn``, no shortcut). Left out (the block's): BatchNorm, layer scale, the
 MLP branch, drop path. Parameter names and shapes equal the official ``Attention``'s
 (``proj_1``, ``spatial_gating_unit.conv0/conv_spatial/conv1``, ``proj_2``), so its state dict
-loads as is; the 1x1 convs run as matmuls on the channels-last input and the depthwise convs on
-a channels-last-strided view (no copies to ``[B, C, h, w]``). Linear in ``h*w``; any grid.
+loads as is. Linear in ``h*w``; any grid.
+
+``impl`` picks how it runs:
+
+- ``reference``: the formulas above as written, no ``F.conv2d``: both depthwise convs by
+  :func:`attnzoo.ops.conv.depthwise_conv` ``(impl="reference")`` (one shifted copy of the
+  zero-padded input per kernel offset, weighted and summed), each 1x1 conv an explicit matmul
+  over channels plus its bias, and GELU as its exact-erf definition
+  ``0.5 t (1 + erf(t / sqrt(2)))``.
+- ``conv`` (``auto``): the 1x1 convs run as ``F.linear`` on the channels-last input and the
+  depthwise convs as ``nn.Conv2d`` on a channels-last-strided view (no copies to
+  ``[B, C, h, w]``); ``F.gelu``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
+from attnzoo.config import MixerConfig, limit
 from attnzoo.mixers.base import Mixer
+from attnzoo.ops.conv import depthwise_conv
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -61,24 +75,16 @@ class LKAConfig(MixerConfig):
         kernel_size: the plain depthwise kernel (official: 5); odd.
         dilated_kernel_size: the dilated depthwise kernel (official: 7); odd.
         dilation: dilation of the second depthwise conv (official: 3).
+        impl: ``auto`` (= ``conv``) | ``reference`` (shift-and-add depthwise convs, matmul
+            1x1s, erf GELU) | ``conv`` (``nn.Conv2d`` / ``F.linear``); see the module docstring.
     """
 
     wrapper: bool = True
     shortcut: bool | None = None
-    kernel_size: int = 5
-    dilated_kernel_size: int = 7
-    dilation: int = 3
-
-    def validate(self) -> None:
-        owner = self._owner()
-        for name in ("kernel_size", "dilated_kernel_size"):
-            k = getattr(self, name)
-            if k < 1 or k % 2 == 0:
-                raise ValueError(
-                    f"{owner}: {name} must be a positive odd int (same-size padding), got {k}"
-                )
-        if self.dilation < 1:
-            raise ValueError(f"{owner}: dilation must be >= 1, got {self.dilation}")
+    kernel_size: int = limit(5, ge=1, odd=True)
+    dilated_kernel_size: int = limit(7, ge=1, odd=True)
+    dilation: int = limit(3, ge=1)
+    impl: Literal["auto", "reference", "conv"] = "auto"
 
     @property
     def use_shortcut(self) -> bool:
@@ -114,6 +120,17 @@ def _pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
+def _pointwise_reference(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``y[p, o] = b[o] + sum_i W[o, i] x[p, i]``: a 1x1 conv, written as a matmul over the
+    channels. Shapes: ``[B, h, w, C] -> [B, h, w, C_out]``."""
+    return x @ conv.weight[:, :, 0, 0].T + conv.bias
+
+
+def _gelu_reference(t: Tensor) -> Tensor:
+    """GELU by its definition ``t * Phi(t)`` with the exact normal CDF (erf), as ``nn.GELU()``."""
+    return 0.5 * t * (1.0 + torch.erf(t / math.sqrt(2.0)))
+
+
 class LargeKernelAttention(nn.Module):
     """The official ``LKA`` on channels-last input. Shapes: ``[B, h, w, C] -> [B, h, w, C]``."""
 
@@ -135,14 +152,10 @@ class LargeKernelAttention(nn.Module):
     "lka",
     config=LKAConfig,
     family="conv",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
-    exact=False,
+    layout="grid2d",
     complexity="O(h·w·C·(k1² + k2² + C)) time, O(h·w·C) memory (linear in h·w)",
     paper=PAPER,
-    peer="explicit shifted-product depthwise/dilated convolutions and matmul 1x1s (tests)",
+    peer="by-hand channels-first shift-and-add convs of the official modules (tests; no timm VAN)",
     flops=lka_flops,
 )
 class LKAMixer(Mixer):
@@ -156,16 +169,25 @@ class LKAMixer(Mixer):
             self.proj_2 = _van_init(nn.Conv2d(C, C, 1))
         self.spatial_gating_unit = LargeKernelAttention(cfg)
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
         """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
+        if self.cfg.impl == "reference":
+            return self._reference(x)
         if self.cfg.wrapper:
             y = F.gelu(_pointwise(x, self.proj_1))
             y = _pointwise(self.spatial_gating_unit(y), self.proj_2)
         else:
             y = self.spatial_gating_unit(x)
         return y + x if self.cfg.use_shortcut else y
+
+    def _reference(self, x: Tensor) -> Tensor:
+        """The module docstring's formulas, no ``F.conv2d``. Shapes: ``[B, h, w, C]`` -> same."""
+        cfg, sgu = self.cfg, self.spatial_gating_unit
+        u = _gelu_reference(_pointwise_reference(x, self.proj_1)) if cfg.wrapper else x
+        attn = depthwise_conv(u, sgu.conv0.weight, sgu.conv0.bias, impl="reference")
+        w, b = sgu.conv_spatial.weight, sgu.conv_spatial.bias
+        attn = depthwise_conv(attn, w, b, dilation=cfg.dilation, impl="reference")
+        y = u * _pointwise_reference(attn, sgu.conv1)  # [B, h, w, C]: LKA
+        if cfg.wrapper:
+            y = _pointwise_reference(y, self.proj_2)
+        return y + x if cfg.use_shortcut else y

@@ -21,16 +21,29 @@ On channels-last ``x [B, h, w, C]`` with kernel ``k`` (odd), padding ``p = k // 
    overlap (``F.fold``); pixels outside the image are dropped.
 5. ``y = o W_o + b_o``.
 
-The unfold / fold work on the channels-last tensor (windows via ``Tensor.unfold``, the fold as
-one ``index_add_`` onto the padded grid), with no im2col/col2im round trip through
-channels-first layout, a few samples at a time; the short softmax is written out
-(:func:`softmax_last`).
+``impl`` picks how steps 2-4 run:
+
+- ``reference``: every piece written out. The centre token is the sum of the ``s x s`` cell's
+  pixels (a loop over the cell offsets on the zero-padded grid) divided by its count of
+  in-image pixels; ``A`` is ``torch.softmax`` of the materialised ``[B, h', w', n, k², k²]``
+  logits; the unfold is a loop over the ``k²`` input offsets ``j``, each a strided slice of the
+  zero-padded ``v`` (the ``j``-th pixel of every window), and the fold a loop over the ``k²``
+  output offsets ``i``, each adding ``o_i`` into a strided slice of a zero-padded output.
+- ``unfold`` (``auto``): the unfold / fold work on the channels-last tensor (windows via
+  ``Tensor.unfold``, the fold as one ``index_add_`` onto the padded grid), with no
+  im2col/col2im round trip through channels-first layout, a few samples at a time; the centre
+  tokens come from ``F.avg_pool2d(ceil_mode=True)`` and the short softmax is written out
+  (:func:`softmax_last`).
+
+No attention maps: the weights live per window (``[n, k², k²]`` at each pooled position) and
+the fold sums the outputs of overlapping windows, so they are no per-pixel attention rows.
 
 Any ``h, w`` work, with the same pooled grid as timm: for odd ``k`` and ``p = k // 2`` the
 unfolded window count ``floor((h + 2p - k)/s) + 1`` equals ``ceil(h/s)``. ``stride`` is capped at
 ``kernel_size`` (larger strides leave pixels in no window).
 
-:func:`load_timm_weights` copies ``v``, ``attn``, ``proj`` one to one (same layouts). Left out:
+:func:`load_timm_weights` copies ``v``, ``attn``, ``proj`` one to one (same layouts); the peer
+case ``outlook/timm`` compares the default path with timm at VOLO-D1's stage 1. Left out:
 attention / projection dropout (0 in VOLO), and the block around the mixer (norms, MLP).
 """
 
@@ -39,15 +52,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from attnzoo.config import limit
 from attnzoo.mixers.base import Mixer
 from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.masks import Mask
+from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -71,23 +87,20 @@ class OutlookConfig(HeadsConfig):
         kernel_size: window side ``k`` (VOLO: 3); odd, padding is ``k // 2``.
         stride: pooling stride of the centre tokens (VOLO's outlookers: 2); 1 <= stride <= k.
         qkv_bias: bias on the value projection (VOLO default: off).
+        impl: ``auto`` (= ``unfold``) | ``reference`` (loops over kernel offsets) | ``unfold``
+            (channels-last unfold and one scatter-add fold); see the module docstring.
     """
 
-    kernel_size: int = 3
-    stride: int = 2
+    kernel_size: int = limit(3, ge=1, odd=True)
+    stride: int = limit(2, ge=1)
     qkv_bias: bool = False
+    impl: Literal["auto", "reference", "unfold"] = "auto"
 
     def validate(self) -> None:
-        owner = self._owner()
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if self.stride > self.kernel_size:
             raise ValueError(
-                f"{owner}: kernel_size must be a positive odd int (padding k // 2 centres the "
-                f"window), got {self.kernel_size}"
-            )
-        if not 1 <= self.stride <= self.kernel_size:
-            raise ValueError(
-                f"{owner}: stride must be in [1, kernel_size={self.kernel_size}] (a larger "
-                f"stride leaves pixels in no window), got {self.stride}"
+                f"{self._owner()}: stride must be in [1, kernel_size={self.kernel_size}] (a "
+                f"larger stride leaves pixels in no window), got {self.stride}"
             )
 
 
@@ -108,11 +121,7 @@ def outlook_flops(cfg: OutlookConfig, batch: int, T: int, S: int | None, mask: M
     "outlook",
     config=OutlookConfig,
     family="conv",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
-    exact=False,
+    layout="grid2d",
     complexity="O(h·w·(C² + n·k⁴·C/s² + k⁴·C/s²)) time with kernel k, stride s, n heads",
     paper=PAPER,
     peer="timm.models.volo.OutlookAttention (weights copied; odd and even grids, strides 1-5)",
@@ -138,13 +147,10 @@ class OutlookMixer(Mixer):
         a = rearrange(self.attn(x), "B h w (n i j) -> B h w n i j", n=self.cfg.heads, i=k * k)
         return softmax_last(a, self.scale)
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
         """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
+        if self.cfg.impl == "reference":
+            return self._reference(x)
         n, k, s = self.cfg.heads, self.cfg.kernel_size, self.cfg.stride
         B, H, W, C = x.shape
         p = k // 2
@@ -168,6 +174,37 @@ class OutlookMixer(Mixer):
             # fold: one scatter-add of every window output onto its (padded) pixel
             out[b0 : b0 + nb].view(-1, C).index_add_(0, target[: o.shape[0]], o)
         return self.proj(out[:, p : p + H, p : p + W])  # [B, H, W, C]
+
+    def _reference(self, x: Tensor) -> Tensor:
+        """Steps 1-5 written out, with loops over cell and kernel offsets (module docstring).
+        Shapes: x ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
+        n, k, s = self.cfg.heads, self.cfg.kernel_size, self.cfg.stride
+        _, H, W, C = x.shape
+        p = k // 2
+        h, w = math.ceil(H / s), math.ceil(W / s)  # pooled grid = number of windows
+        # centre tokens: mean of the in-image pixels of each s x s cell
+        grow = (0, 0, 0, w * s - W, 0, h * s - H)
+        cells = F.pad(x, grow)  # [B, h*s, w*s, C], zeros past the image
+        inside = F.pad(x.new_ones(1, H, W, 1), grow)  # [1, h*s, w*s, 1]
+        cell = [(cy, cx) for cy in range(s) for cx in range(s)]
+        total = sum(cells[:, cy::s, cx::s] for cy, cx in cell)  # [B, h, w, C]
+        count = sum(inside[:, cy::s, cx::s] for cy, cx in cell)  # [1, h, w, 1]
+        centre = total / count
+        logits = self.attn(centre).unflatten(-1, (n, k * k, k * k))  # [B, h, w, n, k², k²]
+        a = (self.scale * logits).softmax(-1)
+        # window (y, x)'s pixel at kernel offset (iy, ix) is padded pixel (y*s + iy, x*s + ix)
+        v = F.pad(self.v(x), (0, 0, p, p, p, p)).unflatten(-1, (n, C // n))  # [B, Hp, Wp, n, d]
+        kernel = [(iy, ix) for iy in range(k) for ix in range(k)]
+        rows = [slice(iy, iy + (h - 1) * s + 1, s) for iy in range(k)]
+        cols = [slice(ix, ix + (w - 1) * s + 1, s) for ix in range(k)]
+        # unfold: the j-th pixel of every window is one strided slice of the padded v
+        win = torch.stack([v[:, rows[iy], cols[ix]] for iy, ix in kernel], -2)
+        o = a @ win  # [B, h, w, n, k², d]: o_i = sum_j A_ij v_j
+        out = v.new_zeros(v.shape)  # [B, Hp, Wp, n, d]
+        # fold: output offset i of every window adds into one strided slice
+        for i, (iy, ix) in enumerate(kernel):
+            out[:, rows[iy], cols[ix]] += o[..., i, :]
+        return self.proj(out[:, p : p + H, p : p + W].flatten(-2))  # [B, H, W, C]
 
 
 def fold_index(h: int, w: int, k: int, s: int, row: int, device: torch.device) -> Tensor:
@@ -211,3 +248,27 @@ def load_timm_weights(mixer: OutlookMixer, timm_module: nn.Module) -> None:
             f"mixer's (d_model={C}, heads={n}, kernel_size={k}, qkv_bias={cfg.qkv_bias}): {want}"
         )
     mixer.load_state_dict(sd)
+
+
+# ---- peer: timm's VOLO outlook attention -------------------------------------------------------
+PEER_BATCH = 8
+TIMM = ("timm", "torchvision")
+
+
+def _timm_case(side: int, g: torch.Generator) -> PeerPair:
+    """timm ``volo.OutlookAttention`` (VOLO-D1 stage 1: 6 heads, kernel 3, stride 2); it takes
+    channels-last ``[B, H, W, C]`` like ours."""
+    from timm.models.volo import OutlookAttention
+
+    C = 192
+    theirs = randomise_biases(OutlookAttention(C, 6, kernel_size=3, padding=1, stride=2), g)
+    ours = OutlookMixer(OutlookConfig(d_model=C, num_heads=6, kernel_size=3, stride=2)).eval()
+    load_timm_weights(ours, theirs)
+    x = torch.randn(PEER_BATCH, side, side, C, generator=g)
+    return PeerPair(ours=lambda: ours(x), peer=lambda: theirs(x),
+                    flops=outlook_flops(ours.cfg, PEER_BATCH, side * side, None, None),
+                    size=f"B={PEER_BATCH} {side}x{side}x{C}")  # fmt: skip
+
+
+register_case(PeerCase("outlook/timm", "outlook", "timm volo.OutlookAttention", TIMM, _timm_case,
+                       (28, 56), (28,), smoke_size=7))  # fmt: skip

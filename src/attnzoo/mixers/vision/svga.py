@@ -4,7 +4,8 @@ pixel of the same row and column, inside MobileViG's ``Grapher``.
 Munir, Avery, Marculescu, "MobileViG: Graph-Based Sparse Attention for Mobile Vision
 Applications", CVPRW 2023. https://arxiv.org/abs/2307.00395
 Code: https://github.com/SLDGroup/MobileViG (``models/mobilevig.py``: ``MRConv4d`` = SVGA,
-``Grapher``). timm has no MobileViG; the tests compare against an explicit loop over offsets.
+``Grapher``). timm has no MobileViG; the fast paths are checked against ``impl="reference"``, an
+explicit loop over offsets (see "Paths" below).
 
 On channels-last ``x [B, h, w, C]``, with hop ``K`` (official: 2):
 
@@ -27,20 +28,32 @@ back to ``C`` channels (``BN(C)``, GELU), i.e. ``MRConv4d(C, C)``; the official 
 ``MRConv4d(C, 2C)`` inside the ``Grapher`` (its ``BatchNorm2d(2C)`` fixes the output width). The
 ``FFN`` that follows each ``Grapher`` in MobileViG belongs to the block, not the mixer.
 
-Cost. The official loop takes ``(h-1)//K + (w-1)//K`` full-size maxima per call:
-``O(h·w·C·(h+w)/K)``, quadratic in the side length (``impl="roll"`` does exactly that). Since
-``max_n (u - u_n) = u - min_n u_n``, ``impl="scan"`` computes the neighbour minimum per axis in
-``O(h·w·C)``: along an axis of length ``n`` the neighbours of row ``p`` are every row of its
-residue class mod ``K`` below ``p`` plus, wrapped around, a tail of the class of
-``(p + n) mod K``, both read from running minima along the classes (see
-:func:`neighbour_min`). ``impl="auto"`` takes the loop when it needs at most 8 maxima (e.g. a
-``7 x 7`` grid with ``K = 2``, MobileViG's resolution, where it is faster), the scan otherwise.
-Both give the same values; gradients agree except at exact ties (each routes a tie's gradient
+Paths (``impl``):
+
+- ``reference`` (``SVGAMixer._reference``): the block written out. For each row offset
+  ``i = K, 2K, ... < h`` (then each column offset ``< w``) the neighbour map is an index gather
+  ``u[:, [(r - i) mod h for r]]`` and ``u_j = max(u_j, u - neighbour)`` from ``u - u = 0``, the
+  official ``MRConv4d`` loop; the 1x1 convolutions are matmuls over channels (one per group),
+  every BatchNorm is :func:`~attnzoo.mixers.vision.batchnorm.bn_reference`. In train mode it
+  normalises with batch statistics but does not update the running statistics (it is the spec
+  the fast paths are checked against, not a training path).
+- ``roll``: the official loop over ``torch.roll`` copies, ``(h-1)//K + (w-1)//K`` full-size
+  maxima per call: ``O(h·w·C·(h+w)/K)``, quadratic in the side length; BatchNorms folded into
+  the 1x1 convolutions on the fly in eval mode (:mod:`.batchnorm`).
+- ``scan``: since ``max_n (u - u_n) = u - min_n u_n``, the neighbour minimum per axis in
+  ``O(h·w·C)``: along an axis of length ``n`` the neighbours of row ``p`` are every row of its
+  residue class mod ``K`` below ``p`` plus, wrapped around, a tail of the class of
+  ``(p + n) mod K``, both read from running minima along the classes (see
+  :func:`neighbour_min`); the rest as ``roll``.
+- ``auto``: ``roll`` when it needs at most 8 maxima (e.g. a ``7 x 7`` grid with ``K = 2``,
+  MobileViG's resolution, where it is faster), ``scan`` otherwise.
+
+All give the same values; gradients agree except at exact ties (each routes a tie's gradient
 differently).
 
-BatchNorm: train mode normalises with batch statistics (over ``B, h, w``); eval mode folds the
-running statistics into the 1x1 convolutions on the fly (:mod:`.batchnorm`); compare in eval
-mode. Works on any grid ``h x w``.
+BatchNorm: train mode normalises with batch statistics (over ``B, h, w``); eval mode uses the
+running statistics (the fast paths fold them into the 1x1 convolutions on the fly,
+:mod:`.batchnorm`); compare in eval mode. Works on any grid ``h x w``.
 """
 
 from __future__ import annotations
@@ -54,9 +67,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
+from attnzoo.config import MixerConfig, limit
 from attnzoo.mixers.base import Mixer
-from attnzoo.mixers.vision.batchnorm import channels_last_bn, fold_bn, linear_bn
+from attnzoo.mixers.vision.batchnorm import bn_reference, channels_last_bn, fold_bn, linear_bn
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
 
@@ -81,29 +94,24 @@ class SVGAConfig(MixerConfig):
         groups: groups of the graph 1x1 convolution (official MobileViG: 1); must divide its
             input and output widths.
         bn_eps: epsilon of every BatchNorm.
-        impl: ``auto`` | ``roll`` (the official loop over rolled copies) | ``scan`` (neighbour
-            minimum per axis from running minima, linear in ``h*w``).
+        impl: ``auto`` (``roll`` on small grids, else ``scan``) | ``reference`` (the block
+            written out, an explicit loop over offsets) | ``roll`` (the official loop over
+            rolled copies) | ``scan`` (neighbour minimum per axis from running minima, linear in
+            ``h*w``).
     """
 
-    hop: int = 2
+    hop: int = limit(2, ge=1)
     grapher: bool = True
-    groups: int = 1
-    bn_eps: float = 1e-5
-    impl: Literal["auto", "roll", "scan"] = "auto"
+    groups: int = limit(1, ge=1)
+    bn_eps: float = limit(1e-5, gt=0)
+    impl: Literal["auto", "reference", "roll", "scan"] = "auto"
 
     def validate(self) -> None:
-        owner = self._owner()
-        if self.hop < 1:
-            raise ValueError(f"{owner}: hop must be >= 1 (K, the neighbour step), got {self.hop}")
-        if self.groups < 1:
-            raise ValueError(f"{owner}: groups must be >= 1, got {self.groups}")
         if (2 * self.d_model) % self.groups or self.out_width % self.groups:
             raise ValueError(
-                f"{owner}: groups={self.groups} must divide the graph convolution's input width "
-                f"2*d_model={2 * self.d_model} and output width {self.out_width}"
+                f"{self._owner()}: groups={self.groups} must divide the graph convolution's input "
+                f"width 2*d_model={2 * self.d_model} and output width {self.out_width}"
             )
-        if not self.bn_eps > 0:
-            raise ValueError(f"{owner}: bn_eps must be > 0, got {self.bn_eps}")
 
     @property
     def out_width(self) -> int:
@@ -205,14 +213,11 @@ def max_relative_scan(x: Tensor, hop: int) -> Tensor:
     "svga",
     config=SVGAConfig,
     family="graph",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
-    exact=False,
+    layout="grid2d",
     complexity="O(h·w·C²) projections + O(h·w·C) aggregation (official loop: O(h·w·C·(h+w)/K))",
     paper=PAPER,
-    peer="explicit loop over row/column offsets + written-out 1x1 convs and BatchNorm (tests)",
+    peer="impl='reference': explicit loop over row/column offsets, written-out 1x1 convs and "
+    "BatchNorm (tests)",
     flops=svga_flops,
 )
 class SVGAMixer(Mixer):
@@ -240,6 +245,8 @@ class SVGAMixer(Mixer):
     def aggregate(self, u: Tensor) -> Tensor:
         """The max-relative aggregate ``u_j``. Shapes: u ``[B, h, w, C]`` -> ``[B, h, w, C]``."""
         hop, impl = self.cfg.hop, self.cfg.impl
+        if impl == "reference":
+            return max_relative_reference(u, hop)
         if impl == "auto":
             steps = neighbour_steps(u.shape[1], hop) + neighbour_steps(u.shape[2], hop)
             impl = "roll" if steps <= ROLL_MAX_STEPS else "scan"
@@ -259,14 +266,46 @@ class SVGAMixer(Mixer):
         z = torch.einsum("...gi,goi->...go", z.unflatten(-1, (G, -1)), w).flatten(-2) + b
         return F.gelu(channels_last_bn(bn, z) if bn.training else z)  # [B, h, w, out_width]
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: Mask | None) -> Tensor:
         """Shapes: x ``[B, h, w, C]`` (channels-last) -> ``[B, h, w, C]``."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
+        if self.cfg.impl == "reference":
+            return self._reference(x)
         if not self.cfg.grapher:
             return self.graph_conv(x)
         u = linear_bn(x, self.fc1.weight, self.fc1.bias, self.bn1)  # [B, h, w, C]
         return linear_bn(self.graph_conv(u), self.fc2.weight, self.fc2.bias, self.bn2)
+
+    # ---- impl="reference" -----------------------------------------------------------------
+    def _reference(self, x: Tensor) -> Tensor:
+        """``fc2(GELU(BN(concat[u, u_j] W_g + b_g)))`` with ``u = fc1(x)``, written out.
+
+        Shapes: x ``[B, h, w, C]`` -> ``[B, h, w, C]``."""
+        cfg = self.cfg
+        u = x
+        if cfg.grapher:
+            u = bn_reference(self.bn1, u @ self.fc1.weight.T + self.fc1.bias)  # [B, h, w, C]
+        z = torch.cat([u, max_relative_reference(u, cfg.hop)], dim=-1)  # [B, h, w, 2C]
+        # the (grouped) graph 1x1 convolution: group g maps its input slice to its output slice
+        ins, outs = z.chunk(cfg.groups, dim=-1), self.graph_weight.chunk(cfg.groups, dim=0)
+        g = torch.cat([a @ wg.T for a, wg in zip(ins, outs, strict=True)], -1) + self.graph_bias
+        g = F.gelu(bn_reference(self.graph_bn, g))  # [B, h, w, out_width]
+        if not cfg.grapher:
+            return g
+        return bn_reference(self.bn2, g @ self.fc2.weight.T + self.fc2.bias)  # [B, h, w, C]
+
+
+def max_relative_reference(x: Tensor, hop: int) -> Tensor:
+    """``MRConv4d``'s aggregate by an explicit loop over offsets: from ``x - x = 0``, the
+    maximum with ``x - x[(r - i) mod h]`` for ``i = hop, 2*hop, ... < h``, then with
+    ``x - x[:, (c - j) mod w]`` for ``j < w`` (the neighbours as index gathers).
+
+    Shapes: x ``[B, h, w, C]`` -> ``[B, h, w, C]``."""
+    h, w = x.shape[1], x.shape[2]
+    x_j = x - x
+    for i in range(hop, h, hop):
+        rows = [(r - i) % h for r in range(h)]
+        x_j = torch.maximum(x_j, x - x[:, rows])
+    for j in range(hop, w, hop):
+        cols = [(c - j) % w for c in range(w)]
+        x_j = torch.maximum(x_j, x - x[:, :, cols])
+    return x_j

@@ -3,8 +3,8 @@ attention over the patches, on one packed channels-last tensor.
 
 Han et al., "Transformer in Transformer", 2021. https://arxiv.org/abs/2103.00112
 Code: https://github.com/huawei-noah/Efficient-AI-Backbones (``tnt_pytorch/tnt.py``: ``Block``).
-Peer in the tests: ``timm.models.tnt.Block`` (timm 1.0.31), weights copied by
-:func:`load_timm_weights`.
+Peer: ``timm.models.tnt.Block`` (timm 1.0.31), weights copied by :func:`load_timm_weights`, in
+the tests and in the peer case ``tnt/timm`` below.
 
 Layout. A TNT block carries two streams: per patch, ``m = words_per_side**2`` visual words of
 width ``c = inner_dim`` (timm's ``pixel_embed [B*N, m, c]``), and one patch token of width
@@ -33,25 +33,47 @@ norms and MLPs act per stream and no generic wrapper around a mixer could apply 
 Differences from timm's ``Block``: no class token (a 2-D mixer has none; the tests compare the
 patch stream against timm's own submodules run without it, and the word stream against
 ``Block.forward`` itself); q/k/v are one fused linear (timm: ``qk`` and ``v``, concatenated by
-:func:`load_timm_weights`); dropout and drop path are left out. Attention runs through
-:func:`torch.nn.functional.scaled_dot_product_attention`. Works on any grid ``h x w``.
+:func:`load_timm_weights`); dropout and drop path are left out. Works on any grid ``h x w``.
+
+Windows. The words of all patches form a ``[B, h*s, w*s, c]`` grid (``s = words_per_side``; a
+patch's words row-major in its ``s x s`` cell, as timm's ``PixelEmbed`` unfolds them), and the
+inner attention is window attention in ``(s, s)`` windows of that grid
+(:mod:`attnzoo.ops.window`); the outer attention is global over the ``h*w`` patches
+(:func:`attnzoo.ops.softmax.softmax_attention`). Paths (``impl``):
+
+- ``reference``: the word grid built explicitly and attended with
+  ``window_attention(impl="reference")`` (dense ``[h*s*w*s, h*s*w*s]`` weights, zero across
+  patches), the outer attention with ``softmax_attention(impl="reference")`` (materialised
+  ``[h*w, h*w]`` weights), LayerNorms (biased variance), GELU MLPs and linears written out.
+- ``sdpa`` (``auto``): the torch modules, and the same windows in the words' stored order: each
+  patch's ``m`` words are consecutive, so the ``(s, s)`` windows of the word grid are the 1-D
+  windows of ``m`` tokens of the flattened words (``window_attention(impl="sdpa")`` on
+  ``[B, h*w*m, H, d]``, no permute; going through the 2-D grid costs ~3x on this
+  attention); the outer attention with ``softmax_attention(impl="sdpa")``.
+
+No attention maps: the block holds two attentions (words, then patches) in sequence, and the
+output is not one set of weights applied to values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from attnzoo.config import MixerConfig
+from attnzoo.config import MixerConfig, limit
 from attnzoo.mixers.base import Mixer
 from attnzoo.mixers.common import default_heads
 from attnzoo.ops.common import attention_flops
 from attnzoo.ops.masks import Mask
+from attnzoo.ops.softmax import softmax_attention
+from attnzoo.ops.window import window_attention
+from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -81,25 +103,23 @@ class TNTConfig(MixerConfig):
         outer_mlp: include the patch-stream MLP (the full TNT block).
         legacy: timm's ``legacy=True`` fusion (per-word LN, biased projection, no second LN).
         norm_eps: LayerNorm epsilon.
+        impl: ``auto`` (``sdpa``) | ``reference`` | ``sdpa`` (see the module docstring).
     """
 
-    words_per_side: int = 2
-    inner_dim: int | None = None
-    num_heads_inner: int | None = None
-    num_heads_outer: int | None = None
-    mlp_ratio: float = 4.0
-    inner_mlp_ratio: float = 4.0
+    words_per_side: int = limit(2, ge=1)
+    inner_dim: int | None = limit(None, ge=1)
+    num_heads_inner: int | None = limit(None, ge=1)
+    num_heads_outer: int | None = limit(None, ge=1)
+    mlp_ratio: float = limit(4.0, gt=0)
+    inner_mlp_ratio: float = limit(4.0, gt=0)
     qkv_bias: bool = False
     outer_mlp: bool = True
     legacy: bool = False
-    norm_eps: float = 1e-5
+    norm_eps: float = limit(1e-5, gt=0)
+    impl: Literal["auto", "reference", "sdpa"] = "auto"
 
     def validate(self) -> None:
         owner = self._owner()
-        for name in ("words_per_side", "inner_dim", "num_heads_inner", "num_heads_outer"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{owner}: {name} must be >= 1, got {value}")
         if self.inner_width < 1 or self.outer_dim < 1:
             raise ValueError(
                 f"{owner}: d_model={self.d_model} must exceed words * inner_dim = "
@@ -112,12 +132,6 @@ class TNTConfig(MixerConfig):
         ):
             if dim % heads != 0:
                 raise ValueError(f"{owner}: {name}={heads} does not divide its width {dim}")
-        for name in ("mlp_ratio", "inner_mlp_ratio"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"{owner}: {name} must be > 0, got {value}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"{owner}: norm_eps must be > 0, got {self.norm_eps}")
 
     @property
     def words(self) -> int:
@@ -165,7 +179,8 @@ def tnt_flops(cfg: TNTConfig, batch: int, T: int, S: int | None, mask: Mask | No
 
 
 class _Attention(nn.Module):
-    """Multi-head softmax self-attention over ``[..., L, dim]`` with one fused q/k/v linear."""
+    """The projections of multi-head softmax self-attention: one fused q/k/v linear (rows q, k,
+    v, each head-major) and the output projection; the mixer runs the attention itself."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool) -> None:
         super().__init__()
@@ -173,26 +188,44 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Shapes: x ``[n, L, dim]`` -> ``[n, L, dim]``."""
-        q, k, v = rearrange(self.qkv(x), "n l (three h d) -> three n h l d", three=3, h=self.heads)
-        o = F.scaled_dot_product_attention(q, k, v)  # [n, H, L, d]
-        return self.proj(rearrange(o, "n h l d -> n l (h d)"))
-
 
 class _Mlp(nn.Sequential):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
+def _linear(t: Tensor, lin: nn.Linear) -> Tensor:
+    """``t W^T + b`` written out."""
+    return t @ lin.weight.T + (lin.bias if lin.bias is not None else 0.0)
+
+
+def _layer_norm(t: Tensor, ln: nn.Module) -> Tensor:
+    """LayerNorm over the last axis with the biased variance, written out (identity for an
+    ``nn.Identity``)."""
+    if not isinstance(ln, nn.LayerNorm):
+        return t
+    mean = t.mean(-1, keepdim=True)
+    var = ((t - mean) ** 2).mean(-1, keepdim=True)
+    return (t - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
+def _mlp(t: Tensor, mlp: _Mlp) -> Tensor:
+    """``fc2(GELU(fc1(t)))`` written out (exact erf GELU)."""
+    return _linear(F.gelu(_linear(t, mlp[0])), mlp[2])
+
+
+def _qkv(attn: _Attention, t: Tensor, linear: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Shapes: t ``[B, *S, dim]`` -> q, k, v ``[B, *S, H, dim/H]``."""
+    qkv = _linear(t, attn.qkv) if linear else attn.qkv(t)
+    q, k, v = qkv.unflatten(-1, (3, attn.heads, -1)).unbind(-3)
+    return q, k, v
+
+
 @register_mixer(
     "tnt",
     config=TNTConfig,
     family="softmax",
-    dims=2,
-    patterns=("noncausal-self",),
-    masks=("full",),
-    state="none",
+    layout="grid2d",
     exact=True,
     complexity="O(h·w·(m²·c + m·c·D + D²) + (h·w)²·D) with m words of width c, outer width D",
     paper=PAPER,
@@ -228,34 +261,63 @@ class TNTMixer(Mixer):
                 if mod.bias is not None:
                     nn.init.zeros_(mod.bias)
 
-    def forward(
-        self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
-    ) -> Tensor:
+    def mix(self, x: Tensor, context: None, mask: object) -> Tensor:
         """Shapes: x ``[B, h, w, D + m*c]`` (channels-last, packed) -> same shape (the update)."""
-        self.pattern_of(context)
-        self.check_input(x)
-        self.check_mask(mask)
+        if self.cfg.impl == "reference":
+            return self._reference(x)
         cfg = self.cfg
         B, h, w, _ = x.shape
         m, c, D = cfg.words, cfg.inner_width, cfg.outer_dim
         patch = x[..., :D].reshape(B, h * w, D)  # [B, N, D]
-        words = x[..., D:].reshape(B * h * w, m, c)  # [B*N, m, c]
-        # inner transformer over the words of each patch
-        dw = self.attn_in(self.norm_in(words))  # [B*N, m, c]
+        words = x[..., D:].reshape(B, h * w * m, c)  # [B, N*m, c], each patch's words in a row
+        # inner transformer: the (s, s) windows of the word grid are runs of m stored words
+        q, k, v = _qkv(self.attn_in, self.norm_in(words), linear=False)  # [B, N*m, Hi, c/Hi]
+        o = window_attention(q, k, v, (m,), impl="sdpa")
+        dw = self.attn_in.proj(o.flatten(-2))  # [B, N*m, c]
         dw = dw + self.mlp_in(self.norm_mlp_in(words + dw))
         words = words + dw
         # fusion: words -> patch
         if cfg.legacy:
-            flat = self.norm1_proj(words).reshape(B, h * w, m * c)
-            fused = self.proj(flat)
+            fused = self.proj(self.norm1_proj(words).reshape(B, h * w, m * c))
         else:
             fused = self.norm2_proj(self.proj(self.norm1_proj(words.reshape(B, h * w, m * c))))
         dp = fused  # [B, N, D]
-        dp = dp + self.attn_out(self.norm_out(patch + dp))
+        # outer transformer over the patches
+        q, k, v = _qkv(self.attn_out, self.norm_out(patch + dp), linear=False)  # [B, N, Ho, *]
+        dp = dp + self.attn_out.proj(softmax_attention(q, k, v, impl="sdpa").flatten(-2))
         if cfg.outer_mlp:
             dp = dp + self.mlp(self.norm_mlp(patch + dp))
         y = torch.cat([dp, dw.reshape(B, h * w, m * c)], dim=-1)  # [B, N, C]
         return y.reshape(B, h, w, cfg.d_model)
+
+    def _reference(self, x: Tensor) -> Tensor:
+        """The TNT block written out on the word grid. Shapes: as :meth:`mix`."""
+        cfg = self.cfg
+        s, D = cfg.words_per_side, cfg.outer_dim
+        B, h, w, _ = x.shape
+        patch = rearrange(x[..., :D], "b h w d -> b (h w) d")  # [B, N, D]
+        # word (r, t) of patch (i, j) sits at (i*s + r, j*s + t) of the word grid
+        words = rearrange(x[..., D:], "b h w (r t c) -> b (h r) (w t) c", r=s, t=s)
+        q, k, v = _qkv(self.attn_in, _layer_norm(words, self.norm_in), linear=True)
+        o = window_attention(q, k, v, (s, s), impl="reference")  # [B, h*s, w*s, Hi, c/Hi]
+        dw = _linear(o.flatten(-2), self.attn_in.proj)  # [B, h*s, w*s, c]
+        dw = dw + _mlp(_layer_norm(words + dw, self.norm_mlp_in), self.mlp_in)
+        words = words + dw
+        if cfg.legacy:  # per-word LayerNorm, then the patch's words flattened
+            normed = rearrange(_layer_norm(words, self.norm1_proj),
+                               "b (h r) (w t) c -> b (h w) (r t c)", r=s, t=s)  # fmt: skip
+            dp = _linear(normed, self.proj)  # [B, N, D]
+        else:
+            flat = rearrange(words, "b (h r) (w t) c -> b (h w) (r t c)", r=s, t=s)
+            normed = _layer_norm(flat, self.norm1_proj)  # [B, N, m*c]
+            dp = _layer_norm(_linear(normed, self.proj), self.norm2_proj)  # [B, N, D]
+        q, k, v = _qkv(self.attn_out, _layer_norm(patch + dp, self.norm_out), linear=True)
+        o = softmax_attention(q, k, v, impl="reference")  # [B, N, Ho, D/Ho]
+        dp = dp + _linear(o.flatten(-2), self.attn_out.proj)
+        if cfg.outer_mlp:
+            dp = dp + _mlp(_layer_norm(patch + dp, self.norm_mlp), self.mlp)
+        dw = rearrange(dw, "b (h r) (w t) c -> b h w (r t c)", r=s, t=s)
+        return torch.cat([rearrange(dp, "b (h w) d -> b h w d", h=h), dw], dim=-1)
 
 
 # ---- timm weights ------------------------------------------------------------------------------
@@ -302,3 +364,41 @@ def load_timm_weights(mixer: TNTMixer, timm_module: nn.Module) -> None:
     if unused:
         raise ValueError(f"load_timm_weights(tnt): timm weights without a place here: {unused}")
     mixer.load_state_dict(mapped)
+
+
+# ---- peer case -------------------------------------------------------------------------------
+PEER_BATCH = 8
+
+
+def _timm_case(side: int, g: torch.Generator) -> PeerPair:
+    """TNT-S shapes: outer dim 384, inner dim 24, 4x4 words per patch. Ours packs both streams
+    into one ``[B, h, w, 384 + 16*24]`` map; timm's ``Block`` takes ``(pixel_embed, patch_embed)``
+    with a class token row (one extra patch token on its side). Equality is checked on the word
+    stream, which timm's full forward computes exactly as ours (its patch stream mixes in the
+    class token, which a 2-D mixer has none of: tests/mixers/vision/test_tnt.py compares that
+    stream against timm's own submodules)."""
+    from timm.models.tnt import Block
+
+    D, c, m = 384, 24, 16
+    theirs = randomise_biases(
+        Block(dim=c, dim_out=D, num_pixel=m, num_heads_in=4, num_heads_out=6), g
+    )
+    ours = TNTMixer(TNTConfig(d_model=D + m * c, words_per_side=4, inner_dim=c,
+                              num_heads_inner=4, num_heads_outer=6)).eval()  # fmt: skip
+    load_timm_weights(ours, theirs)
+    N = side * side
+    x = torch.randn(PEER_BATCH, side, side, D + m * c, generator=g)
+    pixel = x[..., D:].reshape(PEER_BATCH * N, m, c)
+    patch = torch.cat([torch.zeros(PEER_BATCH, 1, D), x[..., :D].reshape(PEER_BATCH, N, D)], 1)
+
+    def check() -> tuple[Tensor, Tensor]:
+        words = (x + ours(x))[..., D:].reshape(PEER_BATCH * N, m, c)
+        return words, theirs(pixel, patch)[0]
+
+    return PeerPair(ours=lambda: ours(x), peer=lambda: theirs(pixel, patch),
+                    flops=tnt_flops(ours.cfg, PEER_BATCH, N, None, None),
+                    size=f"B={PEER_BATCH} {N} patches, outer {D} / inner {c}", check=check)  # fmt: skip
+
+
+register_case(PeerCase("tnt/timm", "tnt", "timm tnt.Block", ("timm", "torchvision"), _timm_case,
+                       (14,), (14,), smoke_size=3))  # fmt: skip

@@ -1,0 +1,33 @@
+"""The backbones' registry: each model registers itself where it is defined
+(:func:`register_model`); :func:`attnzoo.create_model` and :func:`attnzoo.list_models` read it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+F = Callable[..., Any]
+
+
+def register_model(name: str, **defaults: Any) -> Callable[[F], F]:
+    """Decorator adding a backbone constructor (keyword arguments only) under ``name``; the
+    returned constructor fills in ``defaults`` for the keywords a call leaves out (a backbone's
+    default mixer, widths and depths are part of its registration)."""
+
+    def deco(fn: F) -> F:
+        if name in MODELS:
+            raise ValueError(f"register_model: a model named {name!r} is already registered")
+
+        @functools.wraps(fn)
+        def build(**kwargs: Any) -> Any:
+            return fn(**{**defaults, **kwargs})
+
+        MODELS[name] = build
+        return build
+
+    return deco
