@@ -67,3 +67,29 @@ def assert_same_module(
         want = theirs_params[name].grad
         scaled = atol * max(1.0, want.abs().max().item())
         torch.testing.assert_close(p.grad, want, atol=scaled, rtol=rtol, msg=name)
+
+
+def assert_paths_equal(
+    fast: torch.nn.Module, ref: torch.nn.Module, x: Tensor, atol: float, rtol: float
+) -> None:
+    """Two paths of one block with the same weights: equal outputs, input gradients and
+    parameter gradients (the output weighted by a fixed ``sin`` pattern)."""
+    outs = []
+    for m in (fast, ref):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        (y * torch.sin(torch.arange(y.numel(), dtype=y.dtype)).view(y.shape)).sum().backward()
+        outs.append([y, xi.grad, *(p.grad for p in m.parameters())])
+    for a, c in zip(*outs, strict=True):
+        torch.testing.assert_close(a, c, atol=atol, rtol=rtol)
+
+
+def stream(m: torch.nn.Module, x: Tensor, **state_options: object) -> tuple[Tensor, object]:
+    """``m.step`` over every token of ``x [B, T, D]``: the outputs ``[B, T, D]`` and the last
+    state."""
+    state = m.init_state(x.shape[0], **state_options)
+    outs = []
+    for t in range(x.shape[1]):
+        y_t, state = m.step(x[:, t], state)
+        outs.append(y_t)
+    return torch.stack(outs, 1), state

@@ -119,6 +119,20 @@ def training_pair(
                     check=check)  # fmt: skip
 
 
+def tokens_peer_pair(ours: nn.Module, theirs: nn.Module, x: Tensor, flops: int) -> PeerPair:
+    """A grid block ``ours`` on channels-last ``x [B, h, w, C]`` against a peer module that takes
+    the grid's row-major tokens ``[B, h*w, C]`` (a free view, made outside the timing)."""
+    B, h, w, C = x.shape
+    tokens = x.reshape(B, h * w, C)  # a view: no copy
+    return PeerPair(
+        ours=lambda: ours(x),
+        peer=lambda: theirs(tokens),
+        flops=flops,
+        size=f"B={B} {h}x{w}x{C}",
+        check=lambda: (ours(x), theirs(tokens).view(x.shape)),
+    )
+
+
 def randomise_biases(m: nn.Module, g: torch.Generator, std: float = 0.1) -> nn.Module:
     """Non-trivial biases (timm initialises many to zero, which would hide a bias mapping bug);
     returns ``m`` in eval mode."""

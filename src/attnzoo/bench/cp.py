@@ -59,13 +59,21 @@ def run_cp(
     console = console or Console(stderr=True)
     torchrun = under_torchrun()
     if torchrun:
+        created = not dist.is_initialized()
         comm = init_from_env()
         if plan.world_sizes != (comm.world_size,):
             plan = dataclasses.replace(plan, world_sizes=(comm.world_size,))
         rows = cp_worker(comm.rank, comm.world_size, plan, plan.cases(comm.world_size))
         gathered: list[Any] = [None] * comm.world_size
         dist.gather_object(rows, gathered if comm.rank == 0 else None, dst=0)
-        if comm.rank != 0:
+        rank = comm.rank
+        if created:
+            # every rank tears the group down after the last collective: a rank that exited
+            # with the group alive could abort in gloo's threads ("terminate called without an
+            # active exception") while rank 0 still writes the store
+            dist.barrier()
+            dist.destroy_process_group()
+        if rank != 0:
             return None
     env = environment()
     env["cp_launch"] = "torchrun" if torchrun else "spawned gloo workers on this machine"

@@ -211,6 +211,7 @@ def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]
         *mask_kinds,
         "state",
         "exact",
+        "maps",
         "complexity",
         "verified against",
         "paper",
@@ -230,14 +231,16 @@ def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]
         cells += [_td("yes", "ok") if m in s["masks"] else _td("-", "na") for m in mask_kinds]
         paper = s["paper"]
         cells += [
-            _td(s["state"]), _td("yes" if s["exact"] else "no"), _td(s["complexity"]), _td(s["peer"]),
+            _td(s["state"]), _td("yes" if s["exact"] else "no"),
+            _td("yes" if s.get("attention_maps") else "no"), _td(s["complexity"]), _td(s["peer"]),
             f'<td>{_e(paper["title"])} ({_e(paper["year"])})<br><span class="muted">{_e(paper["url"])}</span></td>',
         ]  # fmt: skip
         rows.append(cells)
     note = (
         '<p class="muted">"verified": every implementation of the mechanism passed this run\'s '
         "correctness gate on that pattern (fast paths vs the reference, forward and backward). "
-        "Runs recorded before layouts show the layout their dims meant.</p>"
+        '"maps": the block returns its attention weights (<code>attention_maps()</code>). Runs '
+        "recorded before layouts show the layout their dims meant.</p>"
     )
     return note + _table(head, rows, "capability-table")
 

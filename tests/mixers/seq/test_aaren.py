@@ -16,6 +16,7 @@ from einops import rearrange, repeat
 
 import attnzoo as az
 from attnzoo.mixers.seq.aaren import Aaren, AarenState
+from tests.helpers import stream
 
 
 def build(**kw: object) -> Aaren:
@@ -52,14 +53,10 @@ def test_step_equals_forward(impl: str) -> None:
     m = build(d_model=64, num_heads=4, impl=impl).double()
     x = torch.randn(3, 13, 64, dtype=torch.float64)
     y = m(x)
-    state = m.init_state(3, dtype=torch.float64)
-    assert isinstance(state, AarenState) and state.w.shape == (3, 4, 16)
-    outs = []
-    for t in range(13):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
-    assert state.position == 13
-    torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-10, rtol=1e-10)
+    assert m.init_state(3).w.shape == (3, 4, 16)
+    got, state = stream(m, x, dtype=torch.float64)
+    assert isinstance(state, AarenState) and state.position == 13
+    torch.testing.assert_close(got, y, atol=1e-10, rtol=1e-10)
 
 
 def test_state_size_is_constant() -> None:

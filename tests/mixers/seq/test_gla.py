@@ -19,6 +19,7 @@ from einops import rearrange
 
 import attnzoo as az
 from attnzoo.testing import randomise
+from tests.helpers import stream
 
 
 # ---- shared with vig ------------------------------------------------------------------------
@@ -83,13 +84,9 @@ def test_gla_step_equals_forward(impl: str) -> None:
     m = m.double()
     x = torch.randn(2, 13, 48, dtype=torch.float64)
     y = m(x)
-    state = m.init_state(2, dtype=torch.float64)
-    outs = []
-    for t in range(13):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
+    got, state = stream(m, x, dtype=torch.float64)
     assert state.position == 13
-    torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got, y, atol=1e-10, rtol=1e-10)
 
 
 def test_gla_bidirectional_sees_the_future_and_causal_does_not() -> None:

@@ -13,6 +13,7 @@ import torch
 import attnzoo as az
 from attnzoo.mixers.common import KVCache
 from attnzoo.mixers.seq.lla import LocalLinearAttention
+from tests.helpers import stream
 
 
 def build(**kw: object) -> LocalLinearAttention:
@@ -57,13 +58,9 @@ def test_step_equals_forward_with_growing_cache() -> None:
     m = build(d_model=64, num_heads=4, causal=True, block_size=3).double()
     x = torch.randn(2, 10, 64, dtype=torch.float64)
     y = m(x)
-    state = m.init_state(2, dtype=torch.float64)
-    outs = []
-    for t in range(10):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
+    got, state = stream(m, x, dtype=torch.float64)
     assert isinstance(state, KVCache) and state.k.shape[1] == 10
-    torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got, y, atol=1e-10, rtol=1e-10)
 
 
 def test_noncausal_cross() -> None:

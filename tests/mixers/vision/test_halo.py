@@ -22,6 +22,7 @@ import attnzoo as az
 import attnzoo.ops.window as window_op
 from attnzoo.mixers.vision.halo import load_timm_weights
 from attnzoo.testing import randomise
+from tests.helpers import assert_paths_equal
 
 TOL = dict(atol=2e-5, rtol=1e-5)
 GTOL = dict(atol=1e-4, rtol=1e-4)  # parameter gradients: fp32 sums over every query
@@ -218,14 +219,7 @@ def test_sdpa_equals_reference(
     fast = az.build_mixer("halo", impl="sdpa", **kw).double()
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(2, *grid, 32, dtype=torch.float64)
-    outs = []
-    for m in (fast, ref):
-        xi = x.clone().requires_grad_(True)
-        y = m(xi)
-        (y * torch.sin(torch.arange(y.numel(), dtype=y.dtype)).view(y.shape)).sum().backward()
-        outs.append([y, xi.grad, *(p.grad for p in m.parameters())])
-    for a, c in zip(*outs, strict=True):
-        torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-10)
+    assert_paths_equal(fast, ref, x, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize(

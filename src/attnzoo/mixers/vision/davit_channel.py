@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from attnzoo.mixers.base import Mixer
 from attnzoo.mixers.common import HeadsConfig, default_heads, load_matching_state
 from attnzoo.ops.masks import Mask
-from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
+from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case, tokens_peer_pair
 from attnzoo.registry import Paper, register_mixer
 
 PAPER = Paper(
@@ -173,13 +173,8 @@ def _timm_case(side: int, g: torch.Generator) -> PeerPair:
     ours = DaViTChannelMixer(DaViTChannelConfig(d_model=C, num_heads=3)).eval()
     load_timm_weights(ours, theirs)
     x = torch.randn(PEER_BATCH, side, side, C, generator=g)
-    tokens = x.reshape(PEER_BATCH, side * side, C)  # a view: no copy
-    return PeerPair(
-        ours=lambda: ours(x),
-        peer=lambda: theirs(tokens),
-        flops=channel_flops(ours.cfg, PEER_BATCH, side * side, None, None),
-        size=f"B={PEER_BATCH} {side}x{side}x{C}",
-        check=lambda: (ours(x), theirs(tokens).view(x.shape)),
+    return tokens_peer_pair(
+        ours, theirs, x, channel_flops(ours.cfg, PEER_BATCH, side * side, None, None)
     )
 
 
