@@ -82,14 +82,3 @@ def assert_paths_equal(
         outs.append([y, xi.grad, *(p.grad for p in m.parameters())])
     for a, c in zip(*outs, strict=True):
         torch.testing.assert_close(a, c, atol=atol, rtol=rtol)
-
-
-def stream(m: torch.nn.Module, x: Tensor, **state_options: object) -> tuple[Tensor, object]:
-    """``m.step`` over every token of ``x [B, T, D]``: the outputs ``[B, T, D]`` and the last
-    state."""
-    state = m.init_state(x.shape[0], **state_options)
-    outs = []
-    for t in range(x.shape[1]):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
-    return torch.stack(outs, 1), state

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Literal
 
 import pytest
+import torch
 
 import attnzoo as az
 from attnzoo.config import MixerConfig
@@ -31,6 +32,11 @@ def test_list_filters() -> None:
         ({"pattern": "causal"}, "pattern must be one of"),
         ({"family": "magic"}, "family must be one of"),
         ({"state": "big"}, "state must be one of"),
+        (
+            {"layout": "image"},
+            r"layout must be one of \('tokens', 'grid2d', 'grid3d'\), got 'image'",
+        ),
+        ({"role": "head"}, r"role must be one of \('mixer', 'fusion', 'pooling'\), got 'head'"),
     ],
 )
 def test_list_filter_errors(kwargs: dict, match: str) -> None:
@@ -143,3 +149,34 @@ def test_moved_modules_say_where_they_went() -> None:
                      ("attnzoo.docs", "attnzoo.readme_table")):  # fmt: skip
         with pytest.raises(ImportError, match=new):
             importlib.import_module(old)
+
+
+def test_layouts_and_roles_refuse_what_they_cannot_be() -> None:
+    from attnzoo.registry import registered
+    from attnzoo.spec import layout
+
+    with pytest.raises(ValueError, match="grid2d: sizes must give 2 axes"):
+        az.LAYOUTS["grid2d"].example(1, (4,), 8)
+    with pytest.raises(ValueError, match="grid3d: tokens must be >= 1, got 0"):
+        az.LAYOUTS["grid3d"].sizes_for(0)
+    with pytest.raises(ValueError, match="unknown layout 'grid4d'; known: tokens, grid2d, grid3d"):
+        layout("grid4d")
+    with pytest.raises(ValueError, match="a role named .mixer. is already registered"):
+        az.register_role(az.ROLES["mixer"])
+    with pytest.raises(ValueError, match="context must be 'optional', 'required' or 'none'"):
+        az.register_role(az.Role("relation", "x -> x", "sometimes", False, az.PATTERNS, ()))
+    with pytest.raises(ValueError, match=r"names already in the registry: \['softmax'\]"):
+        with registered(dataclasses.replace(az.get_spec("sigmoid"), name="softmax")):
+            pass
+
+
+def test_layouts_flatten_row_major_and_back() -> None:
+    x = torch.arange(2 * 3 * 4 * 5 * 2).view(2, 3, 4, 5, 2)
+    grid3d = az.LAYOUTS["grid3d"]
+    t = grid3d.flatten(x)
+    assert t.shape == (2, 60, 2) and torch.equal(t[0, 1], x[0, 0, 0, 1])  # the last axis fastest
+    assert torch.equal(grid3d.unflatten(t, grid3d.sizes(x)), x)
+    assert grid3d.sizes_for(1000) == (10, 10, 10) and az.LAYOUTS["grid2d"].sizes_for(1000) == (
+        32,
+        32,
+    )

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 import attnzoo as az
-from attnzoo.bench.gate import check_mixer, impl_choices
+from attnzoo.bench.gate import check_mixer
 from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
 from attnzoo.bench.quality import SUITES as QUALITY_SUITES
 from attnzoo.bench.quality import check_suite, run_quality
@@ -127,7 +127,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered mechanism name.")]
         "url": spec.paper.url,
         "code": spec.paper.code or "-",
         "verified against": spec.peer,
-        "impls": ", ".join(impl_choices(spec)) or "-",
+        "impls": ", ".join(spec.impls) or "-",
         "config keys": ", ".join(spec.config.field_names()),
     }
     for k, v in rows.items():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnzoo.text import pick
+from attnzoo.text import add, pick
 
 TRAIN_TAG = "-train"  # ends the "ours" half of a case's name that times forward + backward
 TRAIN_NOTE = "forward + backward (all input gradients)"
@@ -69,10 +69,7 @@ CASES: dict[str, PeerCase] = {}
 
 
 def register_case(case: PeerCase) -> PeerCase:
-    if case.name in CASES:
-        raise ValueError(f"peer case {case.name!r} is already registered")
-    CASES[case.name] = case
-    return case
+    return add(CASES, case.name, case, "register_case")
 
 
 def times_training(case_name: str) -> bool:

@@ -131,8 +131,6 @@ def register_mixer(
             flops_fn=flops,
             cls=cls,
         )
-        if name in _REGISTRY:
-            raise ValueError(f"register_mixer: a mixer named {name!r} is already registered")
         config.mixer_name = name
         cls.spec = spec
         _REGISTRY[name] = spec

@@ -6,12 +6,14 @@ weights moved away from their initialisation.
     x, context = example_call(m.spec, m, pattern="noncausal-self")
     y = m(x, context=context)
 
-The bench's correctness gate, the contract tests and the peer cases use the same functions.
+The bench's correctness gate, the contract tests and the peer cases use the same functions;
+:func:`stream` runs a streaming block token by token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +50,17 @@ def example_call(
     c_sizes = CONTEXT_SIZES[c_layout.name] if context_sizes is None else tuple(context_sizes)
     width = getattr(mixer, "context_dim", mixer.d_model)
     return x, c_layout.example(batch, c_sizes, width, generator=generator, dtype=dtype)
+
+
+def stream(mixer: nn.Module, x: Tensor, **state_options: Any) -> tuple[Tensor, Any]:
+    """``mixer.step`` over every token of ``x [B, T, D]`` from ``init_state``: the outputs
+    ``[B, T, D]`` (to compare with ``mixer(x)``) and the last state."""
+    state = mixer.init_state(x.shape[0], **state_options)
+    outs = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        outs.append(y_t)
+    return torch.stack(outs, dim=1), state
 
 
 def output_shape(spec: MixerSpec, x: Tensor, d_model: int) -> tuple[int, ...]:

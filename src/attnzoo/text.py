@@ -32,3 +32,12 @@ def pick(registry: Mapping[str, T], names: Sequence[str] | None, arg: str, what:
             )
         out.append(registry[n])
     return out
+
+
+def add(registry: dict[str, T], name: str, entry: T, what: str) -> T:
+    """``registry[name] = entry``, refusing a name already there (``"<what>: 'x' is already
+    registered"``); returns ``entry``."""
+    if name in registry:
+        raise ValueError(f"{what}: {name!r} is already registered")
+    registry[name] = entry
+    return entry

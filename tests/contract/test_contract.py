@@ -16,7 +16,7 @@ import torch
 import attnzoo as az
 from attnzoo.bench.gate import check_mixer
 from attnzoo.registry import unregister_mixer
-from attnzoo.testing import randomise
+from attnzoo.testing import randomise, stream
 from tests.contract.inputs import (
     D_MODEL,
     T,
@@ -114,14 +114,9 @@ STREAMING = [s for s in SPECS if s.state != "none"]
 def test_step_equals_forward(spec: az.MixerSpec) -> None:
     m = build(spec, "causal-self").double()
     x, _ = inputs(spec, m, "causal-self", length=11, dtype=torch.float64)
-    y = m(x)
-    state = m.init_state(batch_size=x.shape[0], dtype=torch.float64)
-    outs = []
-    for t in range(x.shape[1]):
-        y_t, state = m.step(x[:, t], state)
-        outs.append(y_t)
+    got, state = stream(m, x, dtype=torch.float64)
     assert state.position == x.shape[1]
-    torch.testing.assert_close(torch.stack(outs, dim=1), y, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got, m(x), atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=ids)

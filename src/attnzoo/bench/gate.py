@@ -12,7 +12,7 @@ import torch
 
 from attnzoo.registry import build_mixer
 from attnzoo.spec import MixerSpec
-from attnzoo.testing import example_call, randomise
+from attnzoo.testing import example_call, randomise, stream
 
 # token-axis sizes of the gate's inputs: odd, not multiples of the usual chunk (64), window
 # (7, 8) or block sizes, so every fast path runs its ragged and padded cases
@@ -28,11 +28,6 @@ class CheckResult:
     max_abs_err: float  # over the output and every parameter/input gradient
     ok: bool
     detail: str = ""
-
-
-def impl_choices(spec: MixerSpec) -> tuple[str, ...]:
-    """The ``impl`` values a block's config accepts (see :attr:`MixerSpec.impls`)."""
-    return spec.impls
 
 
 def _fwd_bwd(m: torch.nn.Module, x: torch.Tensor, ctx: torch.Tensor | None) -> list[torch.Tensor]:
@@ -60,12 +55,7 @@ def _check_step(
     """Streaming: ``step()`` token by token equals the parallel forward (recorded as impl ``step``)."""
     try:
         with torch.no_grad():
-            state = m.init_state(batch_size=x.shape[0])
-            outs = []
-            for t in range(x.shape[1]):
-                y_t, state = m.step(x[:, t], state)
-                outs.append(y_t)
-            got = torch.stack(outs, dim=1)
+            got, _ = stream(m, x)
     except Exception as e:  # recorded as a failed check, never hidden
         return CheckResult(spec.name, "step", "causal-self", float("inf"), False, repr(e))
     err = float((got - want).abs().max()) if got.numel() else 0.0

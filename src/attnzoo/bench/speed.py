@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
-from attnzoo.bench.gate import check_mixer, impl_choices
+from attnzoo.bench.gate import check_mixer
 from attnzoo.bench.measure import median_seconds, peak_memory_bytes
 from attnzoo.bench.runs import finishing, progress_bar
 from attnzoo.bench.speed_suites import SpeedSuite, build_mask, masks_for
@@ -69,7 +69,7 @@ def _mixer_kwargs(spec: MixerSpec, impl: str, suite: SpeedSuite) -> dict[str, An
     kw: dict[str, Any] = {}
     if "num_heads" in fields:
         kw["num_heads"] = suite.heads
-    if impl != "default":
+    if spec.impls:
         kw["impl"] = impl
     return kw
 
@@ -265,7 +265,8 @@ def harness_calibration(suite: SpeedSuite, T: int = 1024) -> dict[str, float]:
 def plan(suite: SpeedSuite) -> list[Cell]:
     cells = []
     for spec in suite.specs():
-        impls = [i for i in impl_choices(spec) if i != "auto"] or ["default"]
+        # a block that declares no impl has no reference: its one cell records the gate's failure
+        impls = [i for i in spec.impls if i != "auto"] or ["reference"]
         # a mechanism with a single path is always timed, even if it is its reference
         impls = [i for i in impls if i not in suite.skip_impls] or impls[:1]
         for impl in impls:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from attnzoo.distributed.comm import Comm
 from attnzoo.distributed.shard import Sharding
-from attnzoo.text import pick
+from attnzoo.text import add, pick
 
 #: the masks the exact-attention strategies compute (global masks over the whole sequence)
 ATTENTION_MASKS = ("full", "causal", "sliding-window", "document")
@@ -142,10 +142,7 @@ STRATEGIES: dict[str, Strategy] = {}
 
 
 def register_strategy(strategy: Strategy) -> Strategy:
-    if strategy.name in STRATEGIES:
-        raise ValueError(f"register_strategy: {strategy.name!r} is already registered")
-    STRATEGIES[strategy.name] = strategy
-    return strategy
+    return add(STRATEGIES, strategy.name, strategy, "register_strategy")
 
 
 def get_strategies(names: Sequence[str] | None = None) -> list[Strategy]:

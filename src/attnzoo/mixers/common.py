@@ -53,8 +53,8 @@ class HeadsConfig(MixerConfig):
     """
 
     num_heads: int | None = limit(None, ge=1)
-    # the width the heads split evenly (None: a subclass checks its own head widths)
-    split_width: ClassVar[str | None] = "d_model"
+    # d_model splits evenly into the heads (False: a subclass checks its own head widths)
+    split_heads: ClassVar[bool] = True
 
     def default_num_heads(self) -> int:
         return default_heads(self.d_model)
@@ -69,7 +69,7 @@ class HeadsConfig(MixerConfig):
 
     def validate(self) -> None:
         # a config with its own head_dim field decouples the head width from d_model
-        split = self.split_width is not None and getattr(self, "head_dim", None) is None
+        split = self.split_heads and getattr(self, "head_dim", None) is None
         if split and self.d_model % self.heads != 0:
             hint = (
                 "; pick num_heads dividing d_model or set head_dim"
@@ -103,7 +103,7 @@ class GatedConfig(HeadsConfig):
     norm_eps: float = limit(1e-5, gt=0)
     impl: Literal["auto", "reference", "chunk", "native", "recurrent"] = "auto"
     chunk_size: int = limit(64, ge=1)
-    split_width: ClassVar[str | None] = None  # key_dim and value_dim, checked below
+    split_heads: ClassVar[bool] = False  # key_dim and value_dim split, checked below
 
     @property
     def key_dim(self) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from attnzoo.text import add
+
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 F = Callable[..., Any]
@@ -20,14 +22,10 @@ def register_model(name: str, **defaults: Any) -> Callable[[F], F]:
     default mixer, widths and depths are part of its registration)."""
 
     def deco(fn: F) -> F:
-        if name in MODELS:
-            raise ValueError(f"register_model: a model named {name!r} is already registered")
-
         @functools.wraps(fn)
         def build(**kwargs: Any) -> Any:
             return fn(**{**defaults, **kwargs})
 
-        MODELS[name] = build
-        return build
+        return add(MODELS, name, build, "register_model")
 
     return deco

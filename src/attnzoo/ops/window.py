@@ -331,12 +331,12 @@ def _sdpa(
     def heads(t: Tensor, width: int) -> Tensor:  # [G, n, H*width] -> [G, H, n, width]
         return t.unflatten(-1, (H, width)).transpose(1, 2)
 
+    def keys(t: Tensor, width: int) -> Tensor:  # [B, *S, H, width] -> [G, H, n_k, width]
+        t = t.flatten(-2)
+        return heads(partition(t, w, dilated=True) if dilated else key_windows(t, w, halo), width)
+
     qw = heads(partition(q.flatten(-2), w, dilated=dilated), K)  # [G, H, n, K]
-    if dilated:
-        kw, vw = (heads(partition(t.flatten(-2), w, dilated=True), c) for t, c in ((k, K), (v, V)))
-    else:
-        kw = heads(key_windows(k.flatten(-2), w, halo), K)  # [G, H, n_k, K]
-        vw = heads(key_windows(v.flatten(-2), w, halo), V)
+    kw, vw = keys(k, K), keys(v, V)
     mask = _key_mask(grid, w, halo, sizes, q.device, dilated)  # [nW, 1, 1, n_k] or None
     if mask is not None:
         mask = mask.repeat(B, 1, 1, 1)
@@ -385,7 +385,7 @@ def _key_mask(
     counts = [g // k for g, k in zip(grid, w, strict=True)]
     ok_axes = []
     for c, k, s in zip(counts, w, sizes, strict=True):
-        if dilated:  # key j*? : position o*c + j for window j, offset o
+        if dilated:  # offset o of window j holds position o*c + j
             pos = (
                 torch.arange(k, device=device)[None, :] * c
                 + torch.arange(c, device=device)[:, None]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnzoo.config import suggest
+from attnzoo.text import add, suggest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +90,7 @@ TASKS: dict[str, QualityTask] = {}
 
 
 def register_task(task: QualityTask) -> QualityTask:
-    if task.name in TASKS:
-        raise ValueError(f"register_task: a task named {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
+    return add(TASKS, task.name, task, "register_task")
 
 
 def split_settings(

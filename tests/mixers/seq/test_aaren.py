@@ -16,7 +16,7 @@ from einops import rearrange, repeat
 
 import attnzoo as az
 from attnzoo.mixers.seq.aaren import Aaren, AarenState
-from tests.helpers import stream
+from attnzoo.testing import stream
 
 
 def build(**kw: object) -> Aaren:

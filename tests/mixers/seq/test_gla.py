@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import attnzoo as az
-from attnzoo.testing import randomise
-from tests.helpers import stream
+from attnzoo.testing import randomise, stream
 
 
 # ---- shared with vig ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import attnzoo as az
 from attnzoo.mixers.common import KVCache
 from attnzoo.mixers.seq.lla import LocalLinearAttention
-from tests.helpers import stream
+from attnzoo.testing import stream
 
 
 def build(**kw: object) -> LocalLinearAttention:

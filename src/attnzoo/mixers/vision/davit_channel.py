@@ -62,21 +62,30 @@ def davit_heads(d_model: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class DaViTChannelConfig(HeadsConfig):
-    """DaViT channel group attention. ``d_model`` is the channel count C.
+class DaViTConfig(HeadsConfig):
+    """What both DaViT mixers share. ``d_model`` is the channel count C.
 
     Attributes:
-        num_heads: channel groups; ``None`` means head width 32 (DaViT's) when 32 divides C,
-            else :func:`~attnzoo.mixers.common.default_heads`.
+        num_heads: heads (channel groups); ``None`` means head width 32 (DaViT's) when 32
+            divides C, else :func:`~attnzoo.mixers.common.default_heads`.
         qkv_bias: bias on the q/k/v projection (DaViT models: on).
-        impl: ``auto`` | ``reference`` (official order) | ``gram`` (folded, ``x^T x`` first).
     """
 
     qkv_bias: bool = True
-    impl: Literal["auto", "reference", "gram"] = "auto"
 
     def default_num_heads(self) -> int:
         return davit_heads(self.d_model)
+
+
+@dataclasses.dataclass(frozen=True)
+class DaViTChannelConfig(DaViTConfig):
+    """DaViT channel group attention: :class:`DaViTConfig` plus
+
+    Attributes:
+        impl: ``auto`` | ``reference`` (official order) | ``gram`` (folded, ``x^T x`` first).
+    """
+
+    impl: Literal["auto", "reference", "gram"] = "auto"
 
 
 def channel_flops(

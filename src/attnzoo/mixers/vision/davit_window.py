@@ -48,8 +48,8 @@ from torch import Tensor, nn
 
 from attnzoo.config import limit
 from attnzoo.mixers.base import AttentionMaps, Mixer
-from attnzoo.mixers.common import HeadsConfig, load_matching_state
-from attnzoo.mixers.vision.davit_channel import PAPER, davit_heads
+from attnzoo.mixers.common import load_matching_state
+from attnzoo.mixers.vision.davit_channel import PAPER, DaViTConfig
 from attnzoo.ops.masks import Mask
 from attnzoo.ops.window import (
     crop_grid,
@@ -64,24 +64,18 @@ from attnzoo.registry import register_mixer
 
 
 @dataclasses.dataclass(frozen=True)
-class DaViTWindowConfig(HeadsConfig):
-    """DaViT window self-attention. ``d_model`` is the channel count C.
+class DaViTWindowConfig(DaViTConfig):
+    """DaViT window self-attention: :class:`~attnzoo.mixers.vision.davit_channel.DaViTConfig`
+    plus
 
     Attributes:
-        num_heads: heads; ``None`` means head width 32 (DaViT's) when 32 divides C, else
-            :func:`~attnzoo.mixers.common.default_heads`.
         window_size: side of the square windows (DaViT: 7); grids are zero-padded up to a
             multiple of it, as in timm.
-        qkv_bias: bias on the q/k/v projection (DaViT models: on).
         impl: ``auto`` (``sdpa``) | ``reference`` (dense masked weights) | ``sdpa``.
     """
 
     window_size: int = limit(7, ge=1)
-    qkv_bias: bool = True
     impl: Literal["auto", "reference", "sdpa"] = "auto"
-
-    def default_num_heads(self) -> int:
-        return davit_heads(self.d_model)
 
 
 def window_flops(
