@@ -75,9 +75,15 @@ def test_every_record_is_durable_when_the_writer_dies(tmp_path: Path) -> None:
     assert r.returncode == 9, r.stderr
     s = Store(path)
     assert [row["seq_len"] for row in s.speed()] == [64, 128, 256]
-    assert s.runs()[0]["status"] == "running"
-    new_run(s)  # the next writer notices the dead process and marks its run interrupted
-    assert s.runs()[0]["status"] == "interrupted"
+    # every reader sees at once that the process is gone ...
+    (dead,) = s.runs()
+    assert dead["status"] == "interrupted" and not dead["alive"]
+    assert dead["note"].startswith("interrupted (process gone): PID")
+    with duckdb.connect(str(path), read_only=True) as con:  # ... the file still says running
+        assert con.execute("SELECT status FROM runs").fetchone()[0] == "running"
+    new_run(s)  # the next writer marks it in the file too
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT status FROM runs ORDER BY run_id").fetchone()[0] == "interrupted"
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
@@ -112,7 +118,8 @@ def test_second_writer_waits_then_errors_clearly(tmp_path: Path) -> None:
         assert holder.stdout.readline().strip() == "locked"
         t0 = time.monotonic()
         with pytest.raises(
-            StoreBusyError, match="locked by another process and stayed locked for 1 s"
+            StoreBusyError,
+            match=rf"held open for writing by PID {holder.pid} \(.*\) and stayed locked for 1 s",
         ):
             Store(path, wait=1.0)
         assert time.monotonic() - t0 >= 0.9
@@ -213,7 +220,7 @@ def test_v3_store_reads_then_migrates_to_latest_keeping_rows(tmp_path: Path) -> 
     (curve,) = reader.curves()
     assert curve["metric"] == 0.5 and curve["task_config"] is None
     store = Store(path)
-    assert store.schema_version == LATEST == 7
+    assert store.schema_version == LATEST == 8
     assert [c["task_config"] for c in store.curves()] == [None] and store.quality_evals() == []
     store.add_curve_point(1, {**CURVE_ROW, "step": 20, "task_config": '{"seq_len": 64}'})
     assert [c["task_config"] for c in store.curves([1])] == [None, '{"seq_len": 64}']

@@ -271,6 +271,31 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                WHERE kind = 'speed' AND json_extract(config, '$.baseline') IS NULL""",
         ],
     ),
+    (
+        8,
+        "numbers people can trust: the quantiles of every timing (speed) and the spread of both "
+        "sides of a peer ratio; the evidence behind every skip; runs record a heartbeat and the "
+        "machine's load at their start and end; notes a run adds while it runs",
+        [
+            """ALTER TABLE speed ADD COLUMN max_s DOUBLE""",
+            """ALTER TABLE speed ADD COLUMN q1_s DOUBLE""",
+            """ALTER TABLE speed ADD COLUMN q3_s DOUBLE""",
+            # JSON: the measured points, the fit and the model a prediction came from
+            """ALTER TABLE skips ADD COLUMN evidence VARCHAR""",
+            # interquartile range / median of each side's interleaved timings
+            """ALTER TABLE peers ADD COLUMN ours_spread DOUBLE""",
+            """ALTER TABLE peers ADD COLUMN peer_spread DOUBLE""",
+            """ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP""",
+            # JSON: {"start": {load, busy processes}, "end": {...}, "quiet": bool}
+            """ALTER TABLE runs ADD COLUMN machine VARCHAR""",
+            """CREATE TABLE run_notes (
+                run_id BIGINT NOT NULL,
+                kind VARCHAR NOT NULL,            -- e.g. prediction-wrong, machine-busy
+                text VARCHAR NOT NULL,
+                recorded_at TIMESTAMP NOT NULL
+            )""",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -3,9 +3,16 @@
 Every write opens the file, writes in one transaction, commits and closes. So a measurement is
 durable the moment it is recorded (an interrupted run keeps everything it finished), the file is
 locked only for milliseconds, and a second process writing the same file waits for the lock (up
-to ``wait`` seconds) instead of corrupting anything; past that it gets :class:`StoreBusyError`.
-A file that is not a DuckDB database, or a DuckDB database that is not an attnzoo store, is
-refused with :class:`StoreError` before anything is written.
+to ``wait`` seconds) instead of corrupting anything; past that it gets :class:`StoreBusyError`,
+naming the process that holds it. A file that is not a DuckDB database, or a DuckDB database
+that is not an attnzoo store, is refused with :class:`StoreError` before anything is written; a
+damaged one (truncated, zeroed, overwritten) with :class:`StoreDamagedError`, at whichever read
+first meets the damage, and at once when opened for writing (every table is read through).
+
+Liveness: a run's process writes a heartbeat (:meth:`Store.heartbeat`, and with every record).
+Every reader shows a run still marked 'running' whose process is gone (same host, pid no longer
+exists) or whose heartbeat is older than :data:`HEARTBEAT_STALE` seconds as 'interrupted',
+with the reason in its note; the file itself is corrected by the next writer.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,8 +39,9 @@ ENV_DB = "ATTNZOO_DB"
 SPEED_COLUMNS = (
     "mixer", "impl", "pattern", "mask", "mode", "batch", "seq_len", "ctx_len", "d_model", "heads",
     "head_dim", "repeats", "median_s", "min_s", "peak_bytes", "flops", "gflops_per_s", "gemm_fraction",
+    "max_s", "q1_s", "q3_s",
 )  # fmt: skip
-SKIP_COLUMNS = ("mixer", "impl", "pattern", "mask", "mode", "seq_len", "kind", "reason")
+SKIP_COLUMNS = ("mixer", "impl", "pattern", "mask", "mode", "seq_len", "kind", "reason", "evidence")
 CHECK_COLUMNS = ("mixer", "impl", "pattern", "max_abs_err", "ok", "detail")
 QUALITY_COLUMNS = (
     "task", "task_config", "mixer", "d_model", "num_layers", "lr", "seed", "params", "state_size",
@@ -49,8 +59,11 @@ CP_SKIP_COLUMNS = ("strategy", "sharding", "mask", "seq_len", "mode", "world_siz
 PEER_COLUMNS = (
     "case_name", "mechanism", "peer", "size", "n", "ours_s", "peer_s", "ratio", "ours_flops",
     "ours_gflops", "gemm_fraction", "ours_peak_bytes", "peer_peak_bytes", "max_abs_diff",
-    "rel_diff", "ok", "repeats", "detail",
+    "rel_diff", "ok", "repeats", "detail", "ours_spread", "peer_spread",
 )  # fmt: skip
+# columns added after their table's first version: a row may leave them out (recorded as NULL)
+OPTIONAL = frozenset({"max_s", "q1_s", "q3_s", "evidence", "ours_spread", "peer_spread"})
+HEARTBEAT_STALE = 300.0  # seconds without a heartbeat after which a 'running' run is dead
 
 
 class StoreError(Exception):
@@ -59,6 +72,30 @@ class StoreError(Exception):
 
 class StoreBusyError(StoreError):
     """Another process held the store's lock for longer than the wait allowed."""
+
+
+class StoreDamagedError(StoreError):
+    """The file is an attnzoo store whose contents can no longer be read (truncated, zeroed,
+    overwritten)."""
+
+
+class RunInProgressError(StoreError):
+    """Another bench is running on this store (its process is alive)."""
+
+
+def damaged(path: Path, detail: str) -> StoreDamagedError:
+    first = detail.strip().splitlines()[0] if detail.strip() else "unreadable"
+    return StoreDamagedError(
+        f"store {path} is damaged and cannot be read ({first}). Restore it from a backup, save "
+        f"what is readable with `attnzoo store repair --db {path} NEW.duckdb`, or start a new "
+        f"store with --db NEW.duckdb"
+    )
+
+
+def _holder(msg: str) -> str:
+    """'PID 123 (/usr/bin/python3)' from DuckDB's lock message, or 'another process'."""
+    m = re.search(r"held in (.+?) \(PID (\d+)\)", msg)
+    return f"PID {m.group(2)} ({m.group(1)})" if m else "another process"
 
 
 def default_path(db: str | os.PathLike[str] | None = None) -> Path:
@@ -85,6 +122,9 @@ class Store:
         self.path = Path(path)
         self.read_only = read_only
         self.wait = wait
+        # one writer at a time within this process (the bench's heartbeat thread and its main
+        # thread update the same run row; DuckDB would call that a transaction conflict)
+        self._lock = threading.RLock()
         self._missing: set[str] = (
             set()
         )  # tables of newer schemas, absent from an old read-only store
@@ -98,6 +138,8 @@ class Store:
             raise StoreError(f"--db {self.path}: folder {self.path.parent} does not exist")
         with self._connect() as con:
             self._check_and_migrate(con)
+            if not read_only:  # a writer proves the whole file readable before it measures
+                self._read_through(con)
 
     # ---- connections --------------------------------------------------------------------
     @contextlib.contextmanager
@@ -113,30 +155,46 @@ class Store:
                 if "lock" in msg.lower():
                     if time.monotonic() >= deadline:
                         raise StoreBusyError(
-                            f"store {self.path} is locked by another process and stayed locked for "
-                            f"{self.wait:.0f} s: {msg}"
+                            f"store {self.path} is held open for writing by {_holder(msg)} and "
+                            f"stayed locked for {self.wait:.0f} s; close it there (a notebook's "
+                            f"connection, another bench) or wait longer with --wait SECONDS"
                         ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.5)
                     continue
-                raise StoreError(
-                    f"--db {self.path} cannot be opened as an attnzoo store: {msg}"
-                ) from None
+                raise self._unusable(msg) from None
             except duckdb.Error as e:
-                raise StoreError(
-                    f"--db {self.path} cannot be opened as an attnzoo store: {e}"
-                ) from None
+                raise self._unusable(str(e)) from None
         try:
             yield con
+        except duckdb.Error as e:
+            if _is_full(e):
+                raise StoreError(
+                    f"could not write to store {self.path}: no space left on its disk. Everything "
+                    f"recorded before this is kept; free space, then run again"
+                ) from None
+            if _is_damage(e):
+                raise damaged(self.path, str(e)) from None
+            raise
         finally:
-            con.close()
+            with contextlib.suppress(duckdb.Error):
+                con.close()
+
+    def _unusable(self, msg: str) -> StoreError:
+        if self.path.exists() and self.path.stat().st_size > 0 and _looks_like_duckdb(self.path):
+            return damaged(self.path, msg)
+        first = msg.strip().splitlines()[0] if msg.strip() else "unreadable"
+        return StoreError(
+            f"--db {self.path} cannot be opened as an attnzoo store ({first}). If it was one, it "
+            f"is damaged: restore it from a backup or start a new store with --db NEW.duckdb"
+        )
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One transaction: committed on success, rolled back on any error."""
         if self.read_only:
             raise StoreError(f"store {self.path} was opened read-only")
-        with self._connect() as con:
+        with self._lock, self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
@@ -190,6 +248,27 @@ class Store:
             con.execute("ROLLBACK")
             raise
 
+    def _tables(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        return sorted(
+            r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        )
+
+    def _read_through(self, con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        """Read every row of every table (raises :class:`StoreDamagedError` through
+        :meth:`_connect` where the file is damaged); returns the row counts."""
+        counts = {}
+        for t in self._tables(con):
+            # hashing every row forces every column block to be read and decompressed
+            counts[t] = int(
+                con.execute(f'SELECT count(*), sum(hash(t)) FROM "{t}" t').fetchone()[0]
+            )
+        return counts
+
+    def check(self) -> dict[str, int]:
+        """Read the whole store; the row count of every table, or :class:`StoreDamagedError`."""
+        with self._connect() as con:
+            return self._read_through(con)
+
     @property
     def schema_version(self) -> int:
         with self._connect() as con:
@@ -202,17 +281,60 @@ class Store:
     # ---- runs ---------------------------------------------------------------------------
     def begin_run(
         self, *, kind: str, suite: str | None, command: str, config: dict[str, Any], env: dict[str, Any],
-        git_sha: str | None = None, gemm_gflops: float | None = None,
+        git_sha: str | None = None, gemm_gflops: float | None = None, allow_concurrent: bool = False,
+        machine: dict[str, Any] | None = None,
     ) -> int:  # fmt: skip
+        """Record a new 'running' run. Refused with :class:`RunInProgressError` while another
+        run of this store is alive (two benches on one machine spoil each other's timings),
+        unless ``allow_concurrent``."""
         with self._write() as con:
             self._mark_dead_runs(con)
+            if not allow_concurrent:
+                alive = con.execute(
+                    "SELECT run_id, kind, pid, host, command FROM runs WHERE status = 'running'"
+                ).fetchall()
+                if alive:
+                    run_id, k, pid, host, cmd = alive[0]
+                    raise RunInProgressError(
+                        f"store {self.path} has a {k} run in progress: run {run_id}, PID {pid} on "
+                        f"{host}: {cmd!r}. Two benches measuring at once spoil each other's "
+                        f"timings; wait for it, stop it, or pass --allow-concurrent"
+                    )
+            now = _now()
             row = con.execute(
                 """INSERT INTO runs (kind, suite, status, started_at, command, git_sha, host, pid, env,
-                   config, gemm_gflops) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id""",
-                [kind, suite, _now(), command, git_sha, socket.gethostname(), os.getpid(),
-                 json.dumps(env, sort_keys=True), json.dumps(config, sort_keys=True), gemm_gflops],
+                   config, gemm_gflops, heartbeat_at, machine)
+                   VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING run_id""",
+                [kind, suite, now, command, git_sha, socket.gethostname(), os.getpid(),
+                 json.dumps(env, sort_keys=True), json.dumps(config, sort_keys=True), gemm_gflops,
+                 now, json.dumps({"start": machine} if machine else {}, sort_keys=True)],
             ).fetchone()  # fmt: skip
         return int(row[0])
+
+    def heartbeat(self, run_id: int) -> None:
+        """Mark ``run_id`` alive now (the bench calls this periodically)."""
+        with self._write() as con:
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [_now(), run_id])
+
+    def set_machine(self, run_id: int, when: str, state: dict[str, Any]) -> None:
+        """Record the machine's load at the run's ``when`` ('start' or 'end')."""
+        with self._write() as con:
+            old = con.execute("SELECT machine FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            machine = json.loads(old[0]) if old and old[0] else {}
+            machine[when] = state
+            con.execute(
+                "UPDATE runs SET machine = ? WHERE run_id = ?",
+                [json.dumps(machine, sort_keys=True), run_id],
+            )
+
+    def add_note(self, run_id: int, kind: str, text: str) -> None:
+        """A note about ``run_id`` made while it runs (e.g. a skip later proved wrong)."""
+        with self._write() as con:
+            con.execute("INSERT INTO run_notes VALUES (?, ?, ?, ?)", [run_id, kind, text, _now()])
+
+    def notes(self, run_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Notes of the runs (empty for stores older than v8)."""
+        return self._table("run_notes", run_ids, {})
 
     def finish_run(self, run_id: int, status: str, note: str | None = None) -> None:
         if status not in ("complete", "interrupted", "failed"):
@@ -226,16 +348,15 @@ class Store:
             )
 
     def _mark_dead_runs(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Runs left 'running' by a process of this host that no longer exists were interrupted."""
-        host = socket.gethostname()
-        for run_id, pid in con.execute(
-            "SELECT run_id, pid FROM runs WHERE status = 'running' AND host = ?", [host]
+        """Runs left 'running' whose process is gone are marked interrupted, with the reason."""
+        for run_id, host, pid, beat in con.execute(
+            "SELECT run_id, host, pid, heartbeat_at FROM runs WHERE status = 'running'"
         ).fetchall():
-            if pid is not None and not _pid_alive(int(pid)):
+            why = dead_reason(host, pid, beat)
+            if why:
                 con.execute(
-                    "UPDATE runs SET status = 'interrupted', note = 'process ended without finishing the run' "
-                    "WHERE run_id = ?",
-                    [run_id],
+                    "UPDATE runs SET status = 'interrupted', note = ? WHERE run_id = ?",
+                    [f"interrupted (process gone): {why}", run_id],
                 )
 
     # ---- records ------------------------------------------------------------------------
@@ -247,16 +368,20 @@ class Store:
             )
 
     def _insert(self, table: str, columns: Sequence[str], run_id: int, row: dict[str, Any]) -> None:
-        missing = [c for c in columns if c not in row]
+        missing = [c for c in columns if c not in row and c not in OPTIONAL]
         if missing:
             raise ValueError(f"store: a {table} row needs {missing}")
         cols = ", ".join(("run_id", *columns, "recorded_at"))
         marks = ", ".join("?" for _ in range(len(columns) + 2))
+        values = [row.get(c) for c in columns]
+        values = [
+            json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v for v in values
+        ]
+        now = _now()
         with self._write() as con:
-            con.execute(
-                f"INSERT INTO {table} ({cols}) VALUES ({marks})",
-                [run_id, *(row[c] for c in columns), _now()],
-            )
+            con.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", [run_id, *values, now])
+            # every record is also a heartbeat of its run
+            con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [now, run_id])
 
     def add_check(self, run_id: int, row: dict[str, Any]) -> None:
         self._insert("checks", CHECK_COLUMNS, run_id, row)
@@ -322,11 +447,21 @@ class Store:
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
     def runs(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The runs, oldest first. A run still marked 'running' whose process is gone reads as
+        'interrupted', its note saying why (``alive`` False); a live one has ``alive`` True."""
         sql = "SELECT * FROM runs" + (" WHERE kind = ?" if kind else "") + " ORDER BY run_id"
         rows = self._rows(sql, [kind] if kind else [])
         for r in rows:
             r["env"] = json.loads(r["env"])
             r["config"] = json.loads(r["config"])
+            r["machine"] = json.loads(r["machine"]) if r.get("machine") else {}
+            r["alive"] = False
+            if r["status"] == "running":
+                why = dead_reason(r["host"], r["pid"], r.get("heartbeat_at"))
+                if why:
+                    r["status"], r["note"] = "interrupted", f"interrupted (process gone): {why}"
+                else:
+                    r["alive"] = True
         return rows
 
     def run(self, run_id: int) -> dict[str, Any]:
@@ -420,6 +555,41 @@ def _created(statements: Sequence[str]) -> list[str]:
         if words[:2] == ["CREATE", "TABLE"]:
             out.append(words[2])
     return out
+
+
+def _is_full(e: duckdb.Error) -> bool:
+    msg = str(e).lower()
+    return "no space left" in msg or "disk full" in msg or "disk is full" in msg
+
+
+def _is_damage(e: duckdb.Error) -> bool:
+    """Whether a DuckDB error reading a store means its file is damaged (not a query bug)."""
+    if isinstance(e, duckdb.IOException | duckdb.InternalException | duckdb.SerializationException):
+        return True
+    msg = str(e).lower()
+    return type(e) is duckdb.Error or "corrupt" in msg or "checksum" in msg
+
+
+def _looks_like_duckdb(path: Path) -> bool:
+    """DuckDB files carry the magic 'DUCK' at byte 8."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
+
+
+def dead_reason(host: str | None, pid: int | None, heartbeat: dt.datetime | None) -> str | None:
+    """Why a run marked 'running' is no longer running, or ``None`` if it may be alive: its
+    process (on this host) no longer exists, or its heartbeat is older than
+    :data:`HEARTBEAT_STALE` seconds."""
+    if host == socket.gethostname() and pid is not None and not _pid_alive(int(pid)):
+        return f"PID {pid} on {host} no longer exists"
+    if heartbeat is not None:
+        age = (_now() - heartbeat).total_seconds()
+        if age > HEARTBEAT_STALE:
+            return f"no heartbeat from PID {pid} on {host} for {age:.0f} s"
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
