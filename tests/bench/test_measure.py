@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
 
-from attnzoo.bench.measure import interleaved_medians, median_seconds, peak_memory_bytes
+from attnzoo.bench import measure as M
+from attnzoo.bench.measure import (
+    interleaved_medians,
+    interleaved_timings,
+    median_seconds,
+    peak_memory_bytes,
+    timings,
+)
 from attnzoo.ops import softmax_attention
 
 
@@ -48,6 +56,58 @@ def test_timing_helpers() -> None:
         median_seconds(lambda: None, repeats=0)
     with pytest.raises(ValueError, match="device must be cpu or cuda"):
         peak_memory_bytes(lambda: None, device="meta")
+
+
+class FakeClock:
+    """Stands in for the ``time`` module of :mod:`attnzoo.bench.measure`: ``perf_counter`` reads
+    ``now``, which the fake calls advance by the durations they are given."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.order: list[str] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def call(self, name: str, durations: list[float]) -> Callable[[], None]:
+        it = iter(durations)
+
+        def fn() -> None:
+            self.order.append(name)
+            self.now += next(it)
+
+        return fn
+
+
+def test_timings_give_quantiles_of_the_timed_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(M, "time", clock)
+    st = timings(clock.call("f", [9.0, 4.0, 1.0, 5.0, 2.0, 3.0]), repeats=5, warmup=1)
+    assert (st.n, st.min, st.q1, st.median, st.q3, st.max) == (5, 1.0, 2.0, 3.0, 4.0, 5.0)
+    assert st.spread == pytest.approx(2.0 / 3.0)  # the 9 s warm-up is not counted
+    assert median_seconds(clock.call("g", [7.0, 1.0, 2.0]), repeats=3, warmup=0) == 2.0
+    with pytest.raises(
+        ValueError, match="timings: repeats must be >= 1 and warmup >= 0, got 1, -1"
+    ):
+        timings(lambda: None, repeats=1, warmup=-1)
+
+
+def test_interleaved_timings_alternate_and_keep_each_sides_quantiles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(M, "time", clock)
+    fns = {"ours": clock.call("ours", [5.0, 1.0, 1.0, 1.0, 1.0]),
+           "peer": clock.call("peer", [5.0, 1.0, 3.0, 1.0, 3.0])}  # fmt: skip
+    st = interleaved_timings(fns, repeats=4, warmup=1)
+    assert clock.order == ["ours", "peer"] * 5
+    assert (st["ours"].median, st["ours"].spread) == (1.0, 0.0)
+    assert (st["peer"].median, st["peer"].q1, st["peer"].q3) == (2.0, 1.0, 3.0)
+    assert st["peer"].spread == 1.0
+    clock.order.clear()
+    med = interleaved_medians({"a": clock.call("a", [2.0, 4.0]), "b": clock.call("b", [1.0, 1.0])},
+                              repeats=2, warmup=0)  # fmt: skip
+    assert med == {"a": 3.0, "b": 1.0} and clock.order == ["a", "b", "a", "b"]
 
 
 _REUSE_SCRIPT = """

@@ -10,11 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from attnzoo.bench import measure
 from attnzoo.bench import peers as P
 from attnzoo.cli import app
 from attnzoo.report.html import build_report
 from attnzoo.store import Store
 from attnzoo.store.schema import LATEST, MIGRATIONS
+from tests.bench.test_measure import FakeClock
 
 
 def _case(name: str, peer_delta: float = 0.0, requires: tuple[str, ...] = (), fail: bool = False):
@@ -68,6 +70,47 @@ def test_memory_profiled_unless_a_call_is_too_long(
     assert row["ours_peak_bytes"] is None and row["peer_peak_bytes"] is None
     assert "ours's peak memory not profiled" in row["detail"]
     assert "peer's peak memory not profiled" in row["detail"]
+
+
+def _timed_case(clock: FakeClock, ours_s: list[float], peer_s: list[float]) -> P.PeerCase:
+    """A case whose two sides take these fake durations, call after call (the first call of
+    each is the agreement check's)."""
+
+    def build(n: int, g: torch.Generator) -> P.PeerPair:
+        x = torch.zeros(n)
+        ours, peer = clock.call("ours", ours_s), clock.call("peer", peer_s)
+        return P.PeerPair(ours=lambda: (ours(), x)[1], peer=lambda: (peer(), x)[1], flops=0,
+                          size=f"n={n}")  # fmt: skip
+
+    return P.PeerCase("timed", "softmax", "fake", (), build, (8,), (8,))
+
+
+@pytest.mark.parametrize(
+    "peer_s,repeats,spread,doubt",
+    [
+        ([2.0] * 6, 5, 0.0, None),
+        ([2.0, 1.0, 3.0, 3.0, 1.0, 2.0], 5, 1.0, "ratio unreliable: peer spread 100% > 25%"),
+        ([2.0] * 3, 2, None, "ratio unreliable: 2 repeats < 3, no measured spread"),
+    ],
+    ids=["steady", "noisy-peer", "few-repeats"],
+)
+def test_ratio_records_both_spreads_and_says_when_it_is_unreliable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, peer_s: list[float], repeats: int,
+    spread: float | None, doubt: str | None,
+) -> None:  # fmt: skip
+    clock = FakeClock()
+    monkeypatch.setattr(measure, "time", clock)
+    store = Store(tmp_path / "p.duckdb")
+    run = store.begin_run(kind="peers", suite="custom", command="t", config={}, env={})
+    case = _timed_case(clock, [1.0] * (repeats + 1), peer_s)
+    P._one(store, run, case, 8, P.PeerPlan(repeats=repeats, warmup=0, memory=False))
+    (row,) = store.peers([run])
+    assert row["ours_s"] == 1.0 and row["peer_s"] == 2.0 and row["ratio"] == 2.0
+    assert row["peer_spread"] == spread and row["ours_spread"] == (None if spread is None else 0.0)
+    if doubt is None:
+        assert "unreliable" not in row["detail"]
+    else:
+        assert row["detail"].startswith(doubt)
 
 
 def test_compare_rejects_shape_mismatch() -> None:

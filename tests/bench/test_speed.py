@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,30 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 import attnzoo as az
-from attnzoo.bench.speed import Cell, _skip_reason, plan, predict, run_speed
+from attnzoo.bench import speed as S
+from attnzoo.bench.predict import Declared, Point, Verdict, decide
+from attnzoo.bench.speed import Cell, _limits, plan, run_speed
 from attnzoo.bench.speed_suites import SUITES, SpeedSuite, build_mask, masks_for
+from attnzoo.cli import app
 from attnzoo.registry import get_spec
 from attnzoo.store import Store
 from tests.bench.fakes import fake_mixer
 
 TINY = dict(seq_lens=(32, 64), repeats=1, warmup=0, heads=2, head_dim=8, modes=("fwd",))
-
-
-def test_predict_extrapolates_log_log() -> None:
-    s, b = predict([(100, 1.0, 1000), (200, 4.0, 4000)], 400)
-    assert s == pytest.approx(16.0) and b == pytest.approx(16000)
-    s, b = predict([(100, 1.0, 1000)], 300)  # one point: assume quadratic
-    assert s == pytest.approx(9.0) and b == pytest.approx(9000)
-    s, _ = predict([(100, 1.0, 1000), (200, 1.0, 1000)], 400)  # never more optimistic than linear
-    assert s == pytest.approx(2.0)
-    s, _ = predict([(100, 1.0, 1000), (200, 16.0, 1000)], 400)  # a noisy quartic: cubic at most
-    assert s == pytest.approx(16.0 * 8)
-    s, _ = predict([(100, 1.0, 1000), (200, 16.0, 1000)], 400, max_exponent=2.0)
-    assert s == pytest.approx(16.0 * 4)
-    with pytest.raises(ValueError, match="no measured lengths"):
-        predict([], 10)
 
 
 def test_tiny_run_measures_every_cell(tmp_path: Path) -> None:
@@ -46,6 +36,7 @@ def test_tiny_run_measures_every_cell(tmp_path: Path) -> None:
     assert {r["impl"] for r in rows if r["mixer"] == "softmax"} == {"reference", "sdpa", "blocked"}
     assert {r["mask"] for r in rows} >= {"full", "causal", "causal+sliding-window", "document"}
     assert all(r["flops"] > 0 and r["median_s"] > 0 and r["peak_bytes"] > 0 for r in rows)
+    assert all(r["min_s"] <= r["q1_s"] <= r["median_s"] <= r["q3_s"] <= r["max_s"] for r in rows)
     assert all(0 < r["gemm_fraction"] for r in rows)
     checks = store.checks([run])
     assert checks and all(c["ok"] for c in checks)
@@ -65,8 +56,12 @@ def test_memory_budget_skips_and_records_reason(tmp_path: Path) -> None:
     skips = store.skips([run])
     ref = [s for s in skips if s["impl"] == "reference"]
     assert [s["seq_len"] for s in ref] == [2048, 4096]
-    assert "predicted peak memory" in ref[0]["reason"] and "> budget 0.00 GiB" in ref[0]["reason"]
+    assert "predicted peak memory" in ref[0]["reason"] and "> budget 2 MiB" in ref[0]["reason"]
     assert "a shorter length was already skipped" in ref[1]["reason"]
+    evidence = json.loads(ref[0]["evidence"])
+    assert evidence["decided_by"] == "memory" and evidence["memory_budget"] == 2 << 20
+    assert evidence["memory"]["value"] > 2 << 20 and evidence["points"][0]["T"] == 64
+    assert {p["probe"] for p in evidence["points"]} == {False, True}  # T=64 ran; probes after it
     assert all(s["kind"] == "skipped" for s in skips)
     assert all(r["peak_bytes"] <= 2 << 20 for r in store.speed([run]) if r["seq_len"] > 64)
 
@@ -87,14 +82,16 @@ def test_step_time_cap_counts_the_prefill(tmp_path: Path) -> None:
     suite = SpeedSuite(mixers=("softmax",), patterns=("causal-self",), masks=(), seq_lens=(64,),
                        repeats=1, warmup=0, heads=2, head_dim=8, modes=("step",), time_cap=1.0)  # fmt: skip
     spec = az.get_spec("softmax")
-    history = [(64, 1e-3, 1000), (128, 1e-3, 1000)]  # 1 ms a step
-    step = Cell(spec=spec, impl="sdpa", pattern="causal-self", mask="causal", mode="step",
-                history=list(history))  # fmt: skip
-    fwd = Cell(spec=spec, impl="sdpa", pattern="causal-self", mask="causal", mode="fwd",
-               history=list(history))  # fmt: skip
-    assert _skip_reason(fwd, 256, suite) is None  # 2 calls of ~2 ms
-    reason = _skip_reason(step, 2048, suite)  # ~16 ms a step, 2048 of them
-    assert reason is not None and "2048-step prefill" in reason and "> time cap 1 s" in reason
+    history = [Point(64, 1e-3, 1000), Point(128, 1e-3, 1000)]  # 1 ms a step
+    step = Cell(spec=spec, impl="sdpa", pattern="causal-self", mask="causal", mode="step")
+    fwd = Cell(spec=spec, impl="sdpa", pattern="causal-self", mask="causal", mode="fwd")
+    declared = Declared.of(spec.complexity, mode="fwd")
+    assert decide(list(history), 256, declared, _limits(fwd, suite))[1] is None  # 2 calls of ~4 ms
+    kv = Declared.of(spec.complexity, mode="step", state=spec.state)
+    _, found = decide(list(history), 2048, kv, _limits(step, suite))  # ~16 ms a step, 2048 of them
+    assert (
+        found is not None and "for 2 calls and a 2048-step prefill > time cap 1 s" in found.reason
+    )
 
 
 def test_correctness_gate_blocks_timing_of_a_wrong_path(tmp_path: Path) -> None:
@@ -264,3 +261,78 @@ def test_step_mode_is_gated_by_step_equals_forward(
         s["kind"] == "failed" and "correctness gate failed" in s["reason"]
         for s in store.skips([run])
     )
+
+
+def test_the_observed_noisy_run_skips_nothing(tmp_path: Path) -> None:
+    """`--seq-lens 8,2048 --repeats 1` skipped blocked and sdpa at T=2048 by extrapolating one
+    noisy call at T=8 (5.69 GiB and 9442 s predicted; 16 MiB measured): T=8 is no evidence."""
+    store = Store(tmp_path / "s.duckdb")
+    suite = SpeedSuite(mixers=("softmax",), patterns=("causal-self",), masks=(), seq_lens=(8, 512),
+                       repeats=1, warmup=0, heads=2, head_dim=8, modes=("fwd",))  # fmt: skip
+    run = run_speed(suite, store, command="t", progress=False)
+    assert store.skips([run]) == []
+    rows = store.speed([run])
+    assert {(r["impl"], r["seq_len"]) for r in rows} == {
+        (impl, T) for impl in ("reference", "sdpa", "blocked") for T in (8, 512)
+    }
+    assert all(r["repeats"] == 1 and r["min_s"] == r["max_s"] == r["median_s"] for r in rows)
+
+
+def test_no_skip_measures_what_a_tiny_budget_would_skip(tmp_path: Path) -> None:
+    runner = CliRunner()
+    db = tmp_path / "c.duckdb"
+    args = ["bench", "speed", "--db", str(db), "--mixers", "softmax", "--patterns", "causal-self",
+            "--masks", "", "--seq-lens", "8,512", "--mode", "fwd", "--repeats", "1", "--warmup", "0",
+            "--heads", "2", "--head-dim", "8", "--memory-budget", "64KiB", "--skip-impls", "",
+            "--no-progress"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    store = Store(db)
+    first = store.latest_run_id()
+    skips = {s["impl"]: s for s in store.skips([first])}
+    assert skips["reference"]["seq_len"] == 512 and skips["reference"]["kind"] == "skipped"
+    evidence = json.loads(skips["reference"]["evidence"])
+    assert evidence["decided_by"] == "memory" and evidence["memory_budget"] == 64 << 10
+    # T=8 is no evidence; the probe at 64 predicts 512 over the budget, and 128 too: not probed
+    assert [(p["T"], p["probe"]) for p in evidence["points"]] == [(8, False), (64, True)]
+    res = runner.invoke(app, [*args, "--no-skip"])
+    assert res.exit_code == 0, res.output
+    second = store.latest_run_id()
+    assert second != first and store.skips([second]) == [] and store.run(second)["config"]
+    assert {(r["impl"], r["seq_len"]) for r in store.speed([second])} == {
+        (impl, T) for impl in ("reference", "sdpa", "blocked") for T in (8, 512)
+    }
+    assert max(r["peak_bytes"] for r in store.speed([second])) > 64 << 10  # what was skipped
+
+
+def test_a_skip_disproved_later_in_the_run_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A forward skipped for memory, then forward+backward (which needs more) ran at that length
+    within the budget: the run says the prediction was wrong."""
+    real = S._decide
+
+    def overcautious(cell: Cell, T: int, suite: SpeedSuite) -> tuple:
+        pred, found = real(cell, T, suite)
+        if cell.mode == "fwd" and T == 64:
+            found = Verdict("memory", 1e12, suite.memory_budget, "predicted 931 GiB (forced)",
+                            {"forced": True})  # fmt: skip
+        return pred, found
+
+    monkeypatch.setattr(S, "_decide", overcautious)
+    store = Store(tmp_path / "s.duckdb")
+    suite = SpeedSuite(mixers=("softmax",), patterns=("causal-self",), masks=(), seq_lens=(32, 64),
+                       skip_impls=("reference", "blocked"), repeats=1, warmup=0, heads=2,
+                       head_dim=8, modes=("fwd", "fwdbwd"))  # fmt: skip
+    run = run_speed(suite, store, command="t", progress=False)
+    (skip,) = store.skips([run])
+    assert (skip["mode"], skip["seq_len"]) == ("fwd", 64) and json.loads(skip["evidence"]) == {
+        "forced": True
+    }
+    notes = [n for n in store.notes([run]) if n["kind"] == "prediction-wrong"]
+    assert len(notes) == 1
+    assert (
+        "softmax/sdpa causal-self causal fwd at T=64 was skipped (predicted 931 GiB"
+        in notes[0]["text"]
+    )
+    assert "softmax/sdpa causal-self causal fwdbwd ran at T=64 with a peak of" in notes[0]["text"]

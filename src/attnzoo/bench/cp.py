@@ -32,8 +32,8 @@ from rich.console import Console
 
 from attnzoo.bench.cp_plan import MODES, RTOL, CPPlan, under_torchrun
 from attnzoo.bench.cp_worker import cp_worker
-from attnzoo.bench.env import environment, git_sha
-from attnzoo.bench.runs import finishing, progress_bar
+from attnzoo.bench.env import environment
+from attnzoo.bench.runs import finishing, progress_bar, start_run
 from attnzoo.distributed.launch import init_from_env, run_workers
 from attnzoo.distributed.strategies import STRATEGIES, get_strategies
 
@@ -47,9 +47,11 @@ def run_cp(
     command: str = "attnzoo bench cp",
     console: Any = None,
     progress: bool = True,
+    allow_concurrent: bool = False,
 ) -> int | None:
     """Run the plan into ``store``; returns the run id (``None`` on the ranks > 0 of a
-    ``torchrun`` launch, which only compute).
+    ``torchrun`` launch, which only compute). ``allow_concurrent``: see
+    :func:`attnzoo.bench.runs.start_run`.
 
     On one machine every (world size, strategy) group runs in freshly spawned gloo workers (a
     failure or hang is confined to its group, recorded as a skip with the error). Under
@@ -77,8 +79,9 @@ def run_cp(
             return None
     env = environment()
     env["cp_launch"] = "torchrun" if torchrun else "spawned gloo workers on this machine"
-    run_id = store.begin_run(kind="cp", suite="cp", command=command,
-                             config=dataclasses.asdict(plan), env=env, git_sha=git_sha())  # fmt: skip
+    run_id = start_run(store, kind="cp", suite="cp", command=command,
+                       config=dataclasses.asdict(plan), env=env, console=console,
+                       allow_concurrent=allow_concurrent)  # fmt: skip
     groups = [(w, s) for w in plan.world_sizes for s in plan.strategies]
     bar = progress_bar(console, progress, "groups")
     with finishing(store, run_id), bar:
@@ -99,7 +102,7 @@ def run_cp(
                 except (RuntimeError, TimeoutError) as e:
                     for c in todo:
                         store.add_cp_skip(run_id, {**c, "world_size": w,
-                                                   "reason": f"failed: {str(e)[-500:]}"})  # fmt: skip
+                                                   "reason": f"failed: {_brief(e)}"})  # fmt: skip
                     console.print(f"[red]cp {name} at world {w} failed[/red]: {str(e)[:300]}")
                     bar.advance(ptask)
                     continue
@@ -110,3 +113,9 @@ def run_cp(
                 store.add_cp(run_id, r)
             bar.advance(ptask)
     return run_id
+
+
+def _brief(e: BaseException, keep: int = 400) -> str:
+    """The start (what failed, and which rank) and the end (the innermost error) of ``e``."""
+    text = str(e)
+    return text if len(text) <= 2 * keep else f"{text[:keep]} [...] {text[-keep:]}"

@@ -121,3 +121,70 @@ def gemm_gflops(n: int = 1024, repeats: int = 7, device: str = "cpu") -> float:
     fn, flops = gemm_call(n, device)
     t = median_seconds(fn, repeats=repeats, warmup=2)
     return flops / t / 1e9
+
+
+BUSY_SHARE = 0.25  # another process using more than this share of one core is "busy"
+
+
+def _cpu_ticks() -> dict[int, tuple[int, int, str]]:
+    """{pid: (utime + stime ticks, parent pid, name)} of every process readable in /proc."""
+    out: dict[int, tuple[int, int, str]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (name with spaces) state ppid ... utime stime": split after the last ')'
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2 :].split()
+        out[int(entry.name)] = (int(fields[11]) + int(fields[12]), int(fields[1]), name)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+
+
+def machine_state(sample_s: float = 0.25) -> dict[str, Any]:
+    """The machine's load now: load averages, CPU count and the other processes that used more
+    than :data:`BUSY_SHARE` of a core over ``sample_s`` seconds (this process and its children
+    excluded). ``quiet`` is False when any did: timings taken now share the cores."""
+    import os
+    import time
+
+    state: dict[str, Any] = {"cpu_count": os.cpu_count(), "sampled_s": sample_s}
+    try:
+        state["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        state["load_avg"] = None
+    before = _cpu_ticks()
+    t0 = time.monotonic()
+    time.sleep(sample_s)
+    after = _cpu_ticks()
+    elapsed = time.monotonic() - t0
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    me = os.getpid()
+    busy = []
+    for pid, (ticks, ppid, name) in after.items():
+        if pid == me or ppid == me or pid not in before:
+            continue
+        share = (ticks - before[pid][0]) / hz / elapsed
+        if share > BUSY_SHARE:
+            busy.append({"pid": pid, "name": name, "cpu": round(share, 2), "cmd": _cmdline(pid)})
+    busy.sort(key=lambda b: -b["cpu"])
+    state["busy"] = busy[:10]
+    state["quiet"] = not busy
+    return state
+
+
+def describe_load(state: dict[str, Any]) -> str:
+    """One line: who else was using the cores."""
+    who = ", ".join(f"PID {b['pid']} {b['name']} {b['cpu'] * 100:.0f}%" for b in state["busy"])
+    load = state.get("load_avg")
+    return f"load average {load[0] if load else '?'} on {state['cpu_count']} CPUs; busy: {who}"

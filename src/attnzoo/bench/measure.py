@@ -1,4 +1,5 @@
-"""Measuring a call: median latency after warm-up, and allocator-level peak memory.
+"""Measuring a call: the quantiles of its latency after warm-up (:func:`timings`, and
+round-robin over several calls, :func:`interleaved_timings`), and allocator-level peak memory.
 
 Peak memory on CPU comes from the torch profiler's allocator events (every tensor allocation
 and free with its size and time): the running sum of live bytes allocated *during* the call, at
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from attnzoo.stats import TimeStats
 
 
 def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str = "cpu") -> int:
@@ -83,12 +85,14 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+def _check_counts(owner: str, repeats: int, warmup: int) -> None:
     if repeats < 1 or warmup < 0:
-        raise ValueError(
-            f"median_seconds: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}"
-        )
+        raise ValueError(f"{owner}: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+
+
+def timings(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> TimeStats:
+    """Quantiles of the wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    _check_counts("timings", repeats, warmup)
     for _ in range(warmup):
         fn()
     times = []
@@ -96,17 +100,21 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) 
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return TimeStats.of(times)
 
 
-def interleaved_medians(
+def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    _check_counts("median_seconds", repeats, warmup)
+    return timings(fn, repeats=repeats, warmup=warmup).median
+
+
+def interleaved_timings(
     fns: dict[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1
-) -> dict[str, float]:
-    """Median wall time of each function, measured round-robin so machine noise hits all alike."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(
-            f"interleaved_medians: repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}"
-        )
+) -> dict[str, TimeStats]:
+    """Quantiles of each function's wall time, measured round-robin so that machine noise hits
+    all alike (each round calls every function once, in order)."""
+    _check_counts("interleaved_timings", repeats, warmup)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -116,4 +124,13 @@ def interleaved_medians(
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: TimeStats.of(ts) for name, ts in times.items()}
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall time of each function, measured round-robin (:func:`interleaved_timings`)."""
+    _check_counts("interleaved_medians", repeats, warmup)
+    stats = interleaved_timings(fns, repeats=repeats, warmup=warmup)
+    return {name: s.median for name, s in stats.items()}

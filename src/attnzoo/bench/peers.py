@@ -5,10 +5,14 @@ pure-PyTorch references, timm's blocks) and how to build, at one size, the two c
 the *same inputs and weights*. The runner checks they agree (max abs difference against a
 tolerance relative to the output's scale), then times them interleaved (so machine noise hits
 both alike), records each one's peak memory, and stores ``ratio = peer time / our time``
-(> 1: ours is faster) with our FLOP rate as a fraction of this machine's GEMM rate (a 1024^3
+(> 1: ours is faster), each side's spread (interquartile range / median of its timings), with
+our FLOP rate as a fraction of this machine's GEMM rate (a 1024^3
 fp32 matmul) timed round-robin with the two, so that a shared machine's changing speed hits the
 rate and its limit alike (the run also records one GEMM rate at its start). A case whose peer
-package is not installed is recorded as skipped, never faked.
+package is not installed is recorded as skipped, never faked. A ratio is marked unreliable
+(first in the row's ``detail``; the spreads in ``ours_spread``/``peer_spread`` say so to the
+report) when either side's spread exceeds ``stats.NOISY_SPREAD`` or there are fewer than
+``stats.MIN_REPEATS`` repeats (then the spreads are unknown, ``NULL``).
 
 Peers are optional packages: ``pip install -e '.[peers]'`` (``make run`` does).
 """
@@ -23,9 +27,9 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from attnzoo.bench.env import environment, gemm_call, gemm_gflops, git_sha, keep_freed_memory
-from attnzoo.bench.measure import interleaved_medians, peak_memory_bytes
-from attnzoo.bench.runs import finishing, progress_bar
+from attnzoo.bench.env import environment, gemm_call, gemm_gflops, keep_freed_memory
+from attnzoo.bench.measure import interleaved_timings, peak_memory_bytes
+from attnzoo.bench.runs import finishing, progress_bar, start_run
 from attnzoo.peers import (
     CASES,
     TRAIN_TAG,
@@ -35,11 +39,12 @@ from attnzoo.peers import (
     register_case,
     times_training,
 )
+from attnzoo.stats import MIN_REPEATS, NOISY_SPREAD, TimeStats, trust
 from attnzoo.store import Store
 
 __all__ = [
     "CASES", "PROFILE_MAX_S", "TRAIN_TAG", "PeerCase", "PeerPair", "PeerPlan", "compare",
-    "fmt_ratio", "get_cases", "register_case", "run_peers", "times_training",
+    "fmt_ratio", "get_cases", "ratio_doubt", "register_case", "run_peers", "times_training",
 ]  # fmt: skip
 
 # Peak memory comes from torch's profiler, whose records grow with the number of ops a call
@@ -96,16 +101,18 @@ def run_peers(
     command: str = "attnzoo bench peers",
     console: Console | None = None,
     progress: bool = True,
+    allow_concurrent: bool = False,
 ) -> int:
-    """Run ``plan`` into ``store``; returns the run id (Ctrl-C keeps what was measured)."""
+    """Run ``plan`` into ``store``; returns the run id (Ctrl-C keeps what was measured).
+    ``allow_concurrent``: see :func:`attnzoo.bench.runs.start_run`."""
     console = console or Console(stderr=True)
     cases = get_cases(plan.cases)
     keep_freed_memory()
     env = environment()
     gemm = gemm_gflops()
-    run_id = store.begin_run(
-        kind="peers", suite=plan.name, command=command, config=plan.to_dict(), env=env,
-        git_sha=git_sha(), gemm_gflops=gemm,
+    run_id = start_run(
+        store, kind="peers", suite=plan.name, command=command, config=plan.to_dict(), env=env,
+        console=console, gemm_gflops=gemm, allow_concurrent=allow_concurrent,
     )  # fmt: skip
     work = [(c, n) for c in cases for n in plan.sizes_of(c)]
     bar = progress_bar(console, progress)
@@ -141,7 +148,8 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan) -> N
     fns = {"ours": pair.ours, "peer": pair.peer}
     if pair.flops:  # the GEMM rate in the same window, round-robin with the two
         fns["gemm"], gemm_flops = gemm_call()
-    t = interleaved_medians(fns, repeats=plan.repeats, warmup=plan.warmup)
+    stats = interleaved_timings(fns, repeats=plan.repeats, warmup=plan.warmup)
+    t = {name: s.median for name, s in stats.items()}
     window = gemm_flops / t["gemm"] / 1e9 if "gemm" in t else None
     sides = ("ours", "peer")  # peak memory of each, unless its call is too long to profile
     profiled = [side for side in sides if plan.memory and t[side] <= PROFILE_MAX_S]
@@ -159,10 +167,28 @@ def _one(store: Store, run_id: int, case: PeerCase, n: int, plan: PeerPlan) -> N
         "gemm_fraction": rate / window if rate and window else None,
         "ours_peak_bytes": mem[0], "peer_peak_bytes": mem[1], "max_abs_diff": diff,
         "rel_diff": rel, "ok": ok, "repeats": plan.repeats,
-        "detail": "; ".join(filter(None, [case.notes, *unprofiled]))
+        "ours_spread": stats["ours"].spread, "peer_spread": stats["peer"].spread,
+        "detail": "; ".join(filter(None, [ratio_doubt(stats["ours"], stats["peer"]), case.notes,
+                                          *unprofiled]))
         + f" (timed {time.perf_counter() - t0:.1f}s"
         + (f"; GEMM {window:.0f} GFLOP/s in the same window)" if window else ")"),
     })  # fmt: skip
+
+
+def ratio_doubt(ours: TimeStats, peer: TimeStats) -> str | None:
+    """Why the ratio of these two sides' medians is unreliable (:func:`attnzoo.stats.trust`
+    of each side), or ``None``."""
+    if min(ours.n, peer.n) < MIN_REPEATS:
+        return (f"ratio unreliable: {min(ours.n, peer.n)} repeats < {MIN_REPEATS}, "
+                "no measured spread")  # fmt: skip
+    noisy = [
+        f"{side} spread {s.spread:.0%}"
+        for side, s in (("ours", ours), ("peer", peer))
+        if trust(s.n, s.spread) == "noisy"
+    ]
+    if noisy:
+        return f"ratio unreliable: {', '.join(noisy)} > {NOISY_SPREAD:.0%}"
+    return None
 
 
 def fmt_ratio(x: float | None) -> str:

@@ -49,8 +49,8 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import Tensor
 
-from attnzoo.bench.env import environment, git_sha
-from attnzoo.bench.runs import finishing, progress_bar
+from attnzoo.bench.env import environment
+from attnzoo.bench.runs import finishing, progress_bar, start_run
 from attnzoo.bench.train import TrainConfig, train
 from attnzoo.config import suggest
 from attnzoo.registry import build_mixer, get_spec
@@ -297,13 +297,16 @@ def run_quality(
     command: str = "attnzoo bench quality",
     console: Console | None = None,
     progress: bool = True,
+    allow_concurrent: bool = False,
 ) -> int:
     """Train the suite's grid into ``store``; returns the run id. The grid is checked first
-    (:func:`check_suite`): a bad setting fails before a run is recorded."""
+    (:func:`check_suite`): a bad setting fails before a run is recorded. ``allow_concurrent``:
+    see :func:`attnzoo.bench.runs.start_run`."""
     check_suite(suite)
     console = console or Console(stderr=True)
-    run_id = store.begin_run(kind="quality", suite=suite.name, command=command,
-                             config=suite.to_dict(), env=environment(), git_sha=git_sha())  # fmt: skip
+    run_id = start_run(store, kind="quality", suite=suite.name, command=command,
+                       config=suite.to_dict(), env=environment(), console=console,
+                       allow_concurrent=allow_concurrent)  # fmt: skip
     groups = [(t, st, m, d, s) for t, st in suite.grid_points() for m in suite.mixers
               for d in suite.d_models for s in suite.seeds]  # fmt: skip
     bar = progress_bar(console, progress, "steps")
@@ -356,8 +359,8 @@ def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str,
         sign = 1.0 if task.maximize else -1.0
         if result.best_metric is not None and (best is None or sign * result.best_metric > best[0]):
             best = (sign * result.best_metric, lr)
-        if result.status == "interrupted":
-            raise KeyboardInterrupt
+        if result.status == "interrupted":  # as it came: Ctrl-C or SIGTERM
+            raise result.interrupt or KeyboardInterrupt()
     if best is not None:
         store.mark_best_of_sweep(run_id, task_name, mixer, d_model, seed, best[1],
                                  task_config=task_config)  # fmt: skip

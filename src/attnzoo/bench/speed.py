@@ -3,11 +3,18 @@
 For each mixer the correctness gate runs first (:func:`attnzoo.bench.gate.check_mixer`); a path
 that failed it, or was not checked, gets no timing, only a recorded failure. Then, per
 (impl, pattern, mask, mode), lengths are measured in increasing order. Before each length the
-peak memory and time are predicted from the lengths already measured (log-log extrapolation;
-with one point a quadratic is assumed; with none, two small unrecorded probe lengths are
-measured first) and work predicted to exceed ``memory_budget`` or ``time_cap`` is skipped and
-recorded with the reason. Every result is committed as it is measured; Ctrl-C marks the run
-interrupted and keeps what finished.
+peak memory and time are predicted from the lengths already measured and from the mechanism's
+declared complexity (:mod:`attnzoo.bench.predict`: minimum times, no extrapolation from tiny
+lengths or sub-millisecond calls, unrecorded probe lengths when nothing usable is known or
+before a skip) and work predicted to exceed ``memory_budget`` or ``time_cap`` is skipped and
+recorded with the reason and its evidence (``skips.evidence``); ``no_skip`` measures everything.
+A skipped cell stops: its longer lengths are recorded as skipped too (they cost more). A skip
+that a later measurement of the same run disproves (a cell that costs at least as much ran
+within the limit at that length or longer, :class:`attnzoo.bench.predict.SkipLedger`), and a
+measurement that exceeded a limit its prediction said it would keep, are noted in the run
+(``run_notes``, kind ``prediction-wrong``). Every speed row records its timings' quantiles.
+Every result is committed as it is measured; Ctrl-C marks the run interrupted and keeps what
+finished.
 
 FLOPs: ``spec.flops`` of the forward call; forward+backward counts 3x the forward (the usual
 convention: the backward pass costs about twice the forward).
@@ -16,7 +23,6 @@ convention: the backward pass costs about twice the forward).
 from __future__ import annotations
 
 import dataclasses
-import math
 import statistics
 import timeit
 from collections.abc import Callable
@@ -26,10 +32,22 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from attnzoo.bench.env import environment, gemm_gflops, git_sha, keep_freed_memory
+from attnzoo.bench.env import environment, gemm_gflops, keep_freed_memory
 from attnzoo.bench.gate import check_mixer
-from attnzoo.bench.measure import median_seconds, peak_memory_bytes
-from attnzoo.bench.runs import finishing, progress_bar
+from attnzoo.bench.measure import median_seconds, peak_memory_bytes, timings
+from attnzoo.bench.predict import (
+    PROBE_REPEATS,
+    CellKey,
+    Declared,
+    Limits,
+    Point,
+    Prediction,
+    SkipLedger,
+    Verdict,
+    decide,
+    overshoot,
+)
+from attnzoo.bench.runs import finishing, progress_bar, start_run
 from attnzoo.bench.speed_suites import SpeedSuite, build_mask, masks_for
 from attnzoo.mixers.base import Mixer
 from attnzoo.ops.masks import Mask
@@ -37,8 +55,6 @@ from attnzoo.ops.softmax import softmax_attention
 from attnzoo.registry import MixerSpec, build_mixer
 from attnzoo.spec import LAYOUTS
 from attnzoo.store import Store
-
-PROBE_LENGTHS = (64, 128)
 
 
 @dataclasses.dataclass
@@ -50,9 +66,7 @@ class Cell:
     pattern: str
     mask: str
     mode: str
-    history: list[tuple[int, float, int]] = dataclasses.field(
-        default_factory=list
-    )  # (T, s/call, bytes)
+    history: list[Point] = dataclasses.field(default_factory=list)  # measured lengths and probes
     stopped: tuple[str, str] | None = None  # (kind, reason) recorded for every remaining length
 
     @property
@@ -62,6 +76,11 @@ class Cell:
     @property
     def cross(self) -> bool:
         return self.pattern.endswith("cross")
+
+    @property
+    def key(self) -> CellKey:
+        return CellKey(self.spec.name, self.impl, self.pattern, self.mask, self.mode,
+                       base_mask=self.mask in ("full", "causal"))  # fmt: skip
 
 
 def _mixer_kwargs(spec: MixerSpec, impl: str, suite: SpeedSuite) -> dict[str, Any]:
@@ -139,7 +158,8 @@ def _step_call(m: Mixer, x: torch.Tensor) -> Callable[[], Any]:
 def measure(
     cell: Cell, T: int, suite: SpeedSuite, *, repeats: int | None = None, warmup: int | None = None
 ) -> dict[str, Any]:
-    """Time and peak memory of one (cell, T); returns a row for the ``speed`` table."""
+    """Time (the quantiles of ``repeats`` calls after ``warmup``: min, q1, median, q3, max) and
+    peak memory of one (cell, T); returns a row for the ``speed`` table."""
     spec = cell.spec
     m = build_mixer(
         spec.name,
@@ -155,16 +175,7 @@ def measure(
     )
     fn = _call(m, cell, x, ctx, mask)
     reps = suite.repeats if repeats is None else repeats
-    times: list[float] = []
-
-    def timed() -> None:
-        t0 = timeit.default_timer()
-        fn()
-        times.append(timeit.default_timer() - t0)
-
-    for _ in range(suite.warmup if warmup is None else warmup):
-        fn()
-    median = median_seconds(timed, repeats=reps, warmup=0)
+    stats = timings(fn, repeats=reps, warmup=suite.warmup if warmup is None else warmup)
     peak = peak_memory_bytes(fn)
     full_mask = mask if mask is not None else Mask(causal=cell.causal)
     flops: int | None = spec.flops(
@@ -179,56 +190,35 @@ def measure(
         "mode": cell.mode, "batch": suite.batch, "seq_len": t_eff, "ctx_len": s_eff,
         "d_model": suite.d_model, "heads": suite.heads if "num_heads" in spec.config.field_names() else None,
         "head_dim": suite.head_dim if "num_heads" in spec.config.field_names() else None,
-        "repeats": reps, "median_s": median, "min_s": min(times), "peak_bytes": peak, "flops": flops,
+        "repeats": reps, **stats.as_row(), "peak_bytes": peak, "flops": flops,
     }  # fmt: skip
 
 
-def predict(
-    history: list[tuple[int, float, int]], T: int, max_exponent: float = 3.0
-) -> tuple[float, float]:
-    """Extrapolated (seconds per call, peak bytes) at T from measured (T, s, bytes) points; the
-    fitted exponents are clamped to ``[1, max_exponent]``."""
-    if not history:
-        raise ValueError("predict: no measured lengths to extrapolate from")
-    (t1, s1, b1) = history[-1]
-    if len(history) == 1:
-        es = eb = 2.0
-    else:
-        (t0, s0, b0) = history[-2]
-        span = math.log(t1 / t0) if t1 != t0 else 1.0
-        es = math.log(max(s1, 1e-9) / max(s0, 1e-9)) / span
-        eb = math.log(max(b1, 1) / max(b0, 1)) / span
-        # never extrapolate more optimistically than linear, nor wilder than cubic
-        es, eb = min(max(es, 1.0), max_exponent), min(max(eb, 1.0), max_exponent)
-    r = T / t1
-    return s1 * r**es, b1 * r**eb
+class ProbeFailed(Exception):
+    """A probe length's measurement raised; the message names the length and the error."""
 
 
-def _skip_reason(cell: Cell, T: int, suite: SpeedSuite) -> str | None:
-    """Why (cell, T) is predicted to exceed the memory budget or time cap, or ``None``."""
-    if not cell.history:
-        return None
-    # from the two tiny probe lengths alone, timer noise easily fits a cubic; no mechanism here
-    # grows faster than quadratically in T, so probes extrapolate at most quadratically
-    probes_only = all(t <= PROBE_LENGTHS[-1] for t, _, _ in cell.history)
-    secs, mem = predict(cell.history, T, max_exponent=2.0 if probes_only else 3.0)
-    calls = suite.warmup + suite.repeats + 1
-    src = ",".join(str(t) for t, _, _ in cell.history[-2:])
-    if mem > suite.memory_budget:
-        return (
-            f"predicted peak memory {mem / 2**30:.2f} GiB > budget {suite.memory_budget / 2**30:.2f} GiB "
-            f"(extrapolated from T={src})"
-        )
-    total, what = secs * calls, f"{calls} calls"
-    if cell.mode == "step":  # plus the T untimed steps that build the state (about half as costly
-        total += T * secs / 2  # on average when the step cost grows with position, as a KV cache)
-        what += f" and a {T}-step prefill"
-    if total > suite.time_cap:
-        return (
-            f"predicted {total:.1f} s for {what} > time cap {suite.time_cap:.0f} s "
-            f"(extrapolated from T={src})"
-        )
-    return None
+def _limits(cell: Cell, suite: SpeedSuite) -> Limits:
+    """The budget and cap of one measurement: warm-up + repeats + the profiled call."""
+    return Limits(suite.memory_budget, suite.time_cap, suite.warmup + suite.repeats + 1, cell.mode)
+
+
+def _decide(cell: Cell, T: int, suite: SpeedSuite) -> tuple[Prediction, Verdict | None]:
+    """The prediction at T and why it would exceed the suite's limits (``None``: run it),
+    measuring unrecorded probes as :func:`attnzoo.bench.predict.decide` needs them."""
+    spec = cell.spec
+    declared = Declared.of(spec.complexity, LAYOUTS[spec.layout].axes, mode=cell.mode,
+                           state=spec.state, impl=cell.impl)  # fmt: skip
+
+    def probe(length: int) -> Point:
+        # the fastest of a few calls: a single call on a busy machine can be 100x slow
+        try:
+            r = measure(cell, length, suite, repeats=PROBE_REPEATS, warmup=1)
+        except Exception as e:  # noqa: BLE001  (recorded by the caller; the run goes on)
+            raise ProbeFailed(f"failed at probe length {length}: {e!r}") from e
+        return Point(length, r["min_s"], r["peak_bytes"], probe=True)
+
+    return decide(cell.history, T, declared, _limits(cell, suite), probe)
 
 
 def harness_calibration(suite: SpeedSuite, T: int = 1024) -> dict[str, float]:
@@ -293,8 +283,10 @@ def run_speed(
     command: str,
     console: Console | None = None,
     progress: bool = True,
+    allow_concurrent: bool = False,
 ) -> int:
-    """Run ``suite`` into ``store``; returns the run id.
+    """Run ``suite`` into ``store``; returns the run id. ``allow_concurrent``: start even while
+    another run of the store is alive (see :func:`attnzoo.bench.runs.start_run`).
 
     Ctrl-C marks the run 'interrupted' (everything measured stays) and raises :class:`RunInterrupted`.
     """
@@ -309,9 +301,9 @@ def run_speed(
     )
     gemm = gemm_gflops()
     env["harness"] = harness_calibration(suite)
-    run_id = store.begin_run(
-        kind="speed", suite=suite.name, command=command, config=suite.to_dict(), env=env, git_sha=git_sha(),
-        gemm_gflops=gemm,
+    run_id = start_run(
+        store, kind="speed", suite=suite.name, command=command, config=suite.to_dict(), env=env,
+        console=console, gemm_gflops=gemm, allow_concurrent=allow_concurrent,
     )  # fmt: skip
     store.add_specs(run_id, [s.to_dict() for s in specs])
     with finishing(store, run_id):
@@ -324,6 +316,7 @@ def _run_cells(
     console: Console, progress: bool,
 ) -> None:  # fmt: skip
     gate: dict[tuple[str, str, str], str] = {}
+    ledger = SkipLedger()
     for spec in specs:
         for r in check_mixer(spec):
             store.add_check(run_id, dataclasses.asdict(r))
@@ -348,11 +341,19 @@ def _run_cells(
                     task,
                     description=f"{cell.spec.name}/{cell.impl} {cell.pattern} {cell.mask} {cell.mode} T={T}",
                 )
-                _one(suite, store, run_id, cell, T, gemm)
+                _one(suite, store, run_id, cell, T, gemm, ledger)
                 bar.advance(task)
 
 
-def _one(suite: SpeedSuite, store: Store, run_id: int, cell: Cell, T: int, gemm: float) -> None:
+def _one(
+    suite: SpeedSuite,
+    store: Store,
+    run_id: int,
+    cell: Cell,
+    T: int,
+    gemm: float,
+    ledger: SkipLedger,
+) -> None:
     mask_name = (
         cell.mask
         if cell.mask in ("full", "causal")
@@ -360,20 +361,20 @@ def _one(suite: SpeedSuite, store: Store, run_id: int, cell: Cell, T: int, gemm:
     )
     base = {"mixer": cell.spec.name, "impl": cell.impl, "pattern": cell.pattern, "mask": mask_name,
             "mode": cell.mode, "seq_len": T}  # fmt: skip
-    if not cell.history and not cell.stopped and T > 2 * PROBE_LENGTHS[-1]:
-        try:  # two small unrecorded lengths give the extrapolation something to stand on
-            for probe in PROBE_LENGTHS:
-                # the fastest of 3 calls: a single call on a busy machine can be 100x slow
-                r = measure(cell, probe, suite, repeats=3, warmup=1)
-                cell.history.append((probe, r["min_s"], r["peak_bytes"]))
-        except Exception as e:  # noqa: BLE001  (recorded; the run goes on)
-            cell.stopped = ("failed", f"failed at probe length {probe}: {e!r}")
-    if cell.stopped is None:
-        reason = _skip_reason(cell, T, suite)
-        if reason is not None:
-            store.add_skip(run_id, {**base, "kind": "skipped", "reason": reason})
-            cell.stopped = ("skipped", f"a shorter length was already skipped: {reason}")
-            return
+    pred = None
+    if cell.stopped is None and not suite.no_skip:
+        try:
+            pred, found = _decide(cell, T, suite)
+        except ProbeFailed as e:  # recorded; the run goes on
+            cell.stopped = ("failed", str(e))
+        else:
+            if found is not None:
+                store.add_skip(run_id, {**base, "kind": "skipped", "reason": found.reason,
+                                        "evidence": found.evidence})  # fmt: skip
+                cell.stopped = ("skipped", f"a shorter length was already skipped: {found.reason}")
+                for note in ledger.skipped(cell.key, T, found):
+                    store.add_note(run_id, "prediction-wrong", note)
+                return
     if cell.stopped is not None:
         store.add_skip(run_id, {**base, "kind": cell.stopped[0], "reason": cell.stopped[1]})
         return
@@ -383,8 +384,15 @@ def _one(suite: SpeedSuite, store: Store, run_id: int, cell: Cell, T: int, gemm:
         store.add_skip(run_id, {**base, "kind": "failed", "reason": repr(e)})
         cell.stopped = ("failed", f"failed at a shorter length: {e!r}")
         return
-    cell.history.append((T, row["median_s"], row["peak_bytes"]))
+    cell.history.append(Point(T, row["min_s"], row["peak_bytes"]))
     rate = row["flops"] / row["median_s"] / 1e9 if row["flops"] and row["median_s"] > 0 else None
     row["gflops_per_s"] = rate
     row["gemm_fraction"] = rate / gemm if rate is not None and gemm > 0 else None
     store.add_speed(run_id, row)
+    limits = _limits(cell, suite)
+    notes = ledger.measured(cell.key, T, row["min_s"], row["peak_bytes"], limits)
+    missed = None if pred is None else overshoot(pred, limits, row["min_s"], row["peak_bytes"])
+    if missed:
+        notes.append(f"{cell.key}: {missed}")
+    for note in notes:
+        store.add_note(run_id, "prediction-wrong", note)

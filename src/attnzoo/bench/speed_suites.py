@@ -35,6 +35,8 @@ class SpeedSuite:
         repeats, warmup: timed calls and untimed warm-up calls per measurement.
         memory_budget: bytes; work predicted to need more is skipped and recorded.
         time_cap: seconds for one measurement (warm-up + repeats); predicted to exceed: skipped.
+        no_skip: measure every length: no prediction, no probes, no skip (``--no-skip``); a
+            failure still stops its cell.
         skip_impls: implementations not timed (they are still correctness-checked), e.g. the
             ``reference`` and token-loop ``recurrent`` paths that exist to verify the fast ones.
         window, documents, block: parameters of the extra masks (prefix-LM uses T // 4).
@@ -56,6 +58,7 @@ class SpeedSuite:
     warmup: int = 1
     memory_budget: int = 2 * GiB
     time_cap: float = 30.0
+    no_skip: bool = False
     skip_impls: tuple[str, ...] = ()
     window: int = 256
     documents: int = 4
@@ -106,6 +109,7 @@ class SpeedSuite:
             "a positive size such as 4GiB",
         )
         need(self.time_cap > 0, "--time-cap", self.time_cap, "positive seconds")
+        need(isinstance(self.no_skip, bool), "--no-skip", self.no_skip, "True or False")
         need(isinstance(self.baseline, str) and bool(self.baseline), "baseline", self.baseline,
              "a mechanism name")  # fmt: skip
         if self.mixers is not None:

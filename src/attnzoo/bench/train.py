@@ -91,8 +91,10 @@ class TrainConfig:
 @dataclasses.dataclass
 class TrainResult:
     """A run's outcome. ``curve`` rows: ``{"step", "train_loss", "eval_loss", "metric", "seconds"}``;
-    ``status``: ``complete``, ``early-stop`` (target reached) or ``interrupted`` (Ctrl-C);
-    ``extra``: the final model's extra evaluations by name (empty when interrupted)."""
+    ``status``: ``complete``, ``early-stop`` (target reached) or ``interrupted`` (Ctrl-C or
+    SIGTERM: ``interrupt`` is the exception, for the caller to raise again once the partial
+    result is recorded); ``extra``: the final model's extra evaluations by name (empty when
+    interrupted)."""
 
     config: TrainConfig
     curve: list[dict[str, float]]
@@ -100,6 +102,7 @@ class TrainResult:
     steps_run: int
     seconds: float
     extra: dict[str, float] = dataclasses.field(default_factory=dict)
+    interrupt: KeyboardInterrupt | None = None
 
     @property
     def final_metric(self) -> float | None:
@@ -168,6 +171,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_at)
     curve: list[dict[str, float]] = []
     status, step, t0, running = "complete", 0, time.perf_counter(), []
+    interrupt: KeyboardInterrupt | None = None
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
@@ -193,12 +197,12 @@ def train(
                 if t is not None and (metric >= t if cfg.maximize else metric <= t):
                     status = "early-stop"
                     break
-    except KeyboardInterrupt:
-        status = "interrupted"
+    except KeyboardInterrupt as e:
+        status, interrupt = "interrupted", e
         step = max(0, step - 1)
     seconds = time.perf_counter() - t0
     extra = _extra(model, extra_evals) if extra_evals and status != "interrupted" else {}
-    return TrainResult(cfg, curve, status, step, seconds, extra)
+    return TrainResult(cfg, curve, status, step, seconds, extra, interrupt)
 
 
 def sweep(

@@ -18,6 +18,7 @@ import os
 import pickle
 import queue
 import shutil
+import signal
 import tempfile
 import time
 import traceback
@@ -115,6 +116,12 @@ def _collect(
         except queue.Empty:
             status = None
         if status == "error":
+            dead = _dead_peers(procs, done, rank)
+            if dead:  # the root cause: a peer that died mid-collective, e.g. killed
+                raise RuntimeError(
+                    f"run_workers: {dead} without reporting a result; rank {rank} of {world_size} "
+                    f"then failed:\n{payload}"
+                )
             raise RuntimeError(f"run_workers: rank {rank} of {world_size} failed:\n{payload}")
         if status == "ok":
             done[rank] = pickle.loads(payload)
@@ -127,7 +134,7 @@ def _collect(
             first = dead_since.setdefault(rank, now)
             if p.exitcode != 0 or now - first > 5.0:
                 raise RuntimeError(
-                    f"run_workers: rank {rank} of {world_size} died with exit code {p.exitcode} "
+                    f"run_workers: rank {rank} of {world_size} {_death(p.exitcode)} "
                     "without reporting a result"
                 )
         if now > deadline:
@@ -137,6 +144,30 @@ def _collect(
                 f"timeout={timeout}s; all workers were killed"
             )
     return [done[r] for r in range(world_size)]
+
+
+def _death(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"died with exit code {exitcode}"
+
+
+def _dead_peers(procs: list[Any], done: dict[int, Any], failed: int, grace: float = 2.0) -> str:
+    """Which other ranks have died (waiting up to ``grace`` s for their exit to register): a
+    rank failing in a collective is usually the symptom of a peer that died."""
+    deadline = time.monotonic() + grace
+    while True:
+        dead = [
+            f"rank {r} of {len(procs)} {_death(p.exitcode)}"
+            for r, p in enumerate(procs)
+            if r != failed and r not in done and p.exitcode not in (None, 0)
+        ]
+        if dead or time.monotonic() > deadline:
+            return "; ".join(dead)
+        time.sleep(0.05)
 
 
 def _worker(
