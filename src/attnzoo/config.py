@@ -6,19 +6,25 @@ then the limits each field declares with :func:`limit` (``chunk_size: int = limi
 then every ``validate()`` along the class hierarchy, base classes first, for constraints that
 relate fields (each class checks what it adds; none calls ``super().validate()``). Unknown keys
 are rejected with the closest valid names suggested.
+
+Every field is described in the ``Attributes:`` section of the docstring of its class or of a
+subclass (``name: text``, continuation lines indented further; ``a, b: text`` describes two);
+:meth:`MixerConfig.describe` reads them for ``attnzoo info`` and a test requires one per field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
+import re
 import types
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from attnzoo.text import suggest
 
-__all__ = ["MixerConfig", "limit", "suggest"]
+__all__ = ["FieldInfo", "MixerConfig", "limit", "suggest"]
 
 C = TypeVar("C", bound="MixerConfig")
 MISSING: Any = dataclasses.MISSING
@@ -72,6 +78,72 @@ def _limit_error(
     elif "finite" in limits:
         text = "a finite float" + (f" {text}" if text else "") + (" or None" if optional else "")
     return f"{owner}: {name} must be {text.strip()}, got {value!r}"
+
+
+def limit_text(limits: dict[str, Any]) -> str:
+    """``">= 1"``, ``"> 0, finite"``, ``"odd"``: a field's declared limits in words."""
+    words = [
+        f"{op} {limits[k]}" for k, op in (("ge", ">="), ("gt", ">"), ("le", "<=")) if k in limits
+    ]
+    words += [k for k in ("odd", "finite") if k in limits]
+    return ", ".join(words)
+
+
+_ENTRY = re.compile(r"(\w+(?:\s*,\s*\w+)*)\s*:\s*(.*)")
+_ROLE = re.compile(r":\w+:`~?([^`]+)`")  # :func:`~a.b` -> a.b
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: ``code`` and :role:`target` lose their markup."""
+    return _ROLE.sub(r"\1", text).replace("``", "")
+
+
+def attributes(klass: type) -> dict[str, str]:
+    """The ``Attributes:`` section of ``klass``'s own docstring: ``{field: one-line text}``."""
+    lines = inspect.cleandoc(vars(klass).get("__doc__") or "").splitlines()
+    out: dict[str, str] = {}
+    for i, line in enumerate(lines):
+        if line.strip() != "Attributes:":
+            continue
+        indent, names = None, []
+        for entry in lines[i + 1 :]:
+            if not entry.strip():
+                break
+            depth = len(entry) - len(entry.lstrip())
+            indent = depth if indent is None else indent
+            if depth < indent:
+                break
+            if depth > indent and names:  # a continuation line
+                for n in names:
+                    out[n] += " " + entry.strip()
+                continue
+            match = _ENTRY.fullmatch(entry.strip())
+            if match is None:
+                break
+            names = [n.strip() for n in match.group(1).split(",")]
+            for n in names:
+                out[n] = match.group(2).strip()
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldInfo:
+    """One config key as ``attnzoo info`` shows it.
+
+    Attributes:
+        name: the key.
+        type: its annotation in words (``int | None``, ``'auto' | 'reference'``).
+        default: ``repr`` of the default, or ``"required"``.
+        limits: the declared limits in words (``">= 1"``), or ``""``.
+        description: one line from the ``Attributes:`` sections without reST markup, or
+            ``""`` when none has it.
+    """
+
+    name: str
+    type: str
+    default: str
+    limits: str
+    description: str
 
 
 def _type_name(tp: Any) -> str:
@@ -183,6 +255,26 @@ class MixerConfig:
             for f in dataclasses.fields(cls)
             if f.metadata.get("limits")
         }
+
+    @classmethod
+    def describe(cls) -> list[FieldInfo]:
+        """Every field with its type, default, limits and description; the description comes
+        from the ``Attributes:`` section of the nearest class along the MRO that has one for it
+        (a subclass may describe an inherited field again, as it may change its default)."""
+        hints = get_type_hints(cls)
+        sections = [attributes(klass) for klass in cls.__mro__]
+        out = []
+        for f in dataclasses.fields(cls):
+            text = plain(next((sec[f.name] for sec in sections if sec.get(f.name)), ""))
+            if f.default is not MISSING:
+                default = repr(f.default)
+            elif f.default_factory is not MISSING:
+                default = repr(f.default_factory())
+            else:
+                default = "required"
+            limits = limit_text(f.metadata.get("limits", {}))
+            out.append(FieldInfo(f.name, _type_name(hints[f.name]), default, limits, text))
+        return out
 
     @classmethod
     def field_names(cls) -> list[str]:

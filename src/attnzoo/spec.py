@@ -268,6 +268,29 @@ class MixerSpec:
         """The paths that are checked against ``reference`` (every impl but it and ``auto``)."""
         return tuple(i for i in self.impls if i not in ("auto", "reference"))
 
+    def masks_for(self, pattern: str) -> tuple[str, ...]:
+        """The mask kinds a call in ``pattern`` can use (``()`` for a pattern the block does not
+        support), in the order of :attr:`masks`.
+
+        ``Mixer.check_mask`` takes a mask whose kinds (``attnzoo.Mask.kinds``) are all declared
+        and whose ``causal`` is the block's. A non-causal mask is ``full``, a window, documents
+        or both; a causal one is ``causal`` (with a window, documents or both), ``prefix-lm`` or
+        ``block-causal`` (either with documents). So ``full`` is never usable in a causal pattern
+        and ``causal`` never in a non-causal one."""
+        if pattern not in self.patterns:
+            return ()
+        declared = set(self.masks)
+        if pattern.startswith("causal"):
+            bases = declared & {"causal", "prefix-lm", "block-causal"}
+            usable = set(bases)
+            if "causal" in bases and "sliding-window" in declared:
+                usable.add("sliding-window")
+            if bases and "document" in declared:
+                usable.add("document")
+        else:
+            usable = declared & {"full", "sliding-window", "document"}
+        return tuple(k for k in self.masks if k in usable)
+
     def flops(self, config: Any, batch: int, T: int, S: int | None = None, mask: Any = None) -> int:
         """Analytic FLOPs (2 per multiply-add) of one forward call with this config."""
         return int(self.flops_fn(config, batch, T, S, mask))

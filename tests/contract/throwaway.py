@@ -26,6 +26,14 @@ PAPER = az.Paper("a throwaway block of the contract tests", 2026, "-")
 
 @dataclasses.dataclass(frozen=True)
 class ToyConfig(az.MixerConfig):
+    """What the throwaway blocks share.
+
+    Attributes:
+        num_heads: softmax heads over the channels.
+        context_dim: width of ``context``; ``None`` means the block's default.
+        impl: ``auto`` (``sdpa``) | ``reference`` | ``sdpa``.
+    """
+
     num_heads: int = limit(2, ge=1)
     context_dim: int | None = limit(None, ge=1)
     impl: Literal["auto", "reference", "sdpa"] = "auto"

@@ -145,6 +145,28 @@ def test_no_grad_and_empty() -> None:
     assert local_linear_attention(q0, k0, v0, causal=True, ridge=1.0).shape == (B, 0, H, V)
 
 
+HALF_TOL = {torch.bfloat16: 2e-2, torch.float16: 2e-3}  # a few units of the dtype's rounding
+
+
+@pytest.mark.parametrize("impl", ["reference", "blocked"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_is_solved_in_float32(impl: str, dtype: torch.dtype) -> None:
+    """float16 / bfloat16 inputs (torch has no half-precision LU) give the float32 result on the
+    same rounded inputs, rounded to the input dtype; gradients come back in it too."""
+    q, k, v = (t.to(dtype).requires_grad_(True) for t in inputs(19))
+    kw = {"causal": True, "ridge": 0.5, "impl": impl, "block_size": BLOCK}
+    y = local_linear_attention(q, k, v, **kw)
+    want = local_linear_attention(q.float(), k.float(), v.float(), **kw)
+    assert y.dtype == dtype
+    tol = HALF_TOL[dtype]
+    torch.testing.assert_close(y.float(), want, atol=tol, rtol=tol)
+    grads = torch.autograd.grad(y.float().sum(), (q, k, v))
+    wants = torch.autograd.grad(want.sum(), (q, k, v))
+    for g, w in zip(grads, wants, strict=True):
+        assert g.dtype == dtype
+        torch.testing.assert_close(g.float(), w.float(), atol=5 * tol, rtol=5 * tol)
+
+
 @pytest.mark.parametrize(
     "kw,err,match",
     [

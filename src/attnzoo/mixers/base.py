@@ -5,11 +5,18 @@ the spec's layouts and widths, the mask's kinds) and then calls the mechanism's 
 :meth:`Mixer.mix`. Blocks that stream derive from :class:`StreamingMixer`, which does the same
 for ``init_state`` / ``step`` around ``new_state`` and ``advance``. Blocks whose spec says
 ``attention_maps=True`` implement :meth:`Mixer.maps`, called through :meth:`Mixer.attention_maps`.
+
+Calls that no mechanism needs to handle itself: an input with no tokens (a ``0 x 5`` grid, ``T =
+0``) or no samples gets an empty output of the role's shape without calling ``mix`` (gradients
+stay connected: every parameter gets a zero gradient); an input whose dtype differs from the
+mixer's parameters, a BatchNorm in training mode that would see one value per channel, and a
+streaming state of the wrong shape raise errors that say what to change.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -97,9 +104,34 @@ class Mixer(nn.Module):
         self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
     ) -> Tensor:
         """Shapes: ``x`` in the spec's layout (``[B, T, D]``, ``[B, h, w, C]``, ...),
-        ``context`` in ``spec.context_layout`` -> ``x``'s shape (``[B, D]`` for pooling)."""
+        ``context`` in ``spec.context_layout`` -> ``x``'s shape (``[B, D]`` for pooling).
+
+        An empty output (``x`` has no tokens or no samples; a pooling head only without samples)
+        is returned without calling :meth:`mix` (see :meth:`empty_output`)."""
         self.check_call(x, context, mask)
+        shape = self.spec.role_info.output_shape(tuple(x.shape), self.d_model)
+        if math.prod(shape) == 0:
+            return self.empty_output(shape, x, context, mask)
+        self.check_batchnorm(x)
         return self.mix(x, context, mask)
+
+    def empty_output(
+        self, shape: tuple[int, ...], x: Tensor, context: Tensor | None, mask: Mask | None
+    ) -> Tensor:
+        """Zeros of ``shape`` (which has no elements) for a checked call, connected to ``x``,
+        ``context`` and every parameter so that ``backward`` gives each a zero gradient, as a
+        call with tokens would. A mask is still checked against the token counts."""
+        layout = self.spec.input_layout
+        if mask is not None:
+            n = layout.tokens(layout.sizes(x))
+            ctx_layout = LAYOUTS[self.spec.context_layout or self.spec.layout]
+            mask.validate(n, n if context is None else ctx_layout.tokens(ctx_layout.sizes(context)))
+        y = x.new_zeros(shape)
+        inputs = [x] if context is None else [x, context]
+        linked = [t for t in (*inputs, *self.parameters()) if t.requires_grad]
+        if linked and torch.is_grad_enabled():
+            y = y + sum(t.reshape(-1)[:0].sum().to(y.dtype) for t in linked)
+        return y
 
     def mix(self, x: Tensor, context: Tensor | None, mask: Mask | None) -> Tensor:
         """The mechanism, on checked inputs (see :meth:`forward`)."""
@@ -114,6 +146,7 @@ class Mixer(nn.Module):
                 f"{self.spec.name} does not return attention maps (spec.attention_maps=False)"
             )
         self.check_call(x, context, mask)
+        self.check_batchnorm(x)
         return self.maps(x, context, mask)
 
     def maps(self, x: Tensor, context: Tensor | None, mask: Mask | None) -> AttentionMaps:
@@ -145,15 +178,54 @@ class Mixer(nn.Module):
         """Layout, width and dtype of ``x`` (and ``context``), with messages naming them."""
         name = self.spec.name
         self.spec.input_layout.check(name, "x", x, self.cfg.d_model)
+        self.check_dtype("x", x)
         if context is None:
             return
         LAYOUTS[self.spec.context_layout or self.spec.layout].check(
             name, "context", context, self.context_dim
         )
+        self.check_dtype("context", context)
         if context.shape[0] != x.shape[0]:
             raise ValueError(
                 f"{name}: context batch {context.shape[0]} differs from x batch {x.shape[0]}"
             )
+
+    def check_dtype(self, arg: str, t: Tensor) -> None:
+        """``TypeError`` naming both dtypes and the ``.to()`` fix unless ``t`` has the dtype of
+        the mixer's floating-point parameters (any of them, if they differ). Under
+        ``torch.autocast`` for ``t``'s device the ops cast for themselves: nothing is checked."""
+        first = next(self.parameters(), None)
+        if first is not None and first.dtype == t.dtype:  # the usual case, in ~1 µs
+            return
+        if torch.is_autocast_enabled(t.device.type):
+            return
+        dtypes = {p.dtype for p in self.parameters() if p.is_floating_point()}
+        if not dtypes or t.dtype in dtypes:
+            return
+        have = sorted(map(str, dtypes))
+        raise TypeError(
+            f"{self.spec.name}: {arg} is {t.dtype} but the mixer's parameters are "
+            f"{' and '.join(have)}; call mixer.to({t.dtype}) or {arg}.to({have[0]})"
+        )
+
+    def check_batchnorm(self, x: Tensor) -> None:
+        """``ValueError`` when a BatchNorm that normalises with batch statistics (training mode,
+        or no running statistics) would see one value per channel: every BatchNorm of a block
+        normalises over the samples and tokens of ``x``, and torch refuses a single value."""
+        if x.shape[0] * math.prod(x.shape[1:-1]) != 1:
+            return
+        for part, m in self.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                m.training or m.running_mean is None
+            ):
+                fixes = "a batch of more than one sample or an input with more than one token"
+                if m.running_mean is not None:
+                    fixes += ", or eval mode (mixer.eval(): running statistics)"
+                raise ValueError(
+                    f"{self.spec.name}: its BatchNorm '{part}' normalises with batch statistics "
+                    f"and needs more than one value per channel, but x of shape "
+                    f"{tuple(x.shape)} gives one (1 sample x 1 token); use {fixes}"
+                )
 
     def check_mask(self, mask: Mask | None) -> None:
         """A call-time mask must be of a kind the spec declares and agree with ``causal``."""
@@ -218,6 +290,49 @@ class StreamingMixer(Mixer):
         """One token on a checked state: ``x_t [B, D] -> (y_t [B, D], next state)``."""
         raise NotImplementedError
 
+    def state_shapes(self, batch: int, dtype: torch.dtype) -> dict[str, tuple[int, ...] | None]:
+        """The shape of every field of a fresh state (:meth:`new_state` on the meta device),
+        ``None`` for a field that is not a tensor; ``-1`` marks an axis that is empty in a fresh
+        state (a KV cache's tokens), which may have any size. Kept per config, batch and dtype
+        (``step`` checks every call)."""
+        cache = self.__dict__.setdefault("_state_shapes", {})
+        key = (self.cfg, batch, dtype)
+        if key not in cache:
+            fresh = self.new_state(batch, torch.device("meta"), dtype)
+            cache[key] = {
+                f.name: tuple(-1 if n == 0 else n for n in t.shape)
+                if isinstance(t := getattr(fresh, f.name), Tensor)
+                else None
+                for f in dataclasses.fields(fresh)
+            }
+        return cache[key]
+
+    def check_state(self, name: str, state: Any, batch: int, dtype: torch.dtype) -> None:
+        """``ValueError`` naming the field, its shape and the expected one unless every field
+        of ``state`` has the shape of the same field of a fresh state (:meth:`state_shapes`)."""
+        for field, want in self.state_shapes(batch, dtype).items():
+            got = getattr(state, field)
+            if want is None:
+                if isinstance(got, Tensor):
+                    raise ValueError(
+                        f"{name}: state.{field} is a tensor of shape {tuple(got.shape)}, "
+                        "expected none (the state of another configuration?)"
+                    )
+                continue
+            if (
+                isinstance(got, Tensor)
+                and got.dim() == len(want)
+                and all(w in (-1, n) for n, w in zip(got.shape, want, strict=True))
+            ):
+                continue
+            shape = tuple(got.shape) if isinstance(got, Tensor) else repr(got)
+            raise ValueError(
+                f"{name}: state.{field} has shape {shape}, expected "
+                f"({', '.join('t' if w == -1 else str(w) for w in want)})"
+                + (" with t tokens kept" if -1 in want else "")
+                + "; pass a state from this mixer's init_state() (another width or config?)"
+            )
+
     def init_state(self, batch_size: int, **kwargs: Any) -> Any:
         """The state before any token. Keyword options: ``device``, ``dtype`` (default: the
         mixer's parameters')."""
@@ -251,6 +366,7 @@ class StreamingMixer(Mixer):
         if x_t.shape[0] != batch:
             raise ValueError(f"{name}: x_t batch {x_t.shape[0]} differs from the state's {batch}")
         self.check_input(x_t[:, None])
+        self.check_state(name, state, batch, x_t.dtype)
         y, new = self.advance(x_t, state)
         new.position = state.position + 1
         return y, new

@@ -50,6 +50,10 @@ class HeadsConfig(MixerConfig):
 
     ``num_heads=None`` means :meth:`default_num_heads` (:func:`default_heads` unless a mechanism
     overrides it with its paper's head width); ``d_model`` must be divisible by it.
+
+    Attributes:
+        num_heads: heads; ``None`` means the mechanism's default (its paper's head width, or
+            :func:`default_heads`).
     """
 
     num_heads: int | None = limit(None, ge=1)

@@ -38,6 +38,13 @@ least-squares solve) uses this convention.
   autograd each query block is checkpointed (recomputed in backward), so peak memory is
   ``O(S·K·(K + V) + block·S)`` in forward and backward.
 
+Precision: half-precision inputs (``float16``, ``bfloat16``) are computed in ``float32`` and the
+output cast back to the input dtype. The solve needs it (torch has no half-precision LU, on CPU
+or GPU), and so do the moments before it: ``Sigma = E[k k^T] - mu mu^T`` cancels, which in
+bfloat16's 8 bits of mantissa leaves little of the covariance. Memory of the blocked path's
+features doubles for such inputs; the output matches the ``float32`` result to the input
+dtype's rounding.
+
 Cost per query and head: ``O(S·(K^2 + V·K))`` for the moments plus ``O(K^3)`` for the solve.
 A streaming state is a growing KV cache: the weights ``s_ij`` depend on ``q_i`` through the
 exponential, so (as for softmax attention) no constant-size summary of the past suffices.
@@ -64,6 +71,7 @@ from attnzoo.ops.common import (
 
 IMPLS = ("auto", "reference", "blocked")
 OP = "local_linear_attention"
+HALF = (torch.float16, torch.bfloat16)  # computed in float32
 
 
 def local_linear_attention(
@@ -88,6 +96,8 @@ def local_linear_attention(
         impl: ``"auto"`` (blocked), ``"reference"`` or ``"blocked"``.
         block_size: queries per block of the blocked path.
 
+    float16 and bfloat16 inputs are computed in float32 and the output cast back.
+
     Shapes:
         q ``[B, T, H, K]``, k ``[B, S, Hkv, K]``, v ``[B, S, Hkv, V]`` -> ``[B, T, H, V]``
     """
@@ -111,9 +121,14 @@ def local_linear_attention(
     k, v = expand_kv(k, H), expand_kv(v, H)
     if T == 0 or S == 0:
         return q.new_zeros(B, T, H, v.shape[3])  # no queries, or no keys to regress on
+    dtype = q.dtype
+    if dtype in HALF:  # the moments and the solve in float32 (see the module docstring)
+        q, k, v = q.float(), k.float(), v.float()
     if impl == "reference":
-        return _reference(q, k, v, causal, float(ridge), sc)
-    return _blocked(q, k, v, causal, float(ridge), sc, block_size)
+        o = _reference(q, k, v, causal, float(ridge), sc)
+    else:
+        o = _blocked(q, k, v, causal, float(ridge), sc, block_size)
+    return o.to(dtype)
 
 
 def _reference(q: Tensor, k: Tensor, v: Tensor, causal: bool, ridge: float, scale: float) -> Tensor:

@@ -47,6 +47,20 @@ def test_blocked_matches_reference_forward_and_backward(causal: bool) -> None:
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_mixer_matches_float32(dtype: torch.dtype) -> None:
+    """A bfloat16 / float16 lla mixer runs (its solve in float32) and stays within the dtype's
+    rounding of the float32 mixer on the same rounded weights and input."""
+    m = build(d_model=32, num_heads=2, causal=True, block_size=4).to(dtype)
+    m32 = build(d_model=32, num_heads=2, causal=True, block_size=4)
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    x = torch.randn(2, 11, 32).to(dtype)
+    y = m(x)
+    assert y.dtype == dtype
+    tol = {torch.bfloat16: 3e-2, torch.float16: 3e-3}[dtype]
+    torch.testing.assert_close(y.float(), m32(x.float()), atol=tol, rtol=tol)
+
+
 def test_ridge_changes_the_output() -> None:
     a, b = build(causal=True, ridge=0.05), build(causal=True, ridge=50.0)
     b.load_state_dict(a.state_dict())

@@ -37,7 +37,12 @@ PAPER = Paper(
 
 @dataclasses.dataclass(frozen=True)
 class SoftmaxConfig(AttentionConfig):
-    """:class:`AttentionConfig` plus ``impl``: ``auto`` | ``reference`` | ``sdpa`` | ``blocked``."""
+    """:class:`AttentionConfig` plus ``impl``.
+
+    Attributes:
+        impl: ``auto`` | ``reference`` | ``sdpa`` | ``blocked`` (see
+            :func:`attnzoo.ops.softmax.softmax_attention`).
+    """
 
     impl: Literal["auto", "reference", "sdpa", "blocked"] = "auto"
 
