@@ -47,23 +47,37 @@ def test_report_renders_offline_in_chromium(
     two_runs: tuple[Path, list[int]], tmp_path: Path
 ) -> None:
     db, runs = two_runs
-    page_path = write_report(Store(db, read_only=True), tmp_path / "report", runs)
-    with opened(page_path) as (page, errors, requests):
-        shown = page.locator("#capability-table tbody tr td:first-child").all_inner_texts()
-        n_svg = page.locator("svg").count()
-        visible_w = page.locator("#latency svg").first.bounding_box()["width"]
-        page.screenshot(path=str(ARTIFACTS / "report.png"))
-        page.screenshot(path=str(ARTIFACTS / "report-full.png"), full_page=True)
-    assert errors == []
-    assert requests == [page_path.as_uri()], f"unexpected requests: {requests}"
-    assert sorted(shown) == sorted(s.name for s in az.list_mixers())
-    assert n_svg >= 18 and visible_w > 300
+    index = write_report(Store(db, read_only=True), tmp_path / "report", runs)
+    pages = sorted(p.name for p in index.parent.glob("*.html"))
+    assert "index.html" in pages and any(p.startswith("speed-tokens-") for p in pages)
+    assert any(p.startswith("speed-grid2d-") for p in pages)
+    for name in pages:  # every page: no console error, nothing fetched but itself
+        page_path = index.parent / name
+        with opened(page_path) as (page, errors, requests):
+            page.evaluate("document.querySelectorAll('details').forEach(d => d.open = true)")
+            widths = [box["width"] for svg in page.locator("svg").all()
+                      if (box := svg.bounding_box())]  # fmt: skip
+            links = page.locator("nav a").count()
+            if name == "index.html":
+                summary_top = page.locator("#summary-table").bounding_box()["y"]
+                page.screenshot(path=str(ARTIFACTS / "report.png"))
+            elif name == "capabilities.html":
+                shown = page.locator("#capability-table tbody tr td:first-child").all_inner_texts()
+            elif name == "speed-tokens-causal-self.html":
+                page.screenshot(path=str(ARTIFACTS / "report-speed.png"), full_page=True)
+        assert errors == [], f"{name}: {errors}"
+        assert requests == [page_path.as_uri()], f"{name}: unexpected requests: {requests}"
+        assert links == len(pages), f"{name}: its navigation misses pages"
+        if name.startswith("speed-"):
+            assert len(widths) >= 2 and min(widths) > 300, f"{name}: plots {widths}"
+    assert summary_top < 900  # the answer starts on the first screen
+    assert sorted(t.strip() for t in shown) == sorted(s.name for s in az.list_mixers())
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
 
 
 def test_quality_section_renders_in_chromium(tmp_path: Path) -> None:
     store, ids = build_quality_store(tmp_path / "q.duckdb")
-    page_path = write_report(store, tmp_path / "report")
+    page_path = write_report(store, tmp_path / "report").parent / "quality.html"
     with opened(page_path) as (page, errors, requests):
         suites = page.locator("#quality-table tbody tr td:first-child").all_inner_texts()
         n_svg = page.locator("#quality svg").count()

@@ -42,7 +42,8 @@ def _speed_row(mixer: str, impl: str, pattern: str, mode: str, T: int, ms: float
     mask = "causal" if pattern.startswith("causal") else "full"
     return {"mixer": mixer, "impl": impl, "pattern": pattern, "mask": mask, "mode": mode,
             "batch": 1, "seq_len": T, "ctx_len": T, "d_model": 64, "heads": 2, "head_dim": 32,
-            "repeats": 3, "median_s": ms / 1e3, "min_s": ms / 1e3, "peak_bytes": 1 << 20,
+            "repeats": 3, "median_s": ms / 1e3, "min_s": ms / 1e3, "q1_s": ms / 1e3,
+            "q3_s": ms / 1e3, "max_s": ms / 1e3, "peak_bytes": 1 << 20,
             "flops": 10**6, "gflops_per_s": 1.0, "gemm_fraction": 0.1}  # fmt: skip
 
 
@@ -141,7 +142,7 @@ def build_quality_store(path: Path) -> tuple[Store, dict[str, int]]:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, dict[str, int], str]:
     store, ids = build_quality_store(tmp_path_factory.mktemp("quality") / "q.duckdb")
-    page = build_report(store)
+    page = build_report(store).page("quality.html")
     section = page[page.index('<section id="quality">') :]
     return store, ids, section[: section.index("</section>")]
 
@@ -260,16 +261,20 @@ def test_figures_and_labels(built: tuple[Store, dict[str, int], str]) -> None:
 def test_accuracy_vs_latency_cross_reference(built: tuple[Store, dict[str, int], str]) -> None:
     _, ids, sec = built
     rows = rows_of(sec, f"quality-{ids['zoology']}-mqar-latency")
-    by = {(r[0], r[1]): r for r in rows}
+    by = {(r[0], r[1]): [re.sub(r"<[^>]+>", "", c) for c in r] for r in rows}
     # L=64: the T=64 row; L=128: 64 and 256 are equally far (log scale), the longer wins
-    assert by[("L=64, kv=4", "softmax")][2:7] == ["64", "64", "sdpa", "causal-self", "0.300"]
-    assert by[("L=128, kv=8", "softmax")][2:7] == ["128", "256", "sdpa", "causal-self", "1.000"]
-    assert by[("L=128, kv=8", "linear")][3:7] == ["256", "chunk", "causal-self", "0.500"]
+    # (latencies with their quartiles and repeats; an untrusted one would start with ~)
+    assert by[("L=64, kv=4", "softmax")][2:7] == ["64", "64", "sdpa", "causal-self",
+                                                  "0.300 [0.300–0.300] n=3"]  # fmt: skip
+    assert by[("L=128, kv=8", "softmax")][2:7] == ["128", "256", "sdpa", "causal-self",
+                                                   "1.000 [1.000–1.000] n=3"]  # fmt: skip
+    assert by[("L=128, kv=8", "linear")][3:7] == ["256", "chunk", "causal-self",
+                                                  "0.500 [0.500–0.500] n=3"]  # fmt: skip
     assert by[("L=64, kv=4", "gla")][3] == "no speed row"
     ptr = rows_of(sec, f"quality-{ids['pointer']}-pointer-sort-latency")
     # pointer tasks prefer the non-causal pattern (their encoder); train_n max = 10 tokens
-    assert [r[1:7] for r in ptr if r[1] == "softmax"] == [
-        ["softmax", "10", "256", "sdpa", "noncausal-self", "0.100"]
+    assert [[re.sub(r"<[^>]+>", "", c) for c in r[1:7]] for r in ptr if r[1] == "softmax"] == [
+        ["softmax", "10", "256", "sdpa", "noncausal-self", "0.100 [0.100–0.100] n=3"]
     ]
     assert "Latencies: forward, from speed run" in sec
 
@@ -354,9 +359,10 @@ def test_empty_and_partial_stores(tmp_path: Path) -> None:
     # still running: one model, no curve, no flag, no speed run in the store
     _model(store, run, "mqar", {"seq_len": 16, "num_kv_pairs": 2}, "softmax", 16, 0, 1e-3, 0.25,
            None, curve=False)  # fmt: skip
-    page = build_report(store)  # a quality-only store still gets a report
-    assert "No speed runs in this store" in page and "&lt;b&gt;x&lt;/b&gt;" in page
-    assert "<b>x</b>" not in page
+    report = build_report(store)  # a quality-only store still gets a report
+    assert "No speed runs in this store" in report.page("index.html")
+    page = report.page("quality.html")
+    assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
     sec = page[page.index('<section id="quality">') :]
     assert f"run {run}, running" in sec and "no speed run (none stored)" in sec
     assert rows_of(sec, f"quality-{run}-mqar-latency")[0][3] == "no speed row"

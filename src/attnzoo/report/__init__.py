@@ -1,14 +1,15 @@
-"""Static offline HTML report from the store. Never imports torch.
+"""Static offline HTML report from the store, as linked pages (``index.html`` first: how far
+to trust the numbers and which mechanism to use). Never imports torch.
 
 Besides the page, the CLI's result tables use :func:`cp_case_rows` (one row per context-parallel
 case, ranks folded) and :func:`quality_point` (a quality row's task point, as the report names it).
 """
 
 from attnzoo.report.cp import group_cases, summarise
-from attnzoo.report.html import build_report, write_report
+from attnzoo.report.html import Report, build_report, write_report
 from attnzoo.report.quality_rows import point_label, task_infos
 
-__all__ = ["build_report", "cp_case_rows", "quality_point", "write_report"]
+__all__ = ["Report", "build_report", "cp_case_rows", "quality_point", "write_report"]
 
 
 def cp_case_rows(rows: list[dict]) -> list[tuple[tuple, dict]]:

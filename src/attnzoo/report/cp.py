@@ -13,7 +13,8 @@ from collections import defaultdict
 from typing import Any
 
 from attnzoo.report.common import esc, num, table, td, when
-from attnzoo.report.plots import loglog_svg
+from attnzoo.report.palette import Palette
+from attnzoo.report.plots import Line, Mark, loglog_svg
 from attnzoo.store import Store
 
 Row = dict[str, Any]
@@ -123,8 +124,11 @@ def _memory_plot(cases: dict[tuple, list[Row]]) -> str:
             series[f"{strategy} {mask}"].append((world, max(r["peak_bytes"] for r in rs) / 2**20))
     if not series or all(len(p) < 2 for p in series.values()):
         return ""
+    palette = Palette(series)  # strategies, not mechanisms: their own colours
+    lines = [Line(label, [Mark(x, y) for x, y in pts], palette.style(label))
+             for label, pts in sorted(series.items())]  # fmt: skip
     svg = loglog_svg(f"Per-rank peak memory, forward, T = {T}", "world size (processes)",
-                     "peak MiB per rank", sorted(series.items()))  # fmt: skip
+                     "peak MiB per rank", lines)  # fmt: skip
     return (
         f"<figure>{svg}<figcaption>Ideal: 1/world size (a slope of -1); the all-gather variant "
         "keeps all of K/V on every rank.</figcaption></figure>"

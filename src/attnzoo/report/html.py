@@ -1,44 +1,47 @@
-"""``attnzoo report``: one self-contained offline HTML page from the store (no torch, no CDN).
+"""``attnzoo report``: a self-contained offline HTML report from the store (no torch, no CDN),
+written as linked pages that share one navigation bar:
 
-Sections: runs and their environment, harness calibration, capability matrix (mechanism x
-pattern x mask, verified / failed / unsupported), latency and memory vs T (log-log, per pattern
-and mode), scaling exponents and efficiency lengths, fraction of the GEMM limit, mask axis,
-skips and failures. With several runs, lines are labelled by run and a comparison table shows
-latency ratios between the first run and each later one.
+- ``index.html``: how far the numbers can be trusted (timings ok / noisy / of few repeats,
+  figures withheld, machine load, interrupted runs), which mechanism to use per layout and
+  pattern (:mod:`attnzoo.report.summary`), and the contents;
+- ``speed-<layout>-<pattern>.html``: one per kind of input measured (:mod:`.speed`);
+- ``capabilities.html``, ``quality.html``, ``peers.html`` and ``cp.html`` (the latter two when
+  the store has such runs), ``runs.html`` (runs, machine load, notes, calibration, skips).
+
+Each mechanism has one colour and marker in every plot of every page (:mod:`.palette`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attnzoo.report.common import esc as _e
-from attnzoo.report.common import num as _num
-from attnzoo.report.common import table as _table
-from attnzoo.report.common import td as _td
-from attnzoo.report.common import when as _when
+from attnzoo.report.common import Page, esc
 from attnzoo.report.cp import cp_section
-from attnzoo.report.plots import loglog_svg
-from attnzoo.report.quality import quality_section
-from attnzoo.report.scaling import derived_table
-from attnzoo.spec import PATTERNS, stored_layout
+from attnzoo.report.palette import Palette
+from attnzoo.report.peers import peers_section
+from attnzoo.report.quality import quality_section, shown_runs
+from attnzoo.report.runs import capabilities_section, runs_section, skips_section
+from attnzoo.report.speed import speed_pages
+from attnzoo.report.summary import Recommend, recommendations, trust_overview
+from attnzoo.report.trust import run_busy
+from attnzoo.spec import stored_layout
 from attnzoo.store import Store
 
-MODES = {
-    "fwd": "forward",
-    "fwdbwd": "forward + backward",
-    "step": "one streaming step at position T",
-}
+INDEX = "index.html"
+FIXED = ("runs.html", "capabilities.html", "quality.html", "peers.html", "cp.html")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1280px;
-padding:1rem 2rem;color:#1b1b1b;line-height:1.4}
-h1{font-size:1.6rem;margin-bottom:.2rem} h2{margin-top:2.2rem;border-bottom:1px solid #ccc}
-h3{margin-bottom:.3rem} nav a{margin-right:.9rem}
+padding:.5rem 2rem 2rem;color:#1b1b1b;line-height:1.4}
+h1{font-size:1.5rem;margin:.6rem 0 .2rem} h2{margin-top:1.8rem;border-bottom:1px solid #ccc}
+h3{margin-bottom:.3rem}
+nav{font-size:.85rem;padding:.4rem 0;border-bottom:1px solid #ddd;display:flex;flex-wrap:wrap;gap:.2rem .9rem}
+nav a[aria-current]{font-weight:700;color:#1b1b1b;text-decoration:none}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
 th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -46,16 +49,42 @@ th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1rem}
 figure{margin:0} figcaption{font-size:.8rem;color:#555}
 svg{max-width:100%;height:auto} .muted{color:#666;font-size:.85rem} .scroll{overflow-x:auto}
+.badge{display:inline-block;font-size:.7rem;font-weight:600;border-radius:.6rem;padding:0 .4rem;
+margin-left:.3rem;white-space:nowrap;border:1px solid}
+.badge.noisy{color:#8a4b00;background:#fff1dc;border-color:#e0a050}
+.badge.few{color:#555;background:#f0f0f0;border-color:#aaa}
+.badge.bad{color:#fff;background:#b00020;border-color:#b00020}
+.swatch{display:inline-block;width:.7rem;height:.7rem;margin-right:.3rem;border-radius:2px;
+vertical-align:baseline}
+.range{color:#666;font-size:.78rem} .warn{color:#8a4b00}
+.caveat{font-size:.78rem;color:#555;max-width:26rem} .caveat ul{margin:.2rem 0;padding-left:1rem}
+ol.top{margin:.1rem 0;padding-left:1.3rem} .q{font-size:.78rem;color:#555}
+.overview{background:#f7f7f4;border:1px solid #ddd;padding:.3rem .8rem;font-size:.88rem}
+.overview ul{margin:.3rem 0;padding-left:1.2rem}
+.legend{font-size:.8rem;color:#444;background:#fafafa;border-left:3px solid #ccc;padding:.3rem .6rem}
 """
 
 
-def _label(r: dict[str, Any], multi: bool) -> str:
-    base = f"{r['mixer']}/{r['impl']}"
-    return f"run {r['run_id']}: {base}" if multi else base
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """The report's pages as HTML by file name, the index first; ``text in report`` searches
+    every page."""
+
+    html: dict[str, str]
+
+    def __contains__(self, text: object) -> bool:
+        return any(str(text) in page for page in self.html.values())
+
+    def page(self, file: str) -> str:
+        if file not in self.html:
+            raise KeyError(f"report has no page {file!r}; pages: {', '.join(self.html)}")
+        return self.html[file]
 
 
-def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
-    """The report page as a string. ``run_ids`` defaults to the latest speed run."""
+def build_report(store: Store, run_ids: Sequence[int] | None = None, *,
+                 recommend: Recommend | None = None) -> Report:  # fmt: skip
+    """The report's pages. ``run_ids`` (speed runs) defaults to the latest speed run;
+    ``recommend`` defaults to :func:`attnzoo.recommend.recommend`."""
     if not run_ids:
         latest = store.latest_run_id("speed")
         others = ("quality", "cp", "peers")
@@ -64,214 +93,102 @@ def build_report(store: Store, run_ids: Sequence[int] | None = None) -> str:
                 f"store {store.path} has no speed runs yet; run `attnzoo bench speed` first "
                 "(or `attnzoo bench quality`, `bench cp`, `bench peers`)"
             )
-        run_ids = [] if latest is None else [latest]  # a quality-only store: no speed sections
-    runs = [store.run(r) for r in run_ids]
+        run_ids = [] if latest is None else [latest]  # a store without speed runs
+    speed_runs = [store.run(r) for r in run_ids]
     rows = store.speed(run_ids)
-    skips = store.skips(run_ids)
-    checks = store.checks(run_ids)
     specs = {s["name"]: s for r in run_ids for s in store.specs(r)}
-    multi = len(run_ids) > 1
-    if not run_ids:  # a store with quality runs only
-        note = (
-            "<p>No speed runs in this store: <code>attnzoo bench speed</code> measures the "
-            "latency, memory and capability sections.</p>"
-        )
-        sections = [("speed", "Speed", note), ("skips", "Skipped and failed work", _skips([]))]
-    else:
-        sections = [
-            ("runs", "Runs and environment", _runs(runs)),
-            ("capabilities", "Capability matrix", _capabilities(specs, checks)),
-            (
-                "latency",
-                "Latency vs sequence length",
-                _plots(rows, "median_s", 1e3, "latency (ms)", multi),
-            ),
-            (
-                "memory",
-                "Peak memory vs sequence length",
-                _plots(rows, "peak_bytes", 2**-20, "peak memory (MiB)", multi),
-            ),
-            (
-                "scaling",
-                "Scaling exponents and efficiency lengths",
-                _scaling(rows, baseline_of(runs)),
-            ),
-            ("gemm", "Fraction of the GEMM limit", _gemm(rows, runs)),
-            ("masks", "Mask axis (self patterns)", _masks(rows)),
-            ("skips", "Skipped and failed work", _skips(skips)),
-        ]
-    # every quality suite's latest run; latencies from the report's (last) speed run
-    quality = quality_section(store, run_ids[-1] if run_ids else None)
-    sections.insert(-1, ("quality", "Quality (trained on seeded tasks)", quality))
-    peer_run = store.latest_run_id("peers")
-    if peer_run is not None:
-        peer_skips = store.skips([peer_run])
-        section = _peers(store.run(peer_run), store.peers([peer_run]), peer_skips)
-        sections.insert(-1, ("peers", "Against peers (same math, one run)", section))
+    layouts = {name: stored_layout(s) for name, s in specs.items()}
+    baseline = baseline_of(speed_runs)
+    names, groups = _names(store, rows)
+    palette = Palette(names, groups)
+    peer_id, cp_id = store.latest_run_id("peers"), store.latest_run_id("cp")
+    quality_runs = shown_runs(store)
+    extra = [store.run(r) for r in (peer_id, cp_id) if r is not None] + quality_runs
+    runs = sorted({r["run_id"]: r for r in speed_runs + extra}.values(), key=lambda r: r["run_id"])
+    notes = store.notes([r["run_id"] for r in runs])
+    peer_rows = store.peers([peer_id]) if peer_id is not None else []
+    peer_busy = peer_id is not None and run_busy(store.run(peer_id), notes)
+
+    pages = speed_pages(rows, speed_runs, layouts, baseline, palette)
+    fixed = [
+        Page("capabilities.html", "capabilities", "which mechanism supports which pattern and "
+             "mask, and passed its correctness check",
+             capabilities_section(specs, store.checks(run_ids), palette)),
+        Page("quality.html", "quality", "accuracy on seeded tasks vs width, state and latency",
+             quality_section(store, run_ids[-1] if run_ids else None, palette)),
+    ]  # fmt: skip
+    if peer_id is not None:
+        section = peers_section(store.run(peer_id), peer_rows, store.skips([peer_id]), peer_busy,
+                                palette)  # fmt: skip
+        fixed.append(Page("peers.html", "peers", "ours against code nobody here wrote, same "
+                          "inputs and weights", section))  # fmt: skip
     cp = cp_section(store)
     if cp is not None:
-        sections.insert(-1, ("cp", "Context parallelism (torch.distributed)", cp))
-    if multi:
-        sections.insert(2, ("compare", "Run comparison", _compare(rows, run_ids)))
-    nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
-    body = "\n".join(
-        f'<section id="{sid}"><h2>{_e(title)}</h2>\n{content}</section>'
-        for sid, title, content in sections
-    )
-    title = "attnzoo speed report: run " + ", ".join(str(r) for r in run_ids)
-    if not run_ids:
-        title = "attnzoo report (no speed runs)"
+        fixed.append(Page("cp.html", "context parallelism", "torch.distributed strategies: "
+                          "latency, memory and bytes per rank", cp))  # fmt: skip
+    skips = store.skips(run_ids)
+    fixed.append(Page("runs.html", "runs", "runs, machine load, notes, harness calibration, "
+                      f"skipped and failed work ({len(skips)})",
+                      runs_section(runs, notes) + "<h2 id=\"skips\">Skipped and failed work</h2>"
+                      + skips_section(skips)))  # fmt: skip
+    pages += fixed
+    glance = trust_overview(runs, rows, peer_rows, peer_busy, notes, baseline)
+    if run_ids:
+        advice = recommendations(store, rows, layouts, run_ids, palette, recommend)
+    else:
+        advice = (
+            "<p>No speed runs in this store: <code>attnzoo bench speed</code> measures the "
+            "latency, memory and capability pages, and the recommendations here.</p>"
+        )
+    contents = "".join(f'<li><a href="{p.file}">{esc(p.title)}</a>: {esc(p.blurb)}</li>'
+                       for p in pages)  # fmt: skip
+    title = ("attnzoo report: speed run " + ", ".join(map(str, run_ids))) if run_ids else (
+        "attnzoo report (no speed runs)")  # fmt: skip
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    index_body = (
+        f'<p class="muted">generated {stamp} from {esc(store.path.name)}; {len(rows)} '
+        f"measurements, {len(skips)} skipped or failed, {len(specs)} mechanisms. Times are "
+        "medians after warm-up on a shared machine: compare ratios within a run.</p>"
+        f'<h2 id="glance">At a glance: how far to trust these numbers</h2>{glance}'
+        f'<h2 id="advice">Which mechanism should I use?</h2>{advice}'
+        f'<h2 id="contents">Contents</h2><ul>{contents}</ul>'
+    )
+    index = Page(INDEX, "summary", "", index_body)
+    every = [index, *pages]
+    return Report({p.file: _render(p, every, title) for p in every})
+
+
+def _render(page: Page, pages: Sequence[Page], report_title: str) -> str:
+    nav = "".join(
+        f'<a href="{p.file}"' + (' aria-current="page"' if p.file == page.file else "")
+        + f">{esc(p.title)}</a>"
+        for p in pages
+    )  # fmt: skip
+    heading = report_title if page.file == INDEX else f"{page.title}: {report_title}"
+    sid = Path(page.file).stem
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
-        f'<h1>{_e(title)}</h1><p class="muted">generated {stamp} from {_e(store.path.name)}; '
-        f"{len(rows)} measurements, {len(skips)} skipped or failed, {len(specs)} mechanisms. "
-        f"Times are medians after warm-up on a shared machine: compare ratios within a run.</p>"
-        f"<nav>{nav}</nav>\n{body}\n</body></html>\n"
+        f"<title>{esc(heading)}</title><style>{CSS}</style></head><body>\n"
+        f"<nav>{nav}</nav>\n<h1>{esc(heading)}</h1>\n"
+        f'<section id="{sid}">\n{page.body}\n</section>\n</body></html>\n'
     )
 
 
 def write_report(store: Store, out_dir: Path, run_ids: Sequence[int] | None = None) -> Path:
+    """Write every page into ``out_dir`` (pages of an earlier report this one no longer has are
+    removed) and return the index's path."""
+    report = build_report(store, run_ids)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(build_report(store, run_ids), encoding="utf-8")
-    tmp.replace(path)  # readers never see a half-written page
-    return path
-
-
-# ---- sections ---------------------------------------------------------------------------
-def _runs(runs: list[dict[str, Any]]) -> str:
-    head = [
-        "run",
-        "status",
-        "suite",
-        "started",
-        "finished",
-        "git",
-        "CPU",
-        "threads",
-        "GPU",
-        "torch",
-        "GEMM GFLOP/s",
-        "command",
-    ]
-    rows = []
-    for r in runs:
-        env = r["env"]
-        status_cls = "ok" if r["status"] == "complete" else "bad"
-        rows.append(
-            [
-                _td(r["run_id"]), _td(r["status"] + (f" ({r['note']})" if r.get("note") else ""), status_cls),
-                _td(r["suite"]), _td(_when(r["started_at"])), _td(_when(r["finished_at"])), _td((r["git_sha"] or "-")[:12] + ("-dirty" if (r["git_sha"] or "").endswith("dirty") else "")),
-                _td(env.get("cpu")), _td(env.get("torch_threads")), _td(env.get("gpu") or "none"),
-                _td(env.get("versions", {}).get("torch")), _num(r["gemm_gflops"], ".1f"), _td(r["command"]),
-            ]
-        )  # fmt: skip
-    out = _table(head, rows, "runs-table")
-    cal_rows = []
-    for r in runs:
-        h = r["env"].get("harness")
-        if not h:
-            continue
-        cal_rows.append(
-            [
-                _td(r["run_id"]), _td(h["T"]), _num(h["noop_s"] * 1e9, ".0f"), _num(h["noop_fraction"] * 100, ".4f"),
-                _num(h["sdpa_harness_s"] * 1e3, ".3f"), _num(h["sdpa_timeit_s"] * 1e3, ".3f"),
-                _num(h["harness_vs_timeit"], ".3f"), _num(h["sdpa_op_s"] * 1e3, ".3f"),
-            ]
-        )  # fmt: skip
-    if cal_rows:
-        out += '<h3>Harness calibration</h3><p class="muted">The harness\'s own cost on an empty op, and raw causal SDPA timed by the harness vs a hand-written <code>timeit</code> in the same run.</p>'
-        out += _table(
-            ["run", "T", "empty-op ns/call", "empty op % of SDPA", "SDPA harness ms", "SDPA timeit ms", "harness / timeit", "softmax_attention(sdpa) ms"],
-            cal_rows, "harness-table",
-        )  # fmt: skip
-    out += (
-        "<details><summary>full environment (JSON)</summary>"
-        + "".join(f"<pre>{_e(json.dumps(r['env'], indent=1, sort_keys=True))}</pre>" for r in runs)
-        + "</details>"
-    )
-    return out
-
-
-def _capabilities(specs: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -> str:
-    verdict: dict[tuple[str, str], list[bool]] = defaultdict(list)
-    for c in checks:
-        verdict[(c["mixer"], c["pattern"])].append(bool(c["ok"]))
-    mask_kinds = sorted({m for s in specs.values() for m in s["masks"]})
-    head = [
-        "mechanism",
-        "family",
-        "layout",
-        "role",
-        *PATTERNS,
-        *mask_kinds,
-        "state",
-        "exact",
-        "maps",
-        "complexity",
-        "verified against",
-        "paper",
-    ]
-    rows = []
-    for name, s in sorted(specs.items()):
-        cells = [_td(name), _td(s["family"]), _td(stored_layout(s)), _td(s.get("role", "mixer"))]
-        for p in PATTERNS:
-            if p not in s["patterns"]:
-                cells.append(_td("unsupported", "na"))
-            elif not verdict.get((name, p)):
-                cells.append(_td("not checked", "na"))
-            elif all(verdict[(name, p)]):
-                cells.append(_td("verified", "ok"))
-            else:
-                cells.append(_td("FAILED check", "bad"))
-        cells += [_td("yes", "ok") if m in s["masks"] else _td("-", "na") for m in mask_kinds]
-        paper = s["paper"]
-        cells += [
-            _td(s["state"]), _td("yes" if s["exact"] else "no"),
-            _td("yes" if s.get("attention_maps") else "no"), _td(s["complexity"]), _td(s["peer"]),
-            f'<td>{_e(paper["title"])} ({_e(paper["year"])})<br><span class="muted">{_e(paper["url"])}</span></td>',
-        ]  # fmt: skip
-        rows.append(cells)
-    note = (
-        '<p class="muted">"verified": every implementation of the mechanism passed this run\'s '
-        "correctness gate on that pattern (fast paths vs the reference, forward and backward). "
-        '"maps": the block returns its attention weights (<code>attention_maps()</code>). Runs '
-        "recorded before layouts show the layout their dims meant.</p>"
-    )
-    return note + _table(head, rows, "capability-table")
-
-
-def _plots(rows: list[dict[str, Any]], key: str, scale: float, ylabel: str, multi: bool) -> str:
-    figs = []
-    for mode in MODES:
-        for pattern in PATTERNS:
-            base_mask = "causal" if pattern.startswith("causal") else "full"
-            series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-            for r in rows:
-                if (
-                    r["mode"] == mode
-                    and r["pattern"] == pattern
-                    and r["mask"] == base_mask
-                    and r[key] is not None
-                ):
-                    series[_label(r, multi)].append((r["seq_len"], r[key] * scale))
-            if not series:
-                continue
-            title = f"{pattern}, {MODES[mode]}"
-            svg = loglog_svg(
-                f"{ylabel.split(' (')[0]}: {title}",
-                "sequence length T (tokens)",
-                ylabel,
-                sorted(series.items()),
-            )
-            figs.append(
-                f"<figure>{svg}<figcaption>{_e(title)}, mask {base_mask}; one line per mechanism/impl</figcaption></figure>"
-            )
-    return '<div class="grid">' + "\n".join(figs) + "</div>" if figs else "<p>No measurements.</p>"
+    for name, text in report.html.items():
+        path = out_dir / name
+        tmp = path.with_suffix(".html.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)  # readers never see a half-written page
+    for old in [*out_dir.glob("speed-*.html"), *(out_dir / f for f in FIXED)]:
+        if old.name not in report.html and old.exists():
+            old.unlink()
+    return out_dir / INDEX
 
 
 def baseline_of(runs: Sequence[dict[str, Any]]) -> str | None:
@@ -284,158 +201,16 @@ def baseline_of(runs: Sequence[dict[str, Any]]) -> str | None:
     return None
 
 
-def _scaling(rows: list[dict[str, Any]], baseline: str | None) -> str:
-    table = derived_table(rows, baseline)
-    head = ["mechanism", "impl", "pattern", "mask", "mode", "lengths", "time exponent", "memory exponent",
-            "efficiency length (time)", "efficiency length (memory)"]  # fmt: skip
-    body = [
-        [
-            _td(d["mixer"]), _td(d["impl"]), _td(d["pattern"]), _td(d["mask"]), _td(d["mode"]),
-            _td(", ".join(map(str, d["lengths"]))), _num(d["time_exponent"], ".2f"), _num(d["memory_exponent"], ".2f"),
-            _td("baseline" if d["mixer"] == baseline else (d["efficiency_length_time"] or "never (in range)")),
-            _td("baseline" if d["mixer"] == baseline else (d["efficiency_length_memory"] or "never (in range)")),
-        ]
-        for d in table
-    ]  # fmt: skip
-    note = (
-        '<p class="muted">Exponent p of a least-squares fit time ~ T^p (log-log). Efficiency length (CAB): '
-        "the smallest measured T from which the mechanism (best impl) stays faster / smaller than the "
-        f"run's baseline <code>{_e(baseline or '(none recorded)')}</code> (best impl) on the same "
-        "pattern, mask and mode.</p>"
-    )
-    return note + _table(head, body, "scaling-table")
-
-
-def _gemm(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
-    longest: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        k = (r["run_id"], r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"])
-        if k not in longest or r["seq_len"] > longest[k]["seq_len"]:
-            longest[k] = r
-    head = [
-        "run",
-        "mechanism",
-        "impl",
-        "pattern",
-        "mask",
-        "mode",
-        "T",
-        "GFLOP",
-        "GFLOP/s",
-        "fraction of GEMM",
-    ]
-    body = [
-        [
-            _td(r["run_id"]), _td(r["mixer"]), _td(r["impl"]), _td(r["pattern"]), _td(r["mask"]), _td(r["mode"]),
-            _td(r["seq_len"]), _num(r["flops"] / 1e9 if r["flops"] else None, ".2f"), _num(r["gflops_per_s"], ".1f"),
-            _num(r["gemm_fraction"], ".3f"),
-        ]
-        for _, r in sorted(longest.items())
-    ]  # fmt: skip
-    rates = ", ".join(
-        f"run {r['run_id']}: {r['gemm_gflops']:.1f} GFLOP/s" for r in runs if r["gemm_gflops"]
-    )
-    note = (
-        f'<p class="muted">Analytic FLOPs (2 per multiply-add over the attended pairs; forward+backward = 3x forward) '
-        f"divided by the median time, at the longest measured T, against this machine's fp32 GEMM rate measured in the same run ({_e(rates)}).</p>"
-    )
-    return note + _table(head, body, "gemm-table")
-
-
-def _peers(run: dict[str, Any], rows: list[dict[str, Any]], skips: list[dict[str, Any]]) -> str:
-    head = ["case", "mechanism", "peer", "size", "ours ms", "peer ms", "peer / ours",
-            "ours GFLOP/s", "fraction of GEMM", "ours peak MiB", "peer peak MiB", "max rel diff",
-            "equal", "notes"]  # fmt: skip
-    mib = 2**-20
-    body = [
-        [
-            _td(r["case_name"]), _td(r["mechanism"]), _td(r["peer"]), _td(r["size"]),
-            _num(r["ours_s"] * 1e3, ".2f"), _num(r["peer_s"] * 1e3, ".2f"),
-            _td(f"{r['ratio']:.2f}x", "ok" if r["ratio"] >= 1 else "bad"),
-            _num(r["ours_gflops"], ".1f"), _num(r["gemm_fraction"], ".3f"),
-            _num(r["ours_peak_bytes"] * mib if r["ours_peak_bytes"] is not None else None, ".1f"),
-            _num(r["peer_peak_bytes"] * mib if r["peer_peak_bytes"] is not None else None, ".1f"),
-            _num(r["rel_diff"], ".1e"), _td("yes" if r["ok"] else "NO", "" if r["ok"] else "bad"),
-            _td(r["detail"] or ""),
-        ]
-        for r in rows
-    ]  # fmt: skip
-    missing = "".join(
-        f"<li>{_e(s['impl'])} (n={s['seq_len']}): {_e(s['kind'])}, {_e(s['reason'])}</li>"
-        for s in skips
-    )
-    note = (
-        f'<p class="muted">Run {run["run_id"]} ({_e(run["status"])}, {_e(_when(run["started_at"]))}): '
-        "each row builds ours and the peer on the same inputs and weights, checks the outputs agree "
-        "(max |ours - peer| / max |peer| within the case's tolerance), then times both "
-        f"interleaved, median of {rows[0]['repeats'] if rows else '-'} calls. Our FLOPs count the "
-        "work our path does; the GEMM fraction divides our rate by this machine's GEMM rate "
-        "timed round-robin with the two (each row's notes give it; at the run's start it was "
-        f"{run['gemm_gflops'] or 0:.1f} GFLOP/s).</p>"
-    )
-    table = _table(head, body, "peers-table") if rows else "<p>No peer rows recorded.</p>"
-    return note + table + (f"<ul>{missing}</ul>" if missing else "")
-
-
-def _masks(rows: list[dict[str, Any]]) -> str:
-    self_rows = [r for r in rows if r["pattern"].endswith("self")]
-    masks = sorted({r["mask"] for r in self_rows})
-    longest_t = max((r["seq_len"] for r in self_rows), default=None)
-    if longest_t is None:
-        return "<p>No self-pattern measurements.</p>"
-    cell: dict[tuple, float] = {}
-    for r in self_rows:
-        if r["seq_len"] == longest_t:
-            cell[(r["mixer"], r["impl"], r["mode"], r["mask"])] = r["median_s"]
-    keys = sorted({k[:3] for k in cell})
-    body = [
-        [_td(m), _td(i), _td(mode)]
-        + [
-            _num(cell[(m, i, mode, mk)] * 1e3, ".2f")
-            if (m, i, mode, mk) in cell
-            else _td("-", "na")
-            for mk in masks
-        ]
-        for m, i, mode in keys
-    ]
-    return (
-        f'<p class="muted">Median latency (ms) at T = {longest_t} per mask (SYS-LCA\'s kernel x mask axis).</p>'
-        + _table(["mechanism", "impl", "mode", *masks], body, "mask-table")
-    )
-
-
-def _skips(skips: list[dict[str, Any]]) -> str:
-    if not skips:
-        return '<p class="ok">Nothing was skipped and nothing failed.</p>'
-    head = ["run", "kind", "mechanism", "impl", "pattern", "mask", "mode", "T", "reason"]
-    body = [
-        [_td(s["run_id"]), _td(s["kind"], "bad" if s["kind"] == "failed" else "na"), _td(s["mixer"]), _td(s["impl"]),
-         _td(s["pattern"]), _td(s["mask"]), _td(s["mode"]), _td(s["seq_len"]), _td(s["reason"])]
-        for s in skips
-    ]  # fmt: skip
-    return _table(head, body, "skips-table")
-
-
-def _compare(rows: list[dict[str, Any]], run_ids: Sequence[int]) -> str:
-    first = run_ids[0]
-    by_key: dict[tuple, dict[int, float]] = defaultdict(dict)
-    for r in rows:
-        by_key[(r["mixer"], r["impl"], r["pattern"], r["mask"], r["mode"], r["seq_len"])][
-            r["run_id"]
-        ] = r["median_s"]
-    head = ["mechanism", "impl", "pattern", "mask", "mode", "T", f"run {first} ms"] + [
-        f"run {r} / run {first}" for r in run_ids[1:]
-    ]
-    body = []
-    for k, v in sorted(by_key.items()):
-        if first not in v:
-            continue
-        body.append(
-            [_td(x) for x in k]
-            + [_num(v[first] * 1e3, ".2f")]
-            + [_num(v[r] / v[first] if r in v else None, ".3f") for r in run_ids[1:]]
-        )
-    return (
-        '<p class="muted">Latency ratio of each later run to the first, for matching measurements.</p>'
-        + _table(head, body, "compare-table")
-    )
+def _names(store: Store, rows: list[dict[str, Any]]) -> tuple[set[str], dict[str, str]]:
+    """Every mechanism name the store knows (specs of every speed run, measured, trained or
+    peer-compared) and the layout of those with a stored spec: the palette's slots, so a colour
+    does not depend on the runs shown."""
+    names = {r["mixer"] for r in rows}
+    layouts: dict[str, str] = {}
+    for run in store.runs("speed"):
+        for spec in store.specs(run["run_id"]):
+            layouts[spec["name"]] = stored_layout(spec)
+    names |= set(layouts)
+    names |= {r["mixer"] for r in store.quality()}
+    names |= {r["mechanism"] for r in store.peers()}
+    return names, layouts

@@ -26,12 +26,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from attnzoo.report.cells import timing_cell
 from attnzoo.report.common import esc as _e
 from attnzoo.report.common import mean_std_cell as _ms
 from attnzoo.report.common import num as _num
 from attnzoo.report.common import table as _table
 from attnzoo.report.common import td as _td
 from attnzoo.report.common import when as _when
+from attnzoo.report.palette import Palette
 from attnzoo.report.plots import Point, PointSeries, panels_svg
 from attnzoo.report.quality_rows import (
     UNKNOWN_TASK,
@@ -47,7 +49,7 @@ from attnzoo.store import Store
 DASHES = ("-", "--", ":", "-.")  # line styles of the widths in the learning curves
 
 
-def quality_section(store: Store, speed_run: int | None) -> str:
+def quality_section(store: Store, speed_run: int | None, palette: Palette | None = None) -> str:
     """The quality section's HTML: an overview of every suite's latest quality run, then one
     subsection per (suite, run), task by task.
 
@@ -55,13 +57,17 @@ def quality_section(store: Store, speed_run: int | None) -> str:
         store: the results store (read only).
         speed_run: the speed run whose forward latencies the accuracy-vs-latency plots use, or
             ``None`` (no such plots; the latency tables say "no speed row").
+        palette: the report's colour and marker of each mechanism (default: one over the
+            mechanisms this section shows).
 
     Shapes:
         one overview table, then per run an ``<h3>``, per task an ``<h4>``, tables and figures.
     """
     if speed_run is not None and (kind := store.run(speed_run)["kind"]) != "speed":
         raise ValueError(f"speed_run: run {speed_run} is a {kind} run, expected a speed run")
-    shown = _shown_runs(store)
+    shown = shown_runs(store)
+    if palette is None:
+        palette = Palette(r["mixer"] for run in shown for r in store.quality([run["run_id"]]))
     if not shown:
         return (
             "<p>No quality runs in this store: <code>attnzoo bench quality --suite quick</code> "
@@ -88,13 +94,13 @@ def quality_section(store: Store, speed_run: int | None) -> str:
              _td(_when(run["started_at"])), _td(len(rows))]
             + [_td(", ".join(_sorted_str(rows, c))) for c in ("task", "mixer", "d_model", "seed", "lr")]
         )  # fmt: skip
-        parts.append(_run_block(store, run, rows, speed))
+        parts.append(_run_block(store, run, rows, speed, palette))
     head = ["suite", "run", "status", "started", "models trained", "tasks", "mechanisms",
             "widths", "seeds", "lrs"]  # fmt: skip
     return intro + _table(head, overview, "quality-table") + "\n".join(parts)
 
 
-def _shown_runs(store: Store) -> list[Row]:
+def shown_runs(store: Store) -> list[Row]:
     """The runs to show, oldest first: per suite, the newest run with rows, and each older run
     that trained a (task point, mechanism, width) no newer shown run of its suite covers (a
     suite run in parts, e.g. one grid point or one mechanism at a time); a suite without any
@@ -116,7 +122,7 @@ def _shown_runs(store: Store) -> list[Row]:
     return sorted(shown, key=lambda r: r["run_id"])
 
 
-def _run_block(store: Store, run: Row, rows: list[Row], speed: list[Row]) -> str:
+def _run_block(store: Store, run: Row, rows: list[Row], speed: list[Row], palette: Palette) -> str:
     rid = run["run_id"]
     status = run["status"] + (f" ({run['note']})" if run.get("note") else "")
     out = (
@@ -134,7 +140,7 @@ def _run_block(store: Store, run: Row, rows: list[Row], speed: list[Row]) -> str
         points = {r["task_config"]: infos.get((rid, task, r["task_config"])) for r in mine}
         info = next((i for i in points.values() if i is not None), UNKNOWN_TASK)
         tokens = {p: (i.tokens if i is not None else None) for p, i in points.items()}
-        view = _view(rid, task, info, mine, extra, tokens)
+        view = _view(rid, task, info, mine, extra, tokens, palette)
         latency_figs, latency_table = view.latency(speed)
         figs = view.figures(curves) + latency_figs
         out += (
@@ -173,6 +179,7 @@ class _TaskView:
     points: list[str]  # task_config JSONs, ordered
     cells: list[_Cell]
     names: list[str]  # extra evaluations
+    palette: Palette  # the report's colour and marker of each mechanism
 
     @property
     def sid(self) -> str:
@@ -190,14 +197,13 @@ class _TaskView:
         return [c for c in self.cells if c.point == point]
 
     def style(self, per_width: bool = False) -> dict[str, Any]:
-        """``panels_svg`` keywords: one colour per mechanism in every figure of the task and, for
-        per-width series (``"softmax d=64"``), one line style per width."""
-        mixers = sorted({c.mixer for c in self.cells})
+        """``panels_svg`` keywords: each mechanism's colour and marker (the same in every figure
+        of the report) and, for per-width series (``"softmax d=64"``), one line style per width."""
         if not per_width:
-            return {"slots": {m: i for i, m in enumerate(mixers)}}
+            return {"styles": {c.mixer: self.palette.style(c.mixer) for c in self.cells}}
         widths = sorted({c.d_model for c in self.cells})
         cells = {f"{c.mixer} d={c.d_model}": c for c in self.cells}
-        return {"slots": {k: mixers.index(c.mixer) for k, c in cells.items()},
+        return {"styles": {k: self.palette.style(c.mixer) for k, c in cells.items()},
                 "dashes": {k: DASHES[widths.index(c.d_model) % len(DASHES)] for k, c in cells.items()}}  # fmt: skip
 
     def fig(self, svg: str, caption: str) -> str:
@@ -313,7 +319,7 @@ class _TaskView:
                     continue
                 ms[m] = r["median_s"] * 1e3
                 body.append([_td(self.label(p)), _td(m), _td(length), _td(r["seq_len"]), _td(r["impl"]),
-                             _td(r["pattern"]), _num(ms[m], ".3f"), _td(per_width)])  # fmt: skip
+                             _td(r["pattern"]), timing_cell(r), _td(per_width)])  # fmt: skip
             panels.append((self.panel(p), self.series(p, lambda c, ms=ms: ms.get(c.mixer))))
         head = ["task point", "mechanism", "task T", "speed T", "impl", "pattern", "forward ms",
                 f"best {self.info.metric} per width"]  # fmt: skip
@@ -331,7 +337,7 @@ class _TaskView:
 
 
 def _view(rid: int, task: str, info: TaskInfo, rows: list[Row], evals: dict[int, list[Row]],
-          tokens: dict[str, int | None]) -> _TaskView:  # fmt: skip
+          tokens: dict[str, int | None], palette: Palette) -> _TaskView:  # fmt: skip
     """Group one task's rows: points, then the best lr per (point, mechanism, width, seed)."""
     configs = {r["task_config"]: json.loads(r["task_config"]) for r in rows}
     keys = [k for k, _ in info.point_keys]
@@ -356,7 +362,7 @@ def _view(rid: int, task: str, info: TaskInfo, rows: list[Row], evals: dict[int,
     cells.sort(
         key=lambda c: (points.index(c.point), c.d_model, -sign * (c.metric[0] or 0), c.mixer)
     )
-    return _TaskView(rid, task, info, rows, configs, tokens, keys, points, cells, names)
+    return _TaskView(rid, task, info, rows, configs, tokens, keys, points, cells, names, palette)
 
 
 # ---- helpers ----------------------------------------------------------------------------
