@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 import attnzoo as az
 from attnzoo.bench.gate import check_mixer
@@ -22,18 +22,22 @@ from attnzoo.bench.quality import check_suite, run_quality
 from attnzoo.bench.runs import RunInterrupted
 from attnzoo.bench.speed import run_speed
 from attnzoo.bench.speed_suites import SUITES
-from attnzoo.cli_tables import grid, mechanism_table
+from attnzoo.cli_common import DbOption, WaitOption, err, guard_commands, out
+from attnzoo.cli_common import check_choice as _check_choice
+from attnzoo.cli_common import fail as _fail
+from attnzoo.cli_common import open_store as _open_store
+from attnzoo.cli_recommend import register as register_recommend
+from attnzoo.cli_store import store_app
+from attnzoo.cli_tables import grid, mechanism_table, show
 from attnzoo.config import suggest
 from attnzoo.report import cp_case_rows, quality_point, write_report
-from attnzoo.store import DEFAULT_DB, ENV_DB, Store, StoreError, default_path
+from attnzoo.store import Store, StoreError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="attnzoo: attention and token-mixing mechanisms behind one interface.",
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -52,18 +56,6 @@ def _root(
     ] = False,
 ) -> None:
     """attnzoo: attention and token-mixing mechanisms behind one interface."""
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-def _check_choice(arg: str, value: str | int | None, allowed: tuple) -> None:
-    if value is not None and value not in allowed:
-        raise _fail(
-            f"{arg} must be one of {', '.join(map(str, allowed))}, got {value!r}{suggest(str(value), map(str, allowed))}"
-        )
 
 
 @app.command("list")
@@ -97,19 +89,17 @@ def list_cmd(
     specs = az.list_mixers(
         layout=layout, role=role, dims=dims, pattern=pattern, family=family, state=state
     )
-    out.print(mechanism_table(specs, width=out.width))
+    show(out, mechanism_table(specs, width=out.width))
 
 
 @app.command()
 def info(name: Annotated[str, typer.Argument(help="Registered mechanism name.")]) -> None:
-    """Show one mechanism's spec: paper, complexity, patterns, masks, config keys."""
+    """Show one mechanism's spec: paper, complexity, patterns, the masks each pattern takes,
+    and every config key (type, limits, default, description)."""
     try:
         spec = az.get_spec(name)
     except ValueError as e:
         raise _fail(str(e)) from None
-    table = Table(show_header=False, title=spec.name)
-    table.add_column("field", style="bold")
-    table.add_column("value")
     rows = {
         "family": spec.family,
         "layout": f"{spec.layout} {az.LAYOUTS[spec.layout].shape}",
@@ -118,7 +108,7 @@ def info(name: Annotated[str, typer.Argument(help="Registered mechanism name.")]
         if spec.context_layout is None
         else f"{spec.context_layout} {az.LAYOUTS[spec.context_layout].shape}",
         "patterns": ", ".join(spec.patterns),
-        "masks": ", ".join(spec.masks),
+        **{f"masks ({p})": ", ".join(spec.masks_for(p)) for p in spec.patterns},
         "state": spec.state,
         "exact softmax": "yes" if spec.exact else "no",
         "attention maps": "yes" if spec.attention_maps else "no",
@@ -128,11 +118,16 @@ def info(name: Annotated[str, typer.Argument(help="Registered mechanism name.")]
         "code": spec.paper.code or "-",
         "verified against": spec.peer,
         "impls": ", ".join(spec.impls) or "-",
-        "config keys": ", ".join(spec.config.field_names()),
     }
-    for k, v in rows.items():
-        table.add_row(k, v)
-    out.print(table)
+    cells = [[k, escape(v)] for k, v in rows.items()]
+    show(out, grid(spec.name, ["field", "value"], cells, keep={"field"}))
+    keys = [
+        [f.name, escape(f.type + (f" ({f.limits})" if f.limits else "")), escape(f.default),
+         escape(f.description)]
+        for f in spec.config.describe()
+    ]  # fmt: skip
+    show(out, grid(f"{spec.name}: config keys", ["key", "type", "default", "description"], keys,
+                   keep={"key"}))  # fmt: skip
 
 
 @app.command()
@@ -168,7 +163,7 @@ def selfcheck(
         for r in results
     ]  # fmt: skip
     title = f"fast path vs reference, fwd+bwd, fp32, T={length}, grids 11x13 and 3x5x6"
-    out.print(grid(title, ["mixer", "impl", "pattern", "max |err|", "result"], rows,
+    show(out, grid(title, ["mixer", "impl", "pattern", "max |err|", "result"], rows,
                    right={"max |err|"}))  # fmt: skip
     failed = [r for r in results if not r.ok]
     out.print(
@@ -182,31 +177,73 @@ def selfcheck(
 bench_app = typer.Typer(no_args_is_help=True, help="Measure mechanisms into the store.")
 app.add_typer(bench_app, name="bench")
 
-DbOption = Annotated[
-    Path | None, typer.Option("--db", help=f"DuckDB store (default: ${ENV_DB} or ./{DEFAULT_DB}).")
+
+ConcurrentOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-concurrent",
+        help="Start even while another bench runs on this store (both timings suffer).",
+    ),
 ]
+BENCH_WAIT = 600.0  # seconds a running bench waits for a store another process holds
 
 
-def _open_store(db: Path | None, read_only: bool = False) -> Store:
-    try:
-        return Store(default_path(db), read_only=read_only)
-    except StoreError as e:
-        raise _fail(str(e)) from None
+def _bench_store(db: Path | None, wait: float, allow_concurrent: bool) -> Store:
+    """The store a bench writes: opened (and read through) before anything is measured, and
+    refused while another bench runs on it unless ``allow_concurrent``. Once running, a write
+    waits up to ``max(wait, BENCH_WAIT)`` seconds for a store another process holds."""
+    store = _open_store(db, wait=wait)
+    if not allow_concurrent:
+        live = [r for r in store.runs() if r["alive"]]
+        if live:
+            r = live[0]
+            raise _fail(
+                f"store {store.path} has a {r['kind']} run in progress: run {r['run_id']}, PID "
+                f"{r['pid']} on {r['host']}: {r['command']!r}. Two benches measuring at once "
+                f"spoil each other's timings; wait for it, stop it, or pass --allow-concurrent"
+            )
+    store.wait = max(wait, BENCH_WAIT)
+    return store
 
 
-def _ints(arg: str, text: str | None) -> tuple[int, ...] | None:
+def _items(arg: str, text: str, expected: str) -> list[str]:
+    """The comma-separated items of ``text``; an empty one (``64,,128``, a trailing comma) or
+    none at all fails naming ``arg``, the value and ``expected``."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        where = "no value" if not text.strip() else f"empty item {items.index('') + 1}"
+        raise _fail(f"{arg}: expected {expected}, got {text!r} ({where})")
+    return items
+
+
+def _ints(arg: str, text: str | None, minimum: int = 1) -> tuple[int, ...] | None:
+    """Comma-separated integers ``>= minimum`` (positive unless said otherwise)."""
     if text is None:
         return None
+    expected = (
+        "comma-separated positive integers such as 256,1024,4096"
+        if minimum == 1
+        else f"comma-separated integers >= {minimum} such as {minimum},{minimum + 1},{minimum + 2}"
+    )
+    items = _items(arg, text, expected)
     try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(int(t) for t in items)
     except ValueError:
-        raise _fail(
-            f"{arg}: expected comma-separated positive integers such as 256,1024,4096, got {text!r}"
-        ) from None
-    if not values or any(v < 1 for v in values):
-        raise _fail(
-            f"{arg}: expected comma-separated positive integers such as 256,1024,4096, got {text!r}"
-        )
+        raise _fail(f"{arg}: expected {expected}, got {text!r}") from None
+    if any(v < minimum for v in values):
+        raise _fail(f"{arg}: expected {expected}, got {text!r}")
+    return values
+
+
+def _floats(arg: str, text: str, example: str) -> tuple[float, ...]:
+    """Comma-separated finite numbers (``1e-3``, ``0.003``)."""
+    expected = f"comma-separated numbers such as {example}"
+    try:
+        values = tuple(float(t) for t in _items(arg, text, expected))
+    except ValueError:
+        raise _fail(f"{arg}: expected {expected}, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise _fail(f"{arg}: expected {expected} (finite), got {text!r}")
     return values
 
 
@@ -272,6 +309,13 @@ def bench_speed(
         float | None,
         typer.Option("--time-cap", help="Skip a measurement predicted to take longer (s)."),
     ] = None,
+    no_skip: Annotated[
+        bool,
+        typer.Option(
+            "--no-skip",
+            help="Measure every length: no prediction against --memory-budget / --time-cap.",
+        ),
+    ] = False,
     skip_impls: Annotated[
         str | None,
         typer.Option(
@@ -280,6 +324,8 @@ def bench_speed(
         ),
     ] = None,
     db: DbOption = None,
+    wait: WaitOption = 10.0,
+    allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Latency, peak memory and FLOP rate of every (mechanism, impl, pattern, mask, length)."""
@@ -299,16 +345,25 @@ def bench_speed(
     ):  # fmt: skip
         if value is not None:
             changes[key] = value
+    if no_skip:
+        changes["no_skip"] = True
     changes["explicit_mixers"] = mixers is not None
     changes["explicit_patterns"] = patterns is not None
     try:
         plan_ = SUITES[suite].replace(**changes)
     except ValueError as e:
         raise _fail(str(e)) from None
-    store = _open_store(db)
+    store = _bench_store(db, wait, allow_concurrent)
     command = "attnzoo " + " ".join(sys.argv[1:])
     try:
-        run_id = run_speed(plan_, store, command=command, console=err, progress=progress)
+        run_id = run_speed(
+            plan_,
+            store,
+            allow_concurrent=allow_concurrent,
+            command=command,
+            console=err,
+            progress=progress,
+        )
     except RunInterrupted as e:
         kept = len(store.speed([e.run_id]))
         err.print(
@@ -342,6 +397,8 @@ def bench_peers(
     memory: Annotated[bool, typer.Option(help="Also record each side's peak memory.")] = True,
     list_: Annotated[bool, typer.Option("--list", help="List the peer cases and exit.")] = False,
     db: DbOption = None,
+    wait: WaitOption = 10.0,
+    allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Ours vs a peer implementation of the same math (fla-core, timm): equal outputs, then
@@ -362,10 +419,17 @@ def bench_peers(
         get_cases(plan.cases)
     except ValueError as e:
         raise _fail(str(e)) from None
-    store = _open_store(db)
+    store = _bench_store(db, wait, allow_concurrent)
     command = "attnzoo " + " ".join(sys.argv[1:])
     try:
-        run_id = run_peers(plan, store, command=command, console=err, progress=progress)
+        run_id = run_peers(
+            plan,
+            store,
+            allow_concurrent=allow_concurrent,
+            command=command,
+            console=err,
+            progress=progress,
+        )
     except RunInterrupted as e:
         err.print(f"interrupted: run {e.run_id} marked interrupted; measurements kept")
         raise typer.Exit(code=130) from None
@@ -379,7 +443,7 @@ def bench_peers(
                      f"{r['rel_diff']:.1e}", "yes" if r["ok"] else "NO"])  # fmt: skip
     numbers = ["n", "ours\nms", "peer\nms", "ratio", "GEMM\nfrac", "rel\ndiff"]
     title = f"run {run_id}: ours vs peers (ratio = peer time / our time)"
-    out.print(grid(title, ["case", *numbers, "equal"], rows, right=numbers, keep={"equal"}))
+    show(out, grid(title, ["case", *numbers, "equal"], rows, right=numbers, keep={"equal"}))
     for s_ in store.skips([run_id]):
         err.print(f"{s_['kind']}: {s_['impl']} n={s_['seq_len']}: {s_['reason']}")
 
@@ -416,6 +480,8 @@ def bench_quality(
         ),
     ] = None,  # fmt: skip
     db: DbOption = None,
+    wait: WaitOption = 10.0,
+    allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train small models with each mechanism on seeded tasks; store curves and final metrics."""
@@ -431,9 +497,9 @@ def bench_quality(
         if d_model is not None:
             changes["d_models"] = _ints("--d-model", d_model)
         if seeds is not None:
-            changes["seeds"] = tuple(int(x) for x in _words(seeds) or ())
+            changes["seeds"] = _ints("--seeds", seeds, minimum=0)
         if lrs is not None:
-            changes["lrs"] = tuple(float(x) for x in _words(lrs) or ())
+            changes["lrs"] = _floats("--lrs", lrs, "1e-3,3e-3")
         if steps is not None:
             changes["steps"] = steps
         if batch_size is not None:
@@ -446,10 +512,17 @@ def bench_quality(
         check_suite(plan)
     except (TypeError, ValueError) as e:
         raise _fail(str(e)) from None
-    store = _open_store(db)
+    store = _bench_store(db, wait, allow_concurrent)
     command = "attnzoo " + " ".join(sys.argv[1:])
     try:
-        run_id = run_quality(plan, store, command=command, console=err, progress=progress)
+        run_id = run_quality(
+            plan,
+            store,
+            allow_concurrent=allow_concurrent,
+            command=command,
+            console=err,
+            progress=progress,
+        )
     except RunInterrupted as e:
         err.print(f"interrupted: run {e.run_id} marked interrupted; curves so far kept")
         raise typer.Exit(code=130) from None
@@ -463,7 +536,7 @@ def bench_quality(
                      f"{r['lr']:g}", str(r["seed"]), f"{r['best_metric']:.3f}",
                      str(r["steps_run"]), r["status"], state])  # fmt: skip
     numbers = ["d_model", "lr", "seed", "metric", "steps"]
-    out.print(grid(f"run {run_id}: quality (best learning rate per group)",
+    show(out, grid(f"run {run_id}: quality (best learning rate per group)",
                    ["task", "mixer", *numbers, "status", "state"], rows,
                    right={*numbers, "state"}))  # fmt: skip
     evals = store.quality_evals([run_id])
@@ -471,7 +544,7 @@ def bench_quality(
         rows = [[quality_point(e, described), e["mixer"], str(e["d_model"]),
                  f"{e['lr']:g}", str(e["seed"]), e["name"], f"{e['value']:.3f}"]
                 for e in evals]  # fmt: skip
-        out.print(grid(f"run {run_id}: extra evaluations of the final models",
+        show(out, grid(f"run {run_id}: extra evaluations of the final models",
                        ["task", "mixer", "d_model", "lr", "seed", "evaluation", "value"], rows,
                        right={"d_model", "lr", "seed", "value"}))  # fmt: skip
 
@@ -499,6 +572,8 @@ def bench_cp(
     ] = 1800.0,
     list_: Annotated[bool, typer.Option("--list", help="List the strategies and exit.")] = False,
     db: DbOption = None,
+    wait: WaitOption = 10.0,
+    allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Context parallelism: every strategy on a sharded sequence, exactness vs one process,
@@ -519,9 +594,9 @@ def bench_cp(
                       head_dim=head_dim, repeats=repeats, timeout=timeout)  # fmt: skip
     except ValueError as e:
         raise _fail(str(e)) from None
-    store = _open_store(db)
+    store = _bench_store(db, wait, allow_concurrent)
     try:
-        run_id = run_cp(plan, store, command="attnzoo " + " ".join(sys.argv[1:]), console=err,
+        run_id = run_cp(plan, store, allow_concurrent=allow_concurrent, command="attnzoo " + " ".join(sys.argv[1:]), console=err,
                         progress=progress)  # fmt: skip
     except RunInterrupted as e:
         err.print(f"interrupted: run {e.run_id} marked interrupted; measurements kept")
@@ -530,7 +605,7 @@ def bench_cp(
         return
     numbers = ["T", "world", "ms", "peak MiB\n/rank", "sent KiB\n/rank", "analytic",
                "CPU\nspread", "max err"]  # fmt: skip
-    out.print(grid(f"run {run_id}: context parallelism (per case: slowest rank, max over ranks)",
+    show(out, grid(f"run {run_id}: context parallelism (per case: slowest rank, max over ranks)",
                    ["strategy", "mask", "T", "mode", *numbers[1:]], _cp_cases(store.cp([run_id])),
                    right=numbers))  # fmt: skip
     for s_ in store.cp_skips([run_id]):
@@ -565,6 +640,7 @@ def _settings(text: str) -> dict:
 @app.command()
 def report(
     db: DbOption = None,
+    wait: WaitOption = 10.0,
     run: Annotated[
         list[int] | None,
         typer.Option("--run", help="Run id(s) to show; repeat to compare. Default: latest."),
@@ -572,28 +648,41 @@ def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
 ) -> None:
     """Write a self-contained offline HTML report (report/index.html)."""
-    store = _open_store(db, read_only=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise _fail(
+            f"--out {str(out_dir)!r} is a file; the report is a folder (it writes "
+            "FOLDER/index.html): pass a folder, new or existing"
+        )
+    store = _open_store(db, read_only=True, wait=wait)
     try:
         path = write_report(store, out_dir, run)
     except ValueError as e:
         raise _fail(str(e)) from None
+    except OSError as e:  # a parent that is a file, no permission, a full disk
+        raise _fail(f"--out {str(out_dir)!r}: cannot write the report there: {e}") from None
     out.print(f"report written: {path.resolve()}")
 
 
 @app.command()
 def results(
     db: DbOption = None,
+    wait: WaitOption = 10.0,
     run: Annotated[int | None, typer.Option(help="Run id (default: latest speed run).")] = None,
     mixer: Annotated[str | None, typer.Option(help="Only this mechanism.")] = None,
     pattern: Annotated[str | None, typer.Option(help="Only this pattern.")] = None,
     mode: Annotated[str | None, typer.Option(help="Only fwd, fwdbwd or step.")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="table (CSV-like when stdout is not a terminal), csv or json."
+        ),
+    ] = "table",
 ) -> None:
     """Print stored speed results (filterable) as a table, CSV or JSON."""
     _check_choice("--format", fmt, ("table", "csv", "json"))
     _check_choice("--pattern", pattern, az.PATTERNS)
     _check_choice("--mode", mode, ("fwd", "fwdbwd", "step"))
-    store = _open_store(db, read_only=True)
+    store = _open_store(db, read_only=True, wait=wait)
     run_id = run if run is not None else store.latest_run_id("speed")
     if run_id is None:
         raise _fail(f"{store.path} has no speed runs yet; run `attnzoo bench speed` first")
@@ -629,8 +718,13 @@ def results(
         for r in rows
     ]  # fmt: skip
     numbers = ["T", "ms", "MiB", "GFLOP\n/s", "of\nGEMM"]
-    out.print(grid(f"run {run_id}: {len(rows)} measurements",
+    show(out, grid(f"run {run_id}: {len(rows)} measurements",
                    ["mixer", "impl", "pattern", "mask", "mode", *numbers], cells, right=numbers))  # fmt: skip
+
+
+app.add_typer(store_app, name="store")
+register_recommend(app)
+guard_commands(app, bench_app, store_app)
 
 
 def main() -> None:

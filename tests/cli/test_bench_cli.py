@@ -74,9 +74,11 @@ def test_bench_results_report_round_trip(tmp_path: Path) -> None:
     assert len(rows) == 6 and {x["impl"] for x in rows} == {"reference", "sdpa", "blocked"}
     r = runner.invoke(app, ["results", "--db", db, "--format", "json", "--mixer", "softmax"])
     assert len(json.loads(r.stdout)) == 6
-    r = runner.invoke(app, ["results", "--db", db], env={"COLUMNS": "200"})
+    r = runner.invoke(app, ["results", "--db", db], env={"COLUMNS": "200", "TTY_COMPATIBLE": "1"})
     assert r.exit_code == 0 and "run 1: 6 measurements" in r.stdout
-    narrow = runner.invoke(app, ["results", "--db", db], env={"COLUMNS": "80"}).stdout
+    narrow = runner.invoke(
+        app, ["results", "--db", db], env={"COLUMNS": "80", "TTY_COMPATIBLE": "1"}
+    ).stdout
     assert max(map(len, narrow.splitlines())) <= 80
     for x in rows:  # an 80-column terminal shows every name and number whole (none cut to '1…')
         ms = f"{float(x['median_s']) * 1e3:.3f}"
