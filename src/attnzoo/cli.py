@@ -687,9 +687,12 @@ def results(
     if run_id is None:
         raise _fail(f"{store.path} has no speed runs yet; run `attnzoo bench speed` first")
     try:
-        store.run(run_id)
+        info = store.run(run_id)
     except ValueError as e:
         raise _fail(str(e)) from None
+    if info["status"] != "complete":  # said on stderr: the CSV and JSON on stdout stay clean
+        state = info["note"] if info["status"] == "interrupted" and info["note"] else info["status"]
+        err.print(f"run {run_id} is {info['status']}: {state}", soft_wrap=True, highlight=False)
     rows = store.speed([run_id], mixer=mixer, pattern=pattern, mode=mode)
     cols = [
         "run_id",

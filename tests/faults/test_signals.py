@@ -77,3 +77,4 @@ def test_killed_bench_keeps_what_it_committed(tmp_path: Path, bench: str, sig: s
     if bench == "speed":
         shown = CliRunner().invoke(app, ["results", "--db", str(db), "--format", "csv"])
         assert shown.exit_code == 0 and shown.stdout.count("\n") == len(after["speed"]) + 1
+        assert f"run {run['run_id']} is interrupted: {expect}" in shown.stderr
