@@ -247,8 +247,21 @@ def _floats(arg: str, text: str, example: str) -> tuple[float, ...]:
     return values
 
 
-def _words(text: str | None) -> tuple[str, ...] | None:
-    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+def _words(text: str | None, arg: str = "") -> tuple[str, ...] | None:
+    """Comma-separated names; ``''`` is none at all (``--masks ''``), but an empty item between
+    names (``a,,b``, a trailing comma) is refused, naming ``arg``."""
+    if text is None:
+        return None
+    if not text.strip():
+        return ()
+    items = tuple(t.strip() for t in text.split(","))
+    if "" in items:
+        where = f"{arg}: " if arg else ""
+        raise _fail(
+            f"{where}expected comma-separated names such as a,b, got {text!r} "
+            f"(empty item {items.index('') + 1})"
+        )
+    return items
 
 
 def parse_size(arg: str, text: str) -> int:
@@ -336,11 +349,11 @@ def bench_speed(
     changes: dict = {}
     lengths = _ints("--seq-lens", seq_lens)
     for key, value in (
-        ("mixers", _words(mixers)), ("seq_lens", lengths), ("patterns", _words(patterns)),
+        ("mixers", _words(mixers, "--mixers")), ("seq_lens", lengths), ("patterns", _words(patterns, "--patterns")),
         ("image_sizes", _ints("--image-sizes", image_sizes)),
-        ("masks", _words(masks)), ("batch", batch), ("heads", heads), ("head_dim", head_dim),
-        ("modes", _words(mode)), ("repeats", repeats), ("warmup", warmup), ("time_cap", time_cap),
-        ("skip_impls", _words(skip_impls)),
+        ("masks", _words(masks, "--masks")), ("batch", batch), ("heads", heads), ("head_dim", head_dim),
+        ("modes", _words(mode, "--mode")), ("repeats", repeats), ("warmup", warmup), ("time_cap", time_cap),
+        ("skip_impls", _words(skip_impls, "--skip-impls")),
         ("memory_budget", parse_size("--memory-budget", memory_budget) if memory_budget else None),
     ):  # fmt: skip
         if value is not None:
@@ -412,7 +425,7 @@ def bench_peers(
             out.print(f"{c.name} ({c.mechanism} vs {c.peer}): {state}", soft_wrap=True)
         return
     try:
-        plan = PeerPlan(name=suite if sizes is None else "custom", cases=_words(cases),
+        plan = PeerPlan(name=suite if sizes is None else "custom", cases=_words(cases, "--cases"),
                         sizes=_ints("--sizes", sizes), repeats=repeats, memory=memory)  # fmt: skip
         if suite not in ("quick", "full"):
             raise ValueError(f"--suite must be quick or full, got {suite!r}")
@@ -493,7 +506,7 @@ def bench_quality(
     changes: dict = {}
     try:
         if mixers is not None:
-            changes["mixers"] = _words(mixers)
+            changes["mixers"] = _words(mixers, "--mixers")
         if d_model is not None:
             changes["d_models"] = _ints("--d-model", d_model)
         if seeds is not None:
@@ -506,7 +519,7 @@ def bench_quality(
             changes["batch_size"] = batch_size
         plan = QUALITY_SUITES[suite].replace(**changes)
         if task is not None:
-            plan = plan.select_tasks(_words(task) or ())
+            plan = plan.select_tasks(_words(task, "--task") or ())
         if set_ is not None:
             plan = plan.with_settings(_settings(set_))
         check_suite(plan)
@@ -588,9 +601,9 @@ def bench_cp(
             out.print(f"{s_.name}: {s_.description} (masks: {', '.join(s_.masks)})", soft_wrap=True)
         return
     try:
-        plan = CPPlan(world_sizes=_ints("--world-size", world_size) or (), strategies=_words(strategy),
-                      masks=_words(masks) or (), seq_lens=_ints("--seq-lens",
-                      seq_lens) or (), modes=_words(mode) or (), batch=batch, heads=heads,
+        plan = CPPlan(world_sizes=_ints("--world-size", world_size) or (), strategies=_words(strategy, "--strategy"),
+                      masks=_words(masks, "--masks") or (), seq_lens=_ints("--seq-lens",
+                      seq_lens) or (), modes=_words(mode, "--mode") or (), batch=batch, heads=heads,
                       head_dim=head_dim, repeats=repeats, timeout=timeout)  # fmt: skip
     except ValueError as e:
         raise _fail(str(e)) from None
@@ -626,7 +639,7 @@ def _cp_cases(rows: list[dict]) -> list[list[str]]:
 def _settings(text: str) -> dict:
     """``key=value,...`` with JSON values (numbers, true/false, strings as they are)."""
     out: dict = {}
-    for item in _words(text) or ():
+    for item in _words(text, "--set") or ():
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ValueError(f"--set: expected key=value pairs such as seq_len=256, got {item!r}")

@@ -178,6 +178,19 @@ def test_number_lists_name_the_flag_and_refuse_empty_items() -> None:
         (["bench", "speed", "--seq-lens", "64,,128"], "--seq-lens", "64,,128", "(empty item 2)"),
         (["bench", "speed", "--seq-lens", "64,128,"], "--seq-lens", "64,128,", "(empty item 3)"),
         (["bench", "speed", "--image-sizes", ""], "--image-sizes", "", "(no value)"),
+        (
+            ["bench", "speed", "--mixers", "softmax,,linear"],
+            "--mixers",
+            "softmax,,linear",
+            "(empty item 2)",
+        ),
+        (["bench", "cp", "--strategy", "ring,"], "--strategy", "ring,", "(empty item 2)"),
+        (
+            ["bench", "quality", "--set", "seq_len=64,,num_kv_pairs=4"],
+            "--set",
+            "seq_len=64,,num_kv_pairs=4",
+            "(empty item 2)",
+        ),
     ):
         r = runner.invoke(app, args)
         message = " ".join(r.stderr.split())
