@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from attnzoo.recommend import Candidate, fmt_bytes, recommend
+from attnzoo.recommend import Candidate, recommend
 from attnzoo.store import Store
+from attnzoo.text import fmt_bytes
 
 GIB = 1 << 30
 
@@ -123,7 +124,7 @@ def test_memory_budget_excludes_with_the_reason(store: Store) -> None:
     assert rec.ranked[0].fits_memory is True and rec.ranked[1].fits_memory is None
     excluded = dict(rec.excluded)
     assert set(excluded) == {"alpha", "gamma"}
-    assert "peak 2.00 GiB at T=8192 > budget 1.00 GiB" in excluded["alpha"]
+    assert "peak 2 GiB at T=8192 > budget 1 GiB" in excluded["alpha"]
     assert (
         "peak ~1.12 GiB at T=8192 interpolated from T=4096 and T=16384 > budget"
         in excluded["gamma"]
@@ -321,7 +322,7 @@ def test_bad_inputs_raise_errors_naming_the_argument(store: Store) -> None:
 
 def test_fmt_bytes_and_table_rows_round_trip_as_json(store: Store) -> None:
     assert [fmt_bytes(n) for n in (None, 512, 1536, 3 << 20, GIB)] == [
-        "-", "512 B", "1.50 KiB", "3.00 MiB", "1.00 GiB"
+        "-", "512 B", "1.5 KiB", "3 MiB", "1 GiB"
     ]  # fmt: skip
     add_run(store, [speed("alpha", 1024, 0.001)])
     rows = recommend(store, seq_len=1024, pattern="causal-self").table_rows()

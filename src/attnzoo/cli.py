@@ -194,14 +194,7 @@ def _bench_store(db: Path | None, wait: float, allow_concurrent: bool) -> Store:
     waits up to ``max(wait, BENCH_WAIT)`` seconds for a store another process holds."""
     store = _open_store(db, wait=wait)
     if not allow_concurrent:
-        live = [r for r in store.runs() if r["alive"]]
-        if live:
-            r = live[0]
-            raise _fail(
-                f"store {store.path} has a {r['kind']} run in progress: run {r['run_id']}, PID "
-                f"{r['pid']} on {r['host']}: {r['command']!r}. Two benches measuring at once "
-                f"spoil each other's timings; wait for it, stop it, or pass --allow-concurrent"
-            )
+        store.check_idle()  # RunInProgressError: one line through the command guard
     store.wait = max(wait, BENCH_WAIT)
     return store
 

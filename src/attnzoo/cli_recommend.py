@@ -12,7 +12,8 @@ import typer
 
 from attnzoo.cli_common import DbOption, WaitOption, check_choice, fail, open_store, out
 from attnzoo.cli_tables import grid, show
-from attnzoo.recommend import Candidate, Recommendation, fmt_bytes, recommend
+from attnzoo.recommend import Candidate, Recommendation, recommend
+from attnzoo.text import fmt_bytes
 
 FORMATS = ("table", "csv", "json")
 # the library's argument names as this command spells them

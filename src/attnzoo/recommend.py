@@ -62,7 +62,7 @@ from attnzoo.stats import (
     trust,
 )
 from attnzoo.store import Store
-from attnzoo.text import suggest
+from attnzoo.text import fmt_bytes, suggest
 
 Row = dict[str, Any]
 
@@ -126,16 +126,6 @@ class Recommendation:
     def table_rows(self) -> list[dict[str, Any]]:
         """One dict per ranked mechanism, best first: ``rank`` and the evidence, raw values."""
         return [{"rank": i, **dataclasses.asdict(c)} for i, c in enumerate(self.ranked, 1)]
-
-
-def fmt_bytes(n: float | None) -> str:
-    """``"1.50 GiB"``, ``"512.00 MiB"``, ``"-"`` for unknown."""
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,3 +41,13 @@ def add(registry: dict[str, T], name: str, entry: T, what: str) -> T:
         raise ValueError(f"{what}: {name!r} is already registered")
     registry[name] = entry
     return entry
+
+
+def fmt_bytes(n: float | None) -> str:
+    """``16.2 MiB``, ``5.69 GiB``, ``800 B``; ``-`` for unknown."""
+    if n is None:
+        return "-"
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"

@@ -19,12 +19,12 @@ from attnzoo.bench.predict import (
     decide,
     dominates,
     estimate,
-    fmt_bytes,
     next_probe,
     overshoot,
     predict,
     verdict,
 )
+from attnzoo.text import fmt_bytes
 
 GiB, MiB, KiB = 2**30, 2**20, 2**10
 SOFTMAX = "O(T·S·K) time; O(T·S) or O(T·block) memory"

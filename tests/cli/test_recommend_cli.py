@@ -40,15 +40,15 @@ def test_table_shows_ranks_evidence_exclusions_and_the_command(tmp_path: Path) -
     assert code == 0, stdout
     # not a terminal: the table comes as CSV (cli_tables.Grid), the evidence after it
     table = stdout.split("evidence:")[0].splitlines()
-    assert table[0] == "# recommend for T=8192 causal-self fwd (tokens), peak <= 1.00 GiB"
+    assert table[0] == "# recommend for T=8192 causal-self fwd (tokens), peak <= 1 GiB"
     rows = list(csv.DictReader(table[1:]))
     assert [(r["#"], r["mixer"], r["impl"]) for r in rows] == [("1", "gamma", "fast"), ("2", "beta", "fast")]  # fmt: skip
     gamma = rows[0]  # trusted, so before the faster but noisy beta
     assert (gamma["T used"], gamma["ms"], gamma["q1..q3 ms"], gamma["reps"]) == ("8192", "3", "2.93..3.07", "5")  # fmt: skip
-    assert (gamma["spread"], gamma["trust"], gamma["peak"], gamma["fits"]) == ("5%", "ok", "256.00 MiB", "yes")  # fmt: skip
+    assert (gamma["spread"], gamma["trust"], gamma["peak"], gamma["fits"]) == ("5%", "ok", "256 MiB", "yes")  # fmt: skip
     assert rows[1]["trust"] == "noisy" and rows[1]["spread"] == "60%"
-    assert "  1. gamma/fast: peak 256.00 MiB at T=8192 <= budget 1.00 GiB" in stdout
-    assert "excluded alpha: fast: peak 3.00 GiB at T=8192 > budget 1.00 GiB" in stdout
+    assert "  1. gamma/fast: peak 256 MiB at T=8192 <= budget 1 GiB" in stdout
+    assert "excluded alpha: fast: peak 3 GiB at T=8192 > budget 1 GiB" in stdout
     assert "warning: 1 of 2 ranked mechanism(s) rest on noisy or few-repeat timings: beta" in stdout
     assert (f"to measure what is missing: attnzoo bench speed --mixers beta --seq-lens 8192 "
             f"--patterns causal-self --mode fwd --repeats 10 --db {path}") in stdout  # fmt: skip

@@ -40,6 +40,7 @@ from typing import Any
 
 from attnzoo.bench.complexity import UNKNOWN_EXPONENT, exponents
 from attnzoo.stats import MIN_RANGE, PowerFit, fit_power_law
+from attnzoo.text import fmt_bytes
 
 MIN_FIT_T = 64  # shorter lengths are not extrapolated from
 MIN_FIT_S = 1e-3  # s; faster calls are dominated by fixed costs
@@ -365,11 +366,3 @@ def _disproof(
     if found.kind == "time" and total <= found.limit:
         return f"{head} in {total:.2f} s for {limits.what(ran_T)}, within the cap"
     return None
-
-
-def fmt_bytes(n: float) -> str:
-    """``16.2 MiB``, ``5.69 GiB``, ``800 B``."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"

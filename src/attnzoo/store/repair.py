@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from attnzoo.store.store import Store, StoreError
+from attnzoo.store.store import Store, StoreError, first_line
 
 
 @dataclasses.dataclass
@@ -36,11 +36,6 @@ class RepairReport:
         return s
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _read(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> tuple[list[str], list]:
     cur = con.execute(sql, params)
     return [d[0] for d in cur.description], cur.fetchall()
@@ -59,7 +54,7 @@ def repair(source: str | Path, dest: str | Path) -> RepairReport:
         con = duckdb.connect(str(source), read_only=True)
     except duckdb.Error as e:
         raise StoreError(
-            f"store repair: {source} cannot be opened at all ({_first_line(e)}); nothing can be "
+            f"store repair: {source} cannot be opened at all ({first_line(str(e))}); nothing can be "
             f"saved from it: restore it from a backup"
         ) from None
     report = RepairReport(source, dest)
@@ -72,7 +67,7 @@ def repair(source: str | Path, dest: str | Path) -> RepairReport:
             run_cols, run_rows = _read(con, "SELECT * FROM runs ORDER BY run_id", [])
         except duckdb.Error as e:
             raise StoreError(
-                f"store repair: the runs table of {source} is unreadable ({_first_line(e)}); "
+                f"store repair: the runs table of {source} is unreadable ({first_line(str(e))}); "
                 f"nothing can be saved from it: restore it from a backup"
             ) from None
         data: dict[int, dict[str, tuple[list[str], list]]] = {}
@@ -83,14 +78,14 @@ def repair(source: str | Path, dest: str | Path) -> RepairReport:
             try:
                 cols, rows = _read(con, f'SELECT * FROM "{table}"', [])
             except duckdb.Error as e:
-                report.unreadable_tables[table] = _first_line(e)
+                report.unreadable_tables[table] = first_line(str(e))
                 for run_id in list(data):  # run by run, what still reads
                     try:
                         data[run_id][table] = _read(
                             con, f'SELECT * FROM "{table}" WHERE run_id = ?', [run_id]
                         )
                     except duckdb.Error as e2:
-                        report.lost[run_id] = f"{table}: {_first_line(e2)}"
+                        report.lost[run_id] = f"{table}: {first_line(str(e2))}"
                 continue
             at = cols.index("run_id")
             for run_id in data:

@@ -83,8 +83,14 @@ class RunInProgressError(StoreError):
     """Another bench is running on this store (its process is alive)."""
 
 
+def first_line(message: str) -> str:
+    """The first line of a (DuckDB) error message, which names what failed."""
+    text = message.strip()
+    return text.splitlines()[0] if text else "unreadable"
+
+
 def damaged(path: Path, detail: str) -> StoreDamagedError:
-    first = detail.strip().splitlines()[0] if detail.strip() else "unreadable"
+    first = first_line(detail)
     return StoreDamagedError(
         f"store {path} is damaged and cannot be read ({first}). Restore it from a backup, save "
         f"what is readable with `attnzoo store repair --db {path} NEW.duckdb`, or start a new "
@@ -183,7 +189,7 @@ class Store:
     def _unusable(self, msg: str) -> StoreError:
         if self.path.exists() and self.path.stat().st_size > 0 and _looks_like_duckdb(self.path):
             return damaged(self.path, msg)
-        first = msg.strip().splitlines()[0] if msg.strip() else "unreadable"
+        first = first_line(msg)
         return StoreError(
             f"--db {self.path} cannot be opened as an attnzoo store ({first}). If it was one, it "
             f"is damaged: restore it from a backup or start a new store with --db NEW.duckdb"
@@ -294,12 +300,8 @@ class Store:
                     "SELECT run_id, kind, pid, host, command FROM runs WHERE status = 'running'"
                 ).fetchall()
                 if alive:
-                    run_id, k, pid, host, cmd = alive[0]
-                    raise RunInProgressError(
-                        f"store {self.path} has a {k} run in progress: run {run_id}, PID {pid} on "
-                        f"{host}: {cmd!r}. Two benches measuring at once spoil each other's "
-                        f"timings; wait for it, stop it, or pass --allow-concurrent"
-                    )
+                    run_id, kind, pid, host, command = alive[0]
+                    raise self._in_progress(run_id, kind, pid, host, command)
             now = _now()
             row = con.execute(
                 """INSERT INTO runs (kind, suite, status, started_at, command, git_sha, host, pid, env,
@@ -310,6 +312,20 @@ class Store:
                  now, json.dumps({"start": machine} if machine else {}, sort_keys=True)],
             ).fetchone()  # fmt: skip
         return int(row[0])
+
+    def check_idle(self) -> None:
+        """:class:`RunInProgressError` if a run of this store is alive (read-only: a bench
+        checks this before it measures anything; :meth:`begin_run` checks again)."""
+        for r in self.runs():
+            if r["alive"]:
+                raise self._in_progress(r["run_id"], r["kind"], r["pid"], r["host"], r["command"])
+
+    def _in_progress(self, run_id: int, kind: str, pid: int, host: str, command: str) -> RunInProgressError:  # fmt: skip
+        return RunInProgressError(
+            f"store {self.path} has a {kind} run in progress: run {run_id}, PID {pid} on "
+            f"{host}: {command!r}. Two benches measuring at once spoil each other's timings; "
+            f"wait for it, stop it, or pass --allow-concurrent"
+        )
 
     def heartbeat(self, run_id: int) -> None:
         """Mark ``run_id`` alive now (the bench calls this periodically)."""
