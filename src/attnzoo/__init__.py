@@ -5,8 +5,7 @@ az.list_mixers(layout="tokens", pattern="causal-self")
 m = az.build_mixer("softmax", d_model=256, num_heads=4, causal=True)
 """
 
-from importlib import metadata as _metadata
-
+from attnzoo._version import __version__
 from attnzoo.config import MixerConfig
 from attnzoo.mixers import Mixer
 from attnzoo.mixers.base import AttentionMaps, StreamingMixer
@@ -25,14 +24,15 @@ from attnzoo.spec import (
     PATTERNS,
     ROLES,
     STATES,
+    ExportSupport,
     Layout,
+    LowPrecision,
     MixerSpec,
     Paper,
     Role,
+    Tolerance,
     register_role,
 )
-
-__version__ = _metadata.version("attnzoo")
 
 __all__ = [
     "FAMILIES",
@@ -41,7 +41,9 @@ __all__ = [
     "ROLES",
     "STATES",
     "AttentionMaps",
+    "ExportSupport",
     "Layout",
+    "LowPrecision",
     "Mask",
     "Mixer",
     "MixerConfig",
@@ -49,6 +51,7 @@ __all__ = [
     "Paper",
     "Role",
     "StreamingMixer",
+    "Tolerance",
     "__version__",
     "build_mixer",
     "create_model",

@@ -26,6 +26,7 @@ HEAD = [
     "masks",
     "state",
     "exact",
+    "exports",
     "verified against",
     "speed",
     "paper",
@@ -103,19 +104,43 @@ def _newest_first(store: object, kind: str) -> list[int]:
     return [r["run_id"] for r in reversed(store.runs(kind))]  # type: ignore[attr-defined]
 
 
+EXPORT_STEPS = {"torch": "torch.export", "dynamic": "dynamic sizes", "onnx": "ONNX"}
+EXPORT_NOTES = (
+    "Exports: `torch.export` at static and at dynamic sizes (`torch.export.Dim` on every token "
+    "axis) and ONNX (`torch.onnx.export(..., dynamo=True)` run by onnxruntime), each equal to "
+    'eager, with `impl="auto"` on CPU in float32 (`tests/contract/test_export.py`). Why not:'
+)
+
+
+def export_cell(spec: MixerSpec, notes: list[str]) -> str:
+    """The exports cell (:attr:`attnzoo.spec.ExportSupport.summary`); a block that does not
+    export everywhere gets a numbered note with its declared reasons, appended to ``notes``."""
+    support = spec.export
+    if support.summary == "yes":
+        return "yes"
+    why = [f"{label}: {getattr(support, step)}" for step, label in EXPORT_STEPS.items()
+           if getattr(support, step)]  # fmt: skip
+    notes.append(f"{len(notes) + 1}. `{spec.name}`: " + "; ".join(why).replace("*", "\\*"))
+    return f"{support.summary} (note {len(notes)})"
+
+
 def feature_table(speed: dict[str, str] | None = None) -> str:
-    """Markdown table: mechanism x pattern x masks x state x verified-against x measured speed."""
+    """Markdown table: mechanism x pattern x masks x state x exports x verified-against x
+    measured speed, then the notes on the blocks that do not export everywhere."""
     speed = speed or {}
     rows = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    notes: list[str] = []
     for s in list_mixers():
         marks = ["yes" if p in s.patterns else "-" for p in PATTERNS]
         cells = [
             f"`{s.name}`", s.family, s.layout, s.role, *marks, ", ".join(s.masks), s.state,
-            "yes" if s.exact else "no", s.peer,
+            "yes" if s.exact else "no", export_cell(s, notes), s.peer,
             speed.get(s.name, "not measured yet"),
             f"[{s.paper.year}]({s.paper.url})",
         ]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
+    if notes:
+        rows += ["", EXPORT_NOTES, "", *notes]
     return "\n".join(rows)
 
 
@@ -133,9 +158,12 @@ def render(readme: str, speed: dict[str, str] | None = None) -> str:
 
 
 def _without_speed(table: str) -> list[list[str]]:
-    rows = [ln for ln in table.strip().splitlines() if ln.startswith("|")]
+    """The table's rows without the speed cell, and the other non-empty lines (the notes)."""
     cut = []
-    for ln in rows:
+    for ln in table.strip().splitlines():
+        if not ln.startswith("|"):
+            cut += [[ln.strip()]] if ln.strip() else []
+            continue
         cells = [c.strip() for c in ln.strip().strip("|").split("|")]
         cut.append(cells[:SPEED_COL] + cells[SPEED_COL + 1 :])
     return cut

@@ -17,7 +17,9 @@ from attnzoo.spec import (
     PATTERNS,
     ROLES,
     STATES,
+    ExportSupport,
     FlopsFn,
+    LowPrecision,
     MixerSpec,
     Paper,
 )
@@ -69,6 +71,8 @@ def register_mixer(
     peer: str,
     flops: FlopsFn,
     dims: int | None = None,
+    low_precision: LowPrecision | None = None,
+    export: ExportSupport | None = None,
 ) -> Callable[[M], M]:
     """Class decorator that declares a block's spec and adds it to the registry.
 
@@ -76,6 +80,10 @@ def register_mixer(
     mixer or pooling head, ``noncausal-cross`` for a fusion block); ``masks`` ``("full",)`` plus
     ``"causal"`` when a causal pattern is declared; ``context_layout`` the input layout when a
     cross pattern is declared. ``dims=`` (1 or 2) is the first version's spelling of ``layout``.
+    ``low_precision`` defaults to ``LowPrecision()``: the default bfloat16 and float16
+    tolerances, no impl refused (see :class:`attnzoo.spec.LowPrecision`). ``export`` defaults
+    to ``ExportSupport()``: exports with torch.export at static and dynamic sizes and to ONNX
+    (see :class:`attnzoo.spec.ExportSupport`; ``tests/contract/test_export.py`` holds it to that).
     """
     if name in _REGISTRY:
         raise ValueError(f"register_mixer: a mixer named {name!r} is already registered")
@@ -112,6 +120,19 @@ def register_mixer(
             f"block with cross patterns (none without), got {context_layout!r} with {patterns}"
         )
 
+    low_precision = LowPrecision() if low_precision is None else low_precision
+    if not isinstance(low_precision, LowPrecision):
+        raise TypeError(
+            f"register_mixer({name!r}): low_precision must be a LowPrecision, "
+            f"got {type(low_precision).__name__}"
+        )
+    export = ExportSupport() if export is None else export
+    if not isinstance(export, ExportSupport):
+        raise TypeError(
+            f"register_mixer({name!r}): export must be an ExportSupport, "
+            f"got {type(export).__name__}"
+        )
+
     def deco(cls: M) -> M:
         spec = MixerSpec(
             name=name,
@@ -130,13 +151,27 @@ def register_mixer(
             config=config,
             flops_fn=flops,
             cls=cls,
+            low_precision=low_precision,
+            export=export,
         )
+        _check_low_precision(spec)
         config.mixer_name = name
         cls.spec = spec
         _REGISTRY[name] = spec
         return cls
 
     return deco
+
+
+def _check_low_precision(spec: MixerSpec) -> None:
+    """``ValueError`` unless every impl ``spec.low_precision`` refuses is a fast path of the
+    config (``impl`` values other than ``auto`` and ``reference``)."""
+    bad = [i for i in spec.low_precision.refused_impls if i not in spec.fast_impls]
+    if bad:
+        raise ValueError(
+            f"register_mixer({spec.name!r}): low_precision.refused_impls {bad} are not fast impls "
+            f"of {spec.config.__name__}; its fast impls: {spec.fast_impls}"
+        )
 
 
 def unregister_mixer(name: str) -> None:

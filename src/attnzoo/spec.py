@@ -24,6 +24,16 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from attnzoo.declarations import (  # noqa: F401  (re-exported: part of the spec's vocabulary)
+    BFLOAT16,
+    EXPORT_STEPS,
+    FLOAT16,
+    LOW_DTYPES,
+    ExportSupport,
+    LowPrecision,
+    Tolerance,
+)
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -220,6 +230,11 @@ class MixerSpec:
         paper: the paper and its official code.
         peer: what the peer/identity test compares against (nobody here wrote it).
         config: the config dataclass.
+        low_precision: what it does in bfloat16 and float16 (:class:`LowPrecision`): the
+            tolerance against float32 it meets, or why it refuses, per dtype, and the impls
+            that refuse both.
+        export: whether it exports with ``torch.export`` (static and dynamic sizes) and to ONNX
+            (:class:`ExportSupport`): the reason per step that does not work.
     """
 
     name: str
@@ -238,6 +253,8 @@ class MixerSpec:
     config: type
     flops_fn: FlopsFn = dataclasses.field(repr=False, compare=False)
     cls: type = dataclasses.field(repr=False, compare=False, default=object)
+    low_precision: LowPrecision = LowPrecision()
+    export: ExportSupport = ExportSupport()
 
     @property
     def dims(self) -> int:
@@ -295,6 +312,24 @@ class MixerSpec:
         """Analytic FLOPs (2 per multiply-add) of one forward call with this config."""
         return int(self.flops_fn(config, batch, T, S, mask))
 
+    def low_precision_refusal(self, dtype: str, impl: str | None = None) -> str | None:
+        """The ``TypeError`` message of a call in ``torch.<dtype>`` (``"bfloat16"`` or
+        ``"float16"``) with ``impl``, or ``None`` when :attr:`low_precision` says it runs."""
+        lp = self.low_precision
+        entry = lp.entry(dtype)
+        if isinstance(entry, str):
+            others = [f"torch.{d}" for d in LOW_DTYPES if d != dtype and lp.runs(d)]
+            supported = ", ".join(["torch.float32", "torch.float64", *others])
+            refused = f"{self.name} does not run in torch.{dtype}: {entry}"
+            return f"{refused}; supported dtypes: {supported}"
+        if impl in lp.refused_impls:
+            ok = ", ".join(repr(i) for i in self.impls if i not in lp.refused_impls)
+            return (
+                f"{self.name}: impl={impl!r} takes torch.float32 or torch.float64, got "
+                f"torch.{dtype}; impls that run in torch.{dtype}: {ok}"
+            )
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -313,6 +348,8 @@ class MixerSpec:
             "paper": dataclasses.asdict(self.paper),
             "peer": self.peer,
             "config_keys": [f.name for f in dataclasses.fields(self.config)],
+            "low_precision": self.low_precision.to_dict(),
+            "export": self.export.to_dict(),
         }
 
 

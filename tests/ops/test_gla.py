@@ -239,3 +239,18 @@ def test_chunks_with_mild_and_strong_decay_mixed() -> None:
     want = fwd_bwd(op("recurrent"), x, g)
     got = fwd_bwd(op("chunk", chunk_size=64), x, g)
     assert_all_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "chunk", "recurrent"])
+def test_float16_runs_in_float32(impl: str) -> None:
+    """float16 inputs are computed in float32: gates of -0.3 per step sum to -19 over a chunk of
+    64, and the chunk path's ``e^{-b}`` (1.8e8) passed float16's 65504, which gave NaN."""
+    q, k, v, _ = inputs(128)
+    gk = torch.full_like(k, -0.3)
+    half = [t.half().requires_grad_(True) for t in (q, k, v, gk)]
+    got = gated_linear_attention(*half, impl=impl)
+    want = gated_linear_attention(*(t.float() for t in half), impl="reference")
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), want, atol=2e-3, rtol=2e-3)
+    got.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in half)

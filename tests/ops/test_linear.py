@@ -255,3 +255,56 @@ def test_compiled_chunk_matches_reference_fwd_bwd(use_decay: bool, normalize: bo
     g = torch.randn(B, 100, H, V)
     want = fwd_bwd(run("reference"), xs, g)
     assert_all_close(fwd_bwd(run("compiled"), xs, g), want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.compile
+def test_compiled_chunk_serves_many_lengths_without_hitting_the_recompile_limit() -> None:
+    """More lengths than torch._dynamo's recompile_limit (8): partial chunks, one and several
+    super-blocks. The compiled super-block compiles a few times (its chunk count is a dynamic
+    shape), never logs "hit config.recompile_limit" (after which calls run uncompiled) and
+    every length equals ``chunk``."""
+    import logging
+
+    import torch._dynamo
+
+    torch._dynamo.reset()  # this test's compilations only
+    counted = torch._dynamo.utils.counters["stats"]
+    before = counted["unique_graphs"]
+    lengths = [5, 17, 40, 63, 100, 129, 200, 255, 256, 300, 513]
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("torch._dynamo")
+    logger.addHandler(handler)
+    try:
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            for T in lengths:
+                q, k, v = inputs(T)
+                kw = {"causal": True, "decay": log_decay(), "chunk_size": CHUNK}
+                got = linear_attention(q, k, v, impl="compiled", **kw)
+                assert_all_close(got, linear_attention(q, k, v, impl="chunk", **kw),
+                                 atol=1e-5, rtol=1e-5)  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+    hits = [r.getMessage() for r in records if "recompile_limit" in r.getMessage()]
+    assert not hits, hits
+    graphs = counted["unique_graphs"] - before
+    assert 1 <= graphs <= 4, f"{graphs} compilations for {len(lengths)} lengths"
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference", "chunk", "recurrent"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_float16_sums_run_in_float32(impl: str, causal: bool) -> None:
+    """float16 inputs are computed in float32: the normaliser of 1500 elu+1 keys (~1e5) passes
+    float16's 65504, which gave zeros; the float16 output stays within its rounding of the
+    float32 result on the same rounded inputs, with finite gradients."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (feature_map(torch.randn(1, 1500, 1, 16, generator=g) * 2, "elu+1") for _ in range(2))
+    v = torch.randn(1, 1500, 1, 16, generator=g)
+    half = [t.half().requires_grad_(True) for t in (q, k, v)]
+    got = linear_attention(*half, causal=causal, normalize=True, impl=impl)
+    want = linear_attention(*(t.float() for t in half), causal=causal, normalize=True)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), want, atol=2e-3, rtol=2e-3)
+    got.float().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in half)

@@ -9,8 +9,9 @@ for ``init_state`` / ``step`` around ``new_state`` and ``advance``. Blocks whose
 Calls that no mechanism needs to handle itself: an input with no tokens (a ``0 x 5`` grid, ``T =
 0``) or no samples gets an empty output of the role's shape without calling ``mix`` (gradients
 stay connected: every parameter gets a zero gradient); an input whose dtype differs from the
-mixer's parameters, a BatchNorm in training mode that would see one value per channel, and a
-streaming state of the wrong shape raise errors that say what to change.
+mixer's parameters, a bfloat16 / float16 call the spec's ``low_precision`` refuses (the dtype,
+or the config's ``impl`` in it), a BatchNorm in training mode that would see one value per
+channel, and a streaming state of the wrong shape raise errors that say what to change.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from torch import Tensor, nn
 from attnzoo.config import MixerConfig
 from attnzoo.ops.masks import Mask
 from attnzoo.spec import LAYOUTS, MixerSpec
+
+# the dtypes a spec's low_precision declares, by their names there
+LOW = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclasses.dataclass
@@ -109,6 +113,8 @@ class Mixer(nn.Module):
         An empty output (``x`` has no tokens or no samples; a pooling head only without samples)
         is returned without calling :meth:`mix` (see :meth:`empty_output`)."""
         self.check_call(x, context, mask)
+        if x.dtype in LOW:
+            self.check_low_precision_impl(x)
         shape = self.spec.role_info.output_shape(tuple(x.shape), self.d_model)
         if math.prod(shape) == 0:
             return self.empty_output(shape, x, context, mask)
@@ -179,6 +185,8 @@ class Mixer(nn.Module):
         name = self.spec.name
         self.spec.input_layout.check(name, "x", x, self.cfg.d_model)
         self.check_dtype("x", x)
+        if x.dtype in LOW:
+            self.check_low_precision(x)
         if context is None:
             return
         LAYOUTS[self.spec.context_layout or self.spec.layout].check(
@@ -207,6 +215,20 @@ class Mixer(nn.Module):
             f"{self.spec.name}: {arg} is {t.dtype} but the mixer's parameters are "
             f"{' and '.join(have)}; call mixer.to({t.dtype}) or {arg}.to({have[0]})"
         )
+
+    def check_low_precision(self, x: Tensor) -> None:
+        """``TypeError`` (block, dtype, reason, supported dtypes) when the spec's
+        ``low_precision`` refuses ``x``'s dtype, ``bfloat16`` or ``float16``."""
+        reason = self.spec.low_precision_refusal(LOW[x.dtype])
+        if reason is not None:
+            raise TypeError(reason)
+
+    def check_low_precision_impl(self, x: Tensor) -> None:
+        """``TypeError`` (block, impl, dtype, the impls that run) when the config's ``impl`` is
+        one the spec's ``low_precision`` refuses in ``x``'s dtype (a float32/float64 kernel)."""
+        reason = self.spec.low_precision_refusal(LOW[x.dtype], getattr(self.cfg, "impl", None))
+        if reason is not None:
+            raise TypeError(reason)
 
     def check_batchnorm(self, x: Tensor) -> None:
         """``ValueError`` when a BatchNorm that normalises with batch statistics (training mode,

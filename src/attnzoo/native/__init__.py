@@ -4,7 +4,7 @@ The kernels call the BLAS that torch itself links (MKL on x86-64 wheels) and run
 head) pairs in parallel on torch's OpenMP threads. They are built once per source version into
 torch's extension cache (``~/.cache/torch_extensions``, or ``$TORCH_EXTENSIONS_DIR``), named by a
 digest of the sources; the first build takes about 40 s and needs a C++ compiler (``g++``) and
-``ninja`` (a pinned dependency).
+``ninja`` (the ``[native]`` extra: ``pip install 'attnzoo[native]'``).
 
 - :func:`load` returns the compiled module or raises :class:`NativeUnavailable` with the reason
   (the compiler's output included).
@@ -12,6 +12,15 @@ digest of the sources; the first build takes about 40 s and needs a C++ compiler
 - For the ops: :func:`check_inputs` refuses what ``impl="native"`` cannot take (naming it),
   :func:`use_for_auto` decides ``impl="auto"`` (native for CPU float32/float64 inputs when it
   builds; when it does not, it warns once with the reason), :func:`rows` prepares an input.
+
+Under ``torch.export`` (and so ``torch.onnx.export(..., dynamo=True)``), ``impl="auto"`` takes the
+portable ``chunk`` path instead (:func:`use_for_auto` is false while
+``torch.compiler.is_exporting()``): the exported program is plain ATen, runs without these
+kernels and converts to ONNX; its ``T`` is static (the chunk path loops over chunks in Python).
+An explicit ``impl="native"`` exports as the custom ops ``attnzoo::linear_chunk`` /
+``attnzoo::gla_chunk`` (their ``register_fake`` gives the output shapes, so ``T`` may be dynamic);
+such a program needs ``attnzoo`` imported (and the kernels built) to run, and has no ONNX
+translation. ``torch.compile`` (not exporting) keeps the native kernels for ``auto``.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 import sys
 import warnings
 from contextlib import contextmanager
@@ -28,6 +38,8 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+
+from attnzoo.extras import MissingExtra
 
 SOURCES = ("bindings.cpp", "linear_chunk.cpp", "gla_chunk.cpp", "gla_grad.cpp")
 HEADERS = ("kernels.h", "gla.h")
@@ -85,8 +97,9 @@ def check_inputs(op: str, x: Tensor) -> None:
 
 def use_for_auto(op: str, x: Tensor) -> bool:
     """Whether ``impl="auto"`` of ``op`` runs natively on inputs like ``x``: CPU, float32 or
-    float64, and the kernels build here. When they do not, warn once per op (with the reason)."""
-    if x.device.type != "cpu" or x.dtype not in DTYPES:
+    float64, and the kernels build here. When they do not, warn once per op (with the reason).
+    False under ``torch.export``: exported programs take the portable path (module docstring)."""
+    if torch.compiler.is_exporting() or x.device.type != "cpu" or x.dtype not in DTYPES:
         return False
     if available():
         return True
@@ -121,6 +134,8 @@ def _build() -> ModuleType:
     where = "\0".join([str(here.resolve()), *FLAGS]).encode()
     name = f"{NAME}_{hashlib.sha256(files + _cpu_identity() + where).hexdigest()[:12]}"
     with _quiet_cuda_notice(), _ninja_on_path():
+        if shutil.which("ninja") is None:
+            raise MissingExtra("native", "building them", ["ninja"])
         from torch.utils.cpp_extension import load as load_extension
 
         _announce_build(name)

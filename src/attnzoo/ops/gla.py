@@ -26,7 +26,17 @@ of ViG's bidirectional form, see :func:`bidirectional_gla`.
 - ``native`` is fused C++ forward and backward kernels with the same stabilisation
   (:mod:`attnzoo.ops.gla_native`; a double backward recomputes through ``chunk``). ``auto``
   takes it on CPU for float32/float64 when it builds here (and warns once when it does not).
+  Under ``torch.export`` ``auto`` takes ``chunk`` (a portable, ONNX-convertible program with a
+  static ``T``; its intra-chunk scores take the sub-chunk form, as under ``torch.compile``) and
+  ``native`` exports as the custom op ``attnzoo::gla_chunk`` (a dynamic ``T`` works; no ONNX):
+  see :mod:`attnzoo.native`.
 - ``recurrent`` is the step loop (:func:`gla_step`), O(T) sequential steps.
+
+Precision: ``float16`` inputs are computed in ``float32`` and the output cast back (every path;
+``auto`` then takes ``chunk``): the ``chunk`` path's one-GEMM intra-chunk form scales keys by
+``e^{-b}`` up to ``e^SPAN_LIMIT``, past float16's largest value (65504, ``e^11``) once a chunk's
+gates sum below -11, which gave NaN. ``bfloat16`` has float32's range and runs as is; ``native``
+takes neither.
 
 Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training", 2023.
 https://arxiv.org/abs/2312.06635  Code: https://github.com/fla-org/flash-linear-attention
@@ -70,6 +80,8 @@ def gated_linear_attention(
         impl: ``"auto"`` (``native`` on CPU float32/float64 when it builds, else ``chunk``),
             ``"reference"``, ``"chunk"``, ``"native"`` (fused C++ kernels) or ``"recurrent"``.
         chunk_size: chunk length of the chunk path (need not divide ``T``).
+
+    float16 inputs are computed in float32 and the output cast back (see the module docstring).
 
     Shapes:
         q ``[B, T, H, K]``, k ``[B, T, H, K]``, v ``[B, T, H, V]``, gk ``[B, T, H, K]``
@@ -176,6 +188,11 @@ def _dispatch(
 ) -> Tensor:
     if q.shape[1] == 0:
         return v.new_zeros(v.shape)
+    if q.dtype == torch.float16:  # in float32: e^{-b} passes float16's range (module docstring)
+        if impl == "native":
+            native.check_inputs(OP, q)
+        wide = (t.float() for t in (q, k, v, gk))
+        return _dispatch(*wide, scale, "chunk" if impl == "auto" else impl, chunk_size).half()
     if impl == "reference":
         return _reference(q, k, v, gk, scale)
     if impl == "recurrent":

@@ -12,7 +12,9 @@ The backward (``attnzoo/native/gla_grad.cpp``) is the same kind of kernel: a for
 A double backward (``create_graph=True``) instead recomputes the forward on the portable
 ``chunk`` path under autograd and differentiates that, which is twice differentiable. The ops are
 the custom ops ``attnzoo::gla_chunk`` and ``attnzoo::gla_chunk_backward`` (``torch.compile``
-traces them). CPU only, float32 and float64.
+traces them; ``torch.export`` of ``impl="native"`` records ``attnzoo::gla_chunk``, a dynamic ``T``
+included, through its ``register_fake``, while ``impl="auto"`` exports the portable ``chunk``
+path: see :mod:`attnzoo.native`). CPU only, float32 and float64.
 """
 
 from __future__ import annotations

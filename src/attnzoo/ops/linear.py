@@ -28,20 +28,33 @@ with ``normalize=True`` the scale cancels (up to ``eps``).
   super-block by super-block keeps the intermediates (scores, per-chunk states) cache-sized:
   the whole-sequence version ran every elementwise pass over tensors of ``T·C`` or ``T/C·K·V``
   floats from main memory and was ~1.3x slower at T = 8k on CPU.
-- ``compiled`` is the ``chunk`` path compiled by ``torch.compile`` (inductor; one compilation
-  per input shape and dtype, a few seconds on first use): it fuses the layout copies and decay
-  multiplies that make the eager path memory-bound on CPU. Same numbers as ``chunk`` up to fp32
-  rounding; tested against ``reference`` forward and backward.
+- ``compiled`` is the ``chunk`` path with its super-block compiled by ``torch.compile``
+  (inductor, a few seconds on first use): it fuses the layout copies and decay multiplies that
+  make the eager path memory-bound on CPU. The tiling is fixed (chunks of ``chunk_size`` even
+  when ``T`` is shorter, super-blocks of ``SUPER`` chunks, the last zero-padded to whole chunks)
+  and the chunk count and ``B·H`` are dynamic shapes, so one or two compilations serve every
+  ``T`` and batch of a dtype, head count and width (per decay kind and grad mode, each compiled
+  on a code object of its own). A compilation per ``T`` hit torch._dynamo's ``recompile_limit``
+  (8) after 8 lengths, and later lengths silently ran uncompiled. Same numbers as ``chunk`` up
+  to fp32 rounding; tested against ``reference`` forward and backward.
 - ``native`` is one fused C++ kernel per call (:mod:`attnzoo.ops.linear_native`): the chunk
   algorithm with its GEMMs on strided views of the inputs and the decays applied in cache, built
   on first use; its backward is the same kernel run three times. CPU, float32/float64, a constant
   decay. ``auto`` takes it for such inputs when it builds here (and warns once when it does not),
-  else ``chunk``.
+  else ``chunk``. Under ``torch.export`` ``auto`` takes ``chunk`` (a portable, ONNX-convertible
+  program with a static ``T``) and ``native`` exports as the custom op ``attnzoo::linear_chunk``
+  (a dynamic ``T`` works; no ONNX): see :mod:`attnzoo.native`.
 - ``recurrent`` runs :func:`linear_attention_step` token by token:
   ``S_t = lambda S_{t-1} + k_t^T v_t``, ``o_t = scale * q_t S_t``.
 
 Non-causal ``chunk`` and ``recurrent`` both use the global state ``o = scale * q (K^T V)``.
 Causal cross attention (``S != T`` with ``causal=True``) is not supported.
+
+Precision: ``float16`` inputs are computed in ``float32`` and the output cast back (every path):
+the sums over keys (the state ``K^T V``, the normaliser ``q . sum_s k_s``) pass float16's
+largest value, 65504, at about a thousand tokens of ``elu+1`` features, where the normalised
+output came out as zeros. ``bfloat16`` has float32's range and runs as is; ``native`` takes
+neither (and ``auto`` does not pick it for them).
 
 Katharopoulos et al., "Transformers are RNNs", 2020, https://arxiv.org/abs/2006.16236
 (code: https://github.com/idiap/fast-transformers). Qin et al., "Various Lengths, Constant Speed:
@@ -52,6 +65,9 @@ Efficient Language Modeling with Lightning Attention", 2024, https://arxiv.org/a
 from __future__ import annotations
 
 import math
+import types
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +127,9 @@ def linear_attention(
             ``torch.compile``) or ``"recurrent"``.
         chunk_size: tokens per chunk of the ``chunk`` path.
 
+    float16 inputs are computed in float32 and the output cast back (its range, see the module
+    docstring).
+
     Shapes:
         q ``[B, T, H, K]``, k ``[B, S, Hkv, K]``, v ``[B, S, Hkv, V]``, decay ``[H]``
         -> ``[B, T, H, V]``
@@ -133,15 +152,39 @@ def linear_attention(
     g = _check_decay(decay, causal, H, q)
     if impl == "native":
         check_native(OP, q, g)
+    native = causal and (impl == "native" or (impl == "auto" and native_for_auto(OP, q, g)))
     k, v = expand_kv(k, H), expand_kv(v, H)  # [B, S, H, K], [B, S, H, V]
+    if q.dtype == torch.float16:  # in float32: the sums pass float16's range (module docstring)
+        q, k, v = q.float(), k.float(), v.float()
+        g = None if g is None else g.float()
+        return _paths(q, k, v, g, causal, scale, normalize, eps, impl, native, chunk_size).half()
+    return _paths(q, k, v, g, causal, scale, normalize, eps, impl, native, chunk_size)
+
+
+def _paths(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None,
+    causal: bool,
+    scale: float,
+    normalize: bool,
+    eps: float,
+    impl: str,
+    native: bool,
+    chunk_size: int,
+) -> Tensor:
+    """The path ``impl`` on checked inputs (``native``: the fused kernel's turn, decided by
+    :func:`linear_attention`). Shapes: q ``[B, T, H, K]``, k ``[B, S, H, K]``, v ``[B, S, H, V]``
+    -> ``[B, T, H, V]``."""
     if impl == "reference":
         return _reference(q, k, v, g, causal, scale, normalize, eps)
     if impl == "recurrent" and causal:
         return _recurrent(q, k, v, g, scale, normalize, eps)
-    V = v.shape[-1]
+    B, S, H, V = v.shape
     if normalize:  # the normaliser is the same attention applied to a column of ones
         v = torch.cat([v, v.new_ones(B, S, H, 1)], dim=-1)  # [B, S, H, V + 1]
-    if causal and (impl == "native" or (impl == "auto" and native_for_auto(OP, q, g))):
+    if native:
         o = native_linear_causal(q, k, v, g, scale, chunk_size)
     elif causal:
         chunked = _compiled_chunk_causal() if impl == "compiled" else _chunk_causal
@@ -299,15 +342,20 @@ def _recurrent(
     return torch.stack(outs, dim=1)  # [B, T, H, V]
 
 
-def _chunk_causal(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, C: int
-) -> Tensor:
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    if T == 0:
-        return q.new_zeros(B, 0, H, V)
-    C = min(C, T)
-    G = min(SUPER, -(-T // C))  # chunks per super-block
+class _Decays(NamedTuple):
+    """The decay factors of a tiling in chunks of ``C`` tokens and super-blocks of ``G`` chunks
+    (scale folded in): :func:`_decays` makes them, :func:`_super_block` uses them."""
+
+    intra: Tensor  # [B·H, C, C] scale * lambda^(i-j) on and below the diagonal
+    across: Tensor  # [B·H, G, G] lambda^(C·(n-1-m)) for m < n
+    carry: Tensor  # [B·H, G, 1] lambda^(C·n): the super-block's entering state to chunk n
+    step_c: Tensor  # [B·H, 1, 1] lambda^C
+    k_decay: Tensor | None  # [B·H, 1, C, 1] lambda^(C-1-j) (None without a decay)
+    q_decay: Tensor | None  # [B·H, 1, C, 1] scale * lambda^(i+1) (None without a decay)
+    alpha: float  # the scale of the inter-chunk term (1 when q_decay carries it)
+
+
+def _decays(g: Tensor | None, B: int, H: int, C: int, G: int, scale: float, q: Tensor) -> _Decays:
     gr = (g if g is not None else q.new_zeros(H)).repeat(B)  # [B·H] log-decay, <= 0
     i = torch.arange(C, device=q.device)
     dist = i[:, None] - i[None, :]  # [C, C] = i - j
@@ -320,38 +368,117 @@ def _chunk_causal(
     across = torch.where(steps >= 0, decay_exp(gr[:, None, None] * C * steps.clamp(min=0)), 0.0)
     carry = decay_exp(gr[:, None] * C * n)[:, :, None]  # [B·H, G, 1]
     step_c = decay_exp(gr * C)[:, None, None]  # [B·H, 1, 1] = lambda^C
-    if g is not None:
-        k_decay = decay_exp(gr[:, None] * (C - 1 - i))[:, None, :, None]  # [B·H, 1, C, 1]
-        q_decay = decay_exp(gr[:, None] * (i + 1))[:, None, :, None] * scale  # lambda^(i+1)
+    if g is None:
+        return _Decays(intra, across, carry, step_c, None, None, scale)
+    k_decay = decay_exp(gr[:, None] * (C - 1 - i))[:, None, :, None]  # [B·H, 1, C, 1]
+    q_decay = decay_exp(gr[:, None] * (i + 1))[:, None, :, None] * scale  # lambda^(i+1)
+    return _Decays(intra, across, carry, step_c, k_decay, q_decay, 1.0)
+
+
+def _super_block(
+    q: Tensor, k: Tensor, v: Tensor, state: Tensor, d: _Decays, C: int
+) -> tuple[Tensor, Tensor]:
+    """One super-block of at most ``G`` chunks and the state leaving it.
+
+    Shapes: q, k ``[B, L, H, K]``, v ``[B, L, H, V]`` (``L <= G·C``), state ``[B·H, 1, K·V]``
+        (entering) -> o ``[B·H, ceil(L/C), C, V]``, state ``[B·H, 1, K·V]``"""
+    K, V = q.shape[-1], v.shape[-1]
+    qc, kc, vc = (to_chunks(x, C) for x in (q, k, v))  # [B·H, n, C, D]
+    R, N = qc.shape[:2]
+    a = torch.matmul(qc, kc.transpose(-1, -2))  # [B·H, n, C, C]
+    a.mul_(d.intra[:, None])  # in place: matmul's backward keeps q and k, not a
+    o = torch.matmul(a, vc)  # [B·H, n, C, V]
+    # S_n = lambda^C S_{n-1} + sum_j lambda^(C-1-j) k_j^T v_j, state entering chunk n
+    kd = kc if d.k_decay is None else kc * d.k_decay
+    kv = torch.matmul(kd.transpose(-1, -2), vc).view(R, N, K * V)  # [B·H, n, K·V]
+    entering = torch.matmul(d.across[:, :N, :N], kv)  # [B·H, n, K·V]
+    entering.addcmul_(d.carry[:, :N], state)  # in place: not saved by matmul's backward
+    qd = qc if d.q_decay is None else qc * d.q_decay
+    o.view(R * N, C, V).baddbmm_(qd.view(R * N, C, K), entering.view(R * N, K, V), alpha=d.alpha)
+    return o, d.step_c * entering[:, -1:] + kv[:, -1:]  # state: [B·H, 1, K·V]
+
+
+def _chunk_causal(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, C: int
+) -> Tensor:
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T == 0:
+        return q.new_zeros(B, 0, H, V)
+    C = min(C, T)
+    G = min(SUPER, -(-T // C))  # chunks per super-block
+    d = _decays(g, B, H, C, G, scale, q)
     state = q.new_zeros(B * H, 1, K * V)  # state entering the super-block
     outs = []
     for t0 in range(0, T, G * C):
-        qc, kc, vc = (to_chunks(x[:, t0 : t0 + G * C], C) for x in (q, k, v))  # [B·H, n, C, D]
-        R, N = qc.shape[:2]
-        a = torch.matmul(qc, kc.transpose(-1, -2))  # [B·H, n, C, C]
-        a.mul_(intra[:, None])  # in place: matmul's backward keeps q and k, not a
-        o = torch.matmul(a, vc)  # [B·H, n, C, V]
-        # S_n = lambda^C S_{n-1} + sum_j lambda^(C-1-j) k_j^T v_j, state entering chunk n
-        kd = kc if g is None else kc * k_decay
-        kv = torch.matmul(kd.transpose(-1, -2), vc).view(R, N, K * V)  # [B·H, n, K·V]
-        entering = torch.matmul(across[:, :N, :N], kv)  # [B·H, n, K·V]
-        entering.addcmul_(carry[:, :N], state)  # in place: not saved by matmul's backward
-        if g is None:
-            qd, alpha = qc, scale
-        else:
-            qd, alpha = qc * q_decay, 1.0
-        o.view(R * N, C, V).baddbmm_(qd.view(R * N, C, K), entering.view(R * N, K, V), alpha=alpha)
-        state = step_c * entering[:, -1:] + kv[:, -1:]  # [B·H, 1, K·V]
+        o, state = _super_block(*(x[:, t0 : t0 + G * C] for x in (q, k, v)), state, d, C)
         outs.append(o)
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B·H, N, C, V]
     return from_chunks(out, B, T)  # [B, T, H, V] (a view)
 
 
-_COMPILED: list = []
+_COMPILED: dict[tuple[bool, bool], Callable[..., tuple[Tensor, Tensor]]] = {}
 
 
-def _compiled_chunk_causal():  # noqa: ANN202  (a compiled callable)
-    """:func:`_chunk_causal` through ``torch.compile``, built on first use (shapes static)."""
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_chunk_causal, dynamic=False))
-    return _COMPILED[0]
+def _compiled_chunk_causal():  # noqa: ANN202  (a callable like _chunk_causal)
+    """:func:`_chunk_causal` with its super-block compiled by ``torch.compile`` (built on first
+    use). The tiling does not follow ``T`` (chunks of ``C`` even when ``T < C``, super-blocks of
+    ``SUPER`` chunks) and the last super-block is zero-padded to whole chunks, so the blocks'
+    inputs differ only in their chunk count, which is marked dynamic (as is ``B·H``): a few
+    compilations serve every length (see the module docstring), not one per ``T``."""
+    return _compiled_chunk
+
+
+def _compiled_block(decayed: bool, grad: bool) -> Callable[..., tuple[Tensor, Tensor]]:
+    """The compiled :func:`_super_block` for a decay kind and grad mode, each on a code object of
+    its own: torch._dynamo counts a function's compilations (``recompile_limit``, 8) per code
+    object, and blocks with and without a decay, run with and without grad (a benchmark does all
+    four), never share a compiled graph."""
+    key = (decayed, grad)
+    if key not in _COMPILED:
+        name = f"_super_block_{'decayed' if decayed else 'plain'}_{'grad' if grad else 'nograd'}"
+        code = _super_block.__code__.replace(co_name=name)
+        fn = types.FunctionType(code, _super_block.__globals__, name)
+        _COMPILED[key] = torch.compile(fn)
+    return _COMPILED[key]
+
+
+def _compiled_chunk(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, scale: float, C: int
+) -> Tensor:
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T == 0:
+        return q.new_zeros(B, 0, H, V)
+    d = _decays(g, B, H, C, SUPER, scale, q)
+    # every call sees the same kinds of inputs: contiguous, with strides that follow their own
+    # sizes (a view's would name T), and a state that requires grad whenever a later one will
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, d.intra))
+    state = q.new_zeros(B * H, 1, K * V).requires_grad_(grad)  # entering the super-block
+    block = _compiled_block(g is not None, torch.is_grad_enabled())
+    outs = []
+    for t0 in range(0, T, SUPER * C):
+        xs = [_whole_chunks(x[:, t0 : t0 + SUPER * C], C) for x in (q, k, v)]
+        N = xs[0].shape[1] // C
+        # the decays of N chunks, contiguous (a slice's strides would name SUPER)
+        dn = d._replace(across=d.across[:, :N, :N].contiguous(), carry=d.carry[:, :N].contiguous())
+        for x in (*xs, state, *(t for t in dn if isinstance(t, Tensor))):
+            torch._dynamo.maybe_mark_dynamic(x, 0)  # B·H (q, k, v: B)
+        for x in (*xs, dn.across, dn.carry):
+            torch._dynamo.maybe_mark_dynamic(x, 1)  # the chunks (q, k, v: their tokens)
+        torch._dynamo.maybe_mark_dynamic(dn.across, 2)
+        o, state = block(*xs, state, dn, C)
+        outs.append(o)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # [B·H, N, C, V]
+    return from_chunks(out, B, T)  # [B, T, H, V] (a view)
+
+
+def _whole_chunks(x: Tensor, C: int) -> Tensor:
+    """``x [B, L, H, D]`` zero-padded to whole chunks (zero tokens after the end change nothing
+    before it), in a tensor of its own: contiguous, with strides that follow its own sizes (a
+    slice's would name ``T``, and a batch of one keeps the slice's batch stride)."""
+    pad = -x.shape[1] % C
+    if pad:
+        return F.pad(x, (0, 0, 0, 0, 0, pad))
+    x = x.contiguous()
+    return x[0][None] if x.shape[0] == 1 else x

@@ -6,7 +6,9 @@ torch's BLAS, the decay mask and decay factors are applied in cache, and the out
 place, so the layout copies, concatenations and elementwise passes of the eager ``chunk`` path
 (which made it memory-bound on CPU) disappear.
 
-The kernel is the custom op ``attnzoo::linear_chunk`` (so ``torch.compile`` traces it); its
+The kernel is the custom op ``attnzoo::linear_chunk`` (so ``torch.compile`` traces it, and
+``torch.export`` of ``impl="native"`` records it, a dynamic ``T`` included, through its
+``register_fake``; ``impl="auto"`` exports the ``chunk`` path instead: :mod:`attnzoo.native`); its
 backward is the same op three times, which also makes it twice differentiable. With ``o_t = s sum_{u<=t} lambda^(t-u) (q_t.k_u) v_u``:
 
 - ``dq_t = s sum_{u<=t} lambda^(t-u) (do_t.v_u) k_u``, causal: ``dq = fwd(do, v, k)``;

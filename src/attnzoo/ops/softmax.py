@@ -131,7 +131,9 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, m: Mask, scale: float) -> Tensor:
     else:
         allowed = m.dense(T, S, q.device)  # [T, S]
         has_key = allowed.any(-1)  # [T]
-        if not bool(has_key.all()):
+        # traced (torch.compile / torch.export): always, as a branch on values cannot be traced
+        # and with no empty row both steps change nothing
+        if torch.compiler.is_compiling() or not bool(has_key.all()):
             # give empty rows every key, then zero them: finite values, zero gradients
             empty_rows = ~has_key
             allowed = allowed | empty_rows[:, None]

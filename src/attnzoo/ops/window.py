@@ -48,8 +48,11 @@ Bias = Tensor | Callable[[Tensor], Tensor] | None
 
 
 def _window(op: str, window: int | Sequence[int], rank: int) -> tuple[int, ...]:
-    w = (window,) * rank if isinstance(window, int) else tuple(window)
-    if len(w) != rank or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in w):
+    # a torch.SymInt is a size traced by torch.export / torch.compile with a dynamic shape
+    w = (window,) * rank if isinstance(window, (int, torch.SymInt)) else tuple(window)
+    if len(w) != rank or any(
+        isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)) or s < 1 for s in w
+    ):
         raise ValueError(
             f"{op}: window must be {rank} positive ints (one per grid axis), got {window!r}"
         )
@@ -342,11 +345,13 @@ def _sdpa(
         mask = mask.repeat(B, 1, 1, 1)
     G, n, nk = qw.shape[0], qw.shape[2], kw.shape[2]
     # chunks of windows only when a [g, H, n, n_k] logit bias must be made per chunk (a bias
-    # computed from the queries, or a shared one plus the padding mask); else one call
+    # computed from the queries, or a shared one plus the padding mask); else one call. Under
+    # torch.export one call too: a Python loop over the window count G would fix the grid size
     made = callable(bias) or (bias is not None and mask is not None)
-    step = max(1, CHUNK_ELEMENTS // (H * n * nk)) if made else G
+    chunked = made and not torch.compiler.is_exporting()
+    step = max(1, CHUNK_ELEMENTS // (H * n * nk)) if chunked else G
     outs = []
-    for g in range(0, G, step):
+    for g in range(0, G, step) if chunked else (0,):
         qc = qw[g : g + step]
         add = None
         if bias is not None:
@@ -383,6 +388,10 @@ def _key_mask(
     if sizes is None or tuple(sizes) == tuple(grid) and halo == 0:
         return None
     counts = [g // k for g, k in zip(grid, w, strict=True)]
+    # the last key of an axis is at c*k + 2*halo - 1 (dilated: c*k - 1, no halo): every key
+    # exists when c*k <= s on every axis (decided on sizes, not tensor values: export traces it)
+    if all(c * k <= s for c, k, s in zip(counts, w, sizes, strict=True)):
+        return None
     ok_axes = []
     for c, k, s in zip(counts, w, sizes, strict=True):
         if dilated:  # offset o of window j holds position o*c + j
@@ -399,6 +408,4 @@ def _key_mask(
     for nxt in ok_axes[1:]:  # outer product over axes, windows and offsets row-major
         ok = ok[:, None, :, None] & nxt[None, :, None, :]
         ok = ok.reshape(ok.shape[0] * ok.shape[1], ok.shape[2] * ok.shape[3])
-    if bool(ok.all()):
-        return None
     return ok[:, None, None, :]

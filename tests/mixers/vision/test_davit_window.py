@@ -228,3 +228,15 @@ def test_load_timm_weights_rejects_mismatches() -> None:
 def test_bad_config_is_named(kw: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         az.build_mixer("davit_window", d_model=64, **kw)
+
+
+def test_exports_a_dynamic_grid_of_multiples() -> None:
+    """What the spec's ``ExportSupport.dynamic`` says: sides declared as multiples of the window
+    (``Dim(...)*7``) export, and the program equals eager at another such grid."""
+    m = randomise(az.build_mixer("davit_window", d_model=16), seed=0, constant_only=True).eval()
+    h, w = (torch.export.Dim(n, min=2, max=8) for n in "hw")
+    x = torch.randn(2, 14, 21, 16)
+    ep = torch.export.export(m, (x,), dynamic_shapes={"x": {1: h * 7, 2: w * 7}})
+    x2 = torch.randn(2, 21, 14, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x2), m(x2))

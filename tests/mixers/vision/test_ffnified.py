@@ -171,3 +171,19 @@ def test_flops() -> None:
 def test_bad_config_is_named(kw: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         az.build_mixer("ffnified", d_model=32, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_reference_normalises_in_float32(dtype: torch.dtype) -> None:
+    """``bn_reference`` normalises float16/bfloat16 in float32: in float16 the backward of
+    ``1/sqrt(var + eps)`` of the freshly initialised mixer's tiny activations overflowed and
+    made every gradient before the last BatchNorm NaN. Train mode, default initialisation."""
+    torch.manual_seed(0)
+    m = az.build_mixer("ffnified", d_model=32, impl="reference").to(dtype)
+    x = torch.randn(2, 7, 9, 32, dtype=dtype, requires_grad=True)
+    y = m(x)
+    twin = with_impl(m, "conv")
+    torch.testing.assert_close(y.float(), twin(x).float(), atol=0.05, rtol=0.05)
+    y.float().square().sum().backward()
+    for name, t in [("x", x), *m.named_parameters()]:
+        assert torch.isfinite(t.grad).all(), f"{name}: non-finite gradient in {dtype}"

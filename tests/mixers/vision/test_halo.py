@@ -309,3 +309,15 @@ def test_weight_mapping_mismatches_are_named() -> None:
         load_timm_weights(
             m, HaloAttn(32, num_heads=2, block_size=4, halo_size=1, scale_pos_embed=True)
         )
+
+
+def test_exports_a_dynamic_grid_of_multiples() -> None:
+    """What the spec's ``ExportSupport.dynamic`` says: sides declared as multiples of the block
+    (``Dim(...)*8``) export, and the program equals eager at another such grid."""
+    m = randomise(az.build_mixer("halo", d_model=16), seed=0, constant_only=True).eval()
+    h, w = (torch.export.Dim(n, min=2, max=8) for n in "hw")
+    x = torch.randn(2, 16, 24, 16)
+    ep = torch.export.export(m, (x,), dynamic_shapes={"x": {1: h * 8, 2: w * 8}})
+    x2 = torch.randn(2, 24, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x2), m(x2))

@@ -12,6 +12,8 @@ equal to the kv-first one), ``out = tau * attn v / clamp(attn.sum(-1), clamp_min
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,3 +203,20 @@ def test_flops() -> None:
 def test_bad_config_is_named(kw: dict, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         az.build_mixer("l2vit", d_model=64, **kw)
+
+
+@pytest.mark.parametrize("impl", ["chunk", "reference"])
+def test_float16_sums_run_in_float32(impl: str) -> None:
+    """In float16 the attention runs in float32 and its normalised output is cast back: over a
+    24x24 grid of order-one weights the numerator and denominator pass float16's 65504 (NaN
+    for ``chunk``, the row sums of ``reference``), their ratio does not."""
+    torch.manual_seed(0)
+    m = randomise(az.build_mixer("l2vit", d_model=64, impl=impl), seed=0, std=0.3).eval().half()
+    x = (torch.randn(2, 24, 24, 64) * 4).half().requires_grad_(True)
+    y = m(x)
+    want = copy.deepcopy(m).float()(x.detach().float())
+    assert y.dtype == torch.float16
+    scale = want.abs().max()
+    assert (y.float() - want).abs().max() < 3e-3 * scale
+    y.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()

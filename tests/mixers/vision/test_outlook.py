@@ -19,6 +19,7 @@ from timm.models.volo import OutlookAttention
 import attnzoo as az
 from attnzoo.mixers.vision import outlook as outlook_module
 from attnzoo.mixers.vision.outlook import load_timm_weights, softmax_last
+from attnzoo.testing import randomise
 
 TOL = dict(atol=2e-5, rtol=1e-5)
 GTOL = dict(atol=1e-4, rtol=1e-4)  # parameter gradients: fp32 sums over every pixel
@@ -173,3 +174,15 @@ def test_weight_mapping_mismatches_are_named() -> None:
         load_timm_weights(m, OutlookAttention(32, 2, padding=0, stride=2))
     with pytest.raises(ValueError, match="does not match"):
         load_timm_weights(m, OutlookAttention(32, 2, stride=2, qkv_bias=True))
+
+
+def test_exports_a_dynamic_grid_of_multiples() -> None:
+    """What the spec's ``ExportSupport.dynamic`` says: even sides (``Dim(...)*2``, the
+    stride) export, and the program equals eager at another such grid."""
+    m = randomise(az.build_mixer("outlook", d_model=16), seed=0, constant_only=True).eval()
+    h, w = (torch.export.Dim(n, min=2, max=8) for n in "hw")
+    x = torch.randn(2, 4, 6, 16)
+    ep = torch.export.export(m, (x,), dynamic_shapes={"x": {1: h * 2, 2: w * 2}})
+    x2 = torch.randn(2, 6, 4, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x2), m(x2))

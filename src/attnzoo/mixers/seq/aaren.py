@@ -32,6 +32,7 @@ from attnzoo.mixers.base import StreamingMixer
 from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.aaren import aaren_flops, aaren_scan, aaren_update, empty_state
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport
 
 PAPER = Paper(
     title="Attention as an RNN",
@@ -100,6 +101,10 @@ def aaren_mixer_flops(cfg: AarenConfig, batch: int, T: int, S: int | None, mask:
     complexity="O(T log T·H·K) work, O(log T) depth (scan); O(T·H·K) (recurrent); O(H·K) state",
     paper=PAPER,
     peer="torch SDPA with the learned query repeated at every position and a causal mask",
+    export=ExportSupport(
+        dynamic="the scan runs ceil(log2 T) Python steps, so the program holds for T in the "
+        "export's power-of-two range only (T=7: 5..8)"
+    ),
     flops=aaren_mixer_flops,
 )
 class Aaren(StreamingMixer):

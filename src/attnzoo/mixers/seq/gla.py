@@ -51,6 +51,7 @@ from attnzoo.ops.gla import (
     gla_weights,
 )
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport, LowPrecision, Tolerance
 
 PAPER = Paper(
     title="Gated Linear Attention Transformers with Hardware-Efficient Training",
@@ -104,7 +105,14 @@ class GLAState:
     complexity="O(T·(C·K + K·V)) time with chunk C; O(T·(K + C)) memory; O(K·V) state",
     paper=PAPER,
     peer="fla.ops.gla.naive.naive_recurrent_gla, fwd+bwd (op level)",
+    export=ExportSupport(
+        dynamic="impl='auto' exports the chunk path, whose Python loop over chunks fixes T "
+        "(impl='native' exports a dynamic T as the custom op attnzoo::gla_chunk, not to ONNX)",
+    ),
     flops=gla_mixer_flops,
+    # impl='native' is a float32/float64 kernel; impl='recurrent' rounds the state at every
+    # token in bfloat16, so its error grows with T
+    low_precision=LowPrecision(bfloat16=Tolerance(rtol=2e-2), refused_impls=("native",)),
 )
 class GatedLinearAttention(StreamingMixer):
     cfg: GLAConfig

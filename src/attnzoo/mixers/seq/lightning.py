@@ -49,6 +49,7 @@ from attnzoo.ops.linear import (
     linear_weights,
 )
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport, LowPrecision, Tolerance
 
 PAPER = Paper(
     title="Various Lengths, Constant Speed: Efficient Language Modeling with Lightning Attention",
@@ -128,7 +129,14 @@ def lightning_flops(cfg: LightningConfig, batch: int, T: int, S: int | None, mas
     complexity="O(T·(C+K)·K) time; O(K²) state per head",
     paper=PAPER,
     peer="fla-core naive_recurrent_simple_gla (g = -slope broadcast over T), fwd+bwd",
+    export=ExportSupport(
+        dynamic="impl='auto' exports the chunk path, whose Python loop over chunks fixes T "
+        "(impl='native' exports a dynamic T as the custom op attnzoo::linear_chunk, not to ONNX)",
+    ),
     flops=lightning_flops,
+    # impl='native' is a float32/float64 kernel; impl='recurrent' rounds the state at every
+    # token in bfloat16, so its error grows with T
+    low_precision=LowPrecision(bfloat16=Tolerance(rtol=2e-2), refused_impls=("native",)),
 )
 class LightningAttention(StreamingMixer):
     cfg: LightningConfig

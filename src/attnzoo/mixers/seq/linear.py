@@ -45,6 +45,7 @@ from attnzoo.ops.linear import (
 )
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport, LowPrecision
 
 PAPER = Paper(
     title="Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
@@ -116,7 +117,13 @@ def linear_mixer_flops(
     complexity="O((T+S)·K·V) time; O(K·V) state per head",
     paper=PAPER,
     peer="fla-core naive_recurrent_linear_attn / naive_chunk_linear_attn, fwd+bwd",
+    export=ExportSupport(
+        dynamic="causal: impl='auto' exports the chunk path, whose Python loop over chunks fixes "
+        "T (impl='native' exports a dynamic T as the custom op attnzoo::linear_chunk, not to "
+        "ONNX)",
+    ),
     flops=linear_mixer_flops,
+    low_precision=LowPrecision(refused_impls=("native",)),  # a float32/float64 kernel
 )
 class LinearAttention(AttentionMixer):
     cfg: LinearConfig

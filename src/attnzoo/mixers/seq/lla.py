@@ -31,6 +31,7 @@ from attnzoo.mixers.common import AttentionConfig, AttentionMixer, projection_fl
 from attnzoo.ops.lla import lla_flops, local_linear_attention
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport
 
 PAPER = Paper(
     title="Local Linear Attention",
@@ -76,6 +77,12 @@ def lla_mixer_flops(cfg: LLAConfig, batch: int, T: int, S: int | None, mask: Mas
     complexity="O(T·S·(K²+V·K) + T·K³) time; O(S·K·(K+V) + block·S) memory per head",
     paper=PAPER,
     peer="explicit weighted ridge least-squares solve per query (lstsq); SDPA at ridge -> inf",
+    export=ExportSupport(
+        dynamic="the blocked path loops in Python over the ceil(T / block_size) query blocks, "
+        "which fixes T",
+        onnx="torch.linalg.solve (aten._linalg_solve_ex, the per-query ridge solve) has no ONNX "
+        "translation in the dynamo exporter",
+    ),
     flops=lla_mixer_flops,
 )
 class LocalLinearAttention(AttentionMixer):

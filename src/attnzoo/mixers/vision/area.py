@@ -78,6 +78,7 @@ from attnzoo.ops.conv import depthwise_conv
 from attnzoo.ops.masks import Mask
 from attnzoo.ops.window import pad_grid, window_attention, window_weights
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport
 
 PAPER = Paper(
     title="YOLOv12: Attention-Centric Real-Time Object Detectors",
@@ -158,6 +159,10 @@ def area_flops(cfg: AreaConfig, batch: int, T: int, S: int | None, mask: Mask | 
     paper=PAPER,
     peer="one strip (area=1) = full softmax attention + the positional conv; every strip layout "
     "= impl='reference' (explicit BatchNorm, shift-and-add conv, dense strip attention) (tests)",
+    export=ExportSupport(
+        dynamic="the strips are cut in Python from h·w (ceil(h·w/area) tokens, a ragged last "
+        "strip only when that does not divide h·w): the program fails on grids split otherwise"
+    ),
     flops=area_flops,
 )
 class AreaAttentionMixer(Mixer):

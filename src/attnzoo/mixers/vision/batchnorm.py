@@ -28,7 +28,13 @@ def channels_last_bn(bn: BatchNorm, t: Tensor) -> Tensor:
 def bn_reference(bn: BatchNorm, t: Tensor) -> Tensor:
     """BatchNorm written out on the last axis of ``t [..., C]``: the running statistics in eval
     mode, the biased statistics of every other axis in train mode (which is what ``bn`` uses to
-    normalise; the running statistics are not updated here)."""
+    normalise; the running statistics are not updated here).
+
+    float16 and bfloat16 ``t`` are normalised in float32 and cast back, as ``nn.BatchNorm2d``
+    does: in float16 the backward of ``1/sqrt(var + eps)`` (about ``eps^-1.5``, 3e7 at the
+    default eps) overflowed to inf and made every gradient before it NaN."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return bn_reference(bn, t.float()).to(t.dtype)
     if bn.training:
         dims = tuple(range(t.dim() - 1))
         mean, var = t.mean(dims), t.var(dims, unbiased=False)

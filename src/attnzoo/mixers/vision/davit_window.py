@@ -61,6 +61,7 @@ from attnzoo.ops.window import (
 )
 from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
 from attnzoo.registry import register_mixer
+from attnzoo.spec import ExportSupport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +97,10 @@ def window_flops(
     paper=PAPER,
     peer="timm.models.davit.WindowAttention + window_partition/pad as in SpatialBlock (tests, "
     "both paths)",
+    export=ExportSupport(
+        dynamic="pads h, w to multiples of the window (7) in Python only where needed, which "
+        "fixes the padding; sides declared as multiples, Dim(...)*7, export"
+    ),
     flops=window_flops,
 )
 class DaViTWindowMixer(Mixer):

@@ -164,7 +164,11 @@ class GPSAMixer(Mixer):
             self.pos_proj.weight[:n] = rows
 
     def offsets(self, h: int, w: int, like: Tensor) -> Tensor:
-        """Cached :func:`relative_offsets` for the current grid, device and dtype."""
+        """Cached :func:`relative_offsets` for the current grid, device and dtype (not cached
+        under torch.compile / torch.export: a traced tensor must not outlive its trace, and a
+        comparison with the cached grid would fix a dynamic grid size)."""
+        if torch.compiler.is_compiling():
+            return relative_offsets(h, w, device=like.device, dtype=like.dtype)
         key = (h, w, like.device, like.dtype)
         if self._offsets is None or self._offsets[0] != key:
             r = relative_offsets(h, w, device=like.device, dtype=like.dtype)

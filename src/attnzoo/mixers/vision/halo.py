@@ -83,6 +83,7 @@ from attnzoo.ops.masks import Mask
 from attnzoo.ops.window import crop_grid, pad_grid, window_attention, window_weights
 from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport, LowPrecision, Tolerance
 
 PAPER = Paper(
     title="Scaling Local Self-Attention for Parameter Efficient Visual Backbones",
@@ -156,7 +157,13 @@ def _rel_index(block_size: int, win_size: int) -> Tensor:
     paper=PAPER,
     peer="timm.layers.halo_attn.HaloAttn (weights copied; grids divisible by block_size; "
     "both paths)",
+    export=ExportSupport(
+        dynamic="pads h, w to whole blocks (8) and masks the padded keys in Python only where "
+        "needed, which fixes the padding; sides declared as multiples, Dim(...)*8, export"
+    ),
     flops=halo_flops,
+    # impl='reference' rounds its dense [N, M] softmax weights to the dtype
+    low_precision=LowPrecision(bfloat16=Tolerance(rtol=2.5e-2), float16=Tolerance(rtol=3e-3)),
 )
 class HaloMixer(Mixer):
     cfg: HaloConfig

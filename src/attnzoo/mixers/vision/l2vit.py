@@ -49,6 +49,10 @@ Paths (``impl``):
   :func:`~attnzoo.ops.linear.linear_attention`, ``O(N·d²)``; the LCM with ``nn.Conv2d`` and
   ``nn.BatchNorm2d`` on a channels-last ``[B, C, h, w]`` view.
 
+Precision: in float16 both paths compute the attention in float32 and cast the normalised
+output back (``attention`` for ``chunk``, ``_weights`` for ``reference``): the sums over a few
+hundred tokens, numerator and denominator, pass float16's range (65504); their ratio does not.
+
 Attention maps: the weights ``A`` (normalised and clamped, without the temperature), the values
 ``v``; ``finish`` applies ``tau``, the output projection and the LCM branch, so
 ``finish(A @ v)`` is the mixer's output.
@@ -72,6 +76,7 @@ from attnzoo.ops.conv import depthwise_conv
 from attnzoo.ops.linear import linear_attention, linear_attention_flops
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import LowPrecision, Tolerance
 
 PAPER = Paper(
     title="The Linear Attention Resurrection in Vision Transformer",
@@ -142,6 +147,8 @@ class LocalConcentration(nn.Module):
     peer="impl='reference': explicit [h*w, h*w] clamped ReLU score matrix, shift-and-add LCM "
     "and BatchNorm; the LCM module against F.conv2d (tests)",
     flops=l2vit_flops,
+    # impl='reference' adds the LCM convs' shifted copies one by one, rounding every partial sum
+    low_precision=LowPrecision(bfloat16=Tolerance(rtol=2.5e-2), float16=Tolerance(rtol=3e-3)),
 )
 class L2ViTMixer(Mixer):
     cfg: L2ViTConfig
@@ -163,10 +170,16 @@ class L2ViTMixer(Mixer):
     def _weights(self, q: Tensor, k: Tensor) -> Tensor:
         """The normalised clamped weights ``A = S / max(rowsum(S), clamp_min)``, ``S = q k^T``.
 
+        float16 ``q``/``k`` are computed in float32 and the weights cast back: the row sums
+        pass float16's largest value (65504) at a few hundred tokens.
+
         Shapes: q, k ``[B, N, H, d]`` -> ``[B, H, N, N]``."""
+        dtype = q.dtype
+        if dtype == torch.float16:
+            q, k = q.float(), k.float()
         q, k = (rearrange(t, "b n h d -> b h n d") for t in (q, k))
         scores = q @ k.transpose(-1, -2)  # [B, H, N, N]
-        return scores / scores.sum(-1, keepdim=True).clamp(min=self.cfg.clamp_min)
+        return (scores / scores.sum(-1, keepdim=True).clamp(min=self.cfg.clamp_min)).to(dtype)
 
     def _out(self, o: Tensor) -> Tensor:
         """The temperature and the output projection. Shapes: o ``[B, H, N, d]`` ->
@@ -182,9 +195,12 @@ class L2ViTMixer(Mixer):
         if self.cfg.impl == "reference":
             return self._out(self._weights(q, k) @ rearrange(v, "b n h d -> b h n d"))
         v1 = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, N, H, d + 1]
+        dtype = v.dtype
+        if dtype == torch.float16:  # numerator and denominator pass its range, the ratio not
+            q, k, v1 = q.float(), k.float(), v1.float()
         o = linear_attention(q, k, v1, causal=False, scale=1.0, impl=self.cfg.impl)
         num, den = o[..., :-1], o[..., -1:]  # q (k^T v) [B, N, H, d]; q . sum_j k_j [B, N, H, 1]
-        o = num * self.temperature[:, None] / den.clamp(min=self.cfg.clamp_min)
+        o = (num * self.temperature[:, None] / den.clamp(min=self.cfg.clamp_min)).to(dtype)
         return self.proj(rearrange(o, "b n h d -> b n (h d)"))  # [B, N, C]
 
     def _lcm_reference(self, u: Tensor) -> Tensor:

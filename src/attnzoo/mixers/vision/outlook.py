@@ -65,6 +65,7 @@ from attnzoo.mixers.common import HeadsConfig
 from attnzoo.ops.masks import Mask
 from attnzoo.peers import PeerCase, PeerPair, randomise_biases, register_case
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport
 
 PAPER = Paper(
     title="VOLO: Vision Outlooker for Visual Recognition",
@@ -125,6 +126,10 @@ def outlook_flops(cfg: OutlookConfig, batch: int, T: int, S: int | None, mask: M
     complexity="O(h·w·(C² + n·k⁴·C/s² + k⁴·C/s²)) time with kernel k, stride s, n heads",
     paper=PAPER,
     peer="timm.models.volo.OutlookAttention (weights copied; odd and even grids, strides 1-5)",
+    export=ExportSupport(
+        dynamic="avg_pool2d(ceil_mode=True)'s output size adds the guard 2·((h-1)//2) < h, which "
+        "torch's symbolic shapes cannot prove for every h, w; even sides, Dim(...)*2, export"
+    ),
     flops=outlook_flops,
 )
 class OutlookMixer(Mixer):

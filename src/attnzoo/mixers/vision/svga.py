@@ -72,6 +72,7 @@ from attnzoo.mixers.base import Mixer
 from attnzoo.mixers.vision.batchnorm import bn_reference, channels_last_bn, fold_bn, linear_bn
 from attnzoo.ops.masks import Mask
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport
 
 PAPER = Paper(
     title="MobileViG: Graph-Based Sparse Attention for Mobile Vision Applications",
@@ -218,6 +219,10 @@ def max_relative_scan(x: Tensor, hop: int) -> Tensor:
     paper=PAPER,
     peer="impl='reference': explicit loop over row/column offsets, written-out 1x1 convs and "
     "BatchNorm (tests)",
+    export=ExportSupport(
+        dynamic="impl='auto' picks roll or scan from h, w, and both loop in Python over the grid "
+        "(rolls by hop, 2·hop, ... < h; running minima per row), which fixes h and w"
+    ),
     flops=svga_flops,
 )
 class SVGAMixer(Mixer):

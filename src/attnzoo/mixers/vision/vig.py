@@ -39,6 +39,7 @@ from attnzoo.mixers.base import AttentionMaps, Mixer
 from attnzoo.mixers.common import GatedConfig
 from attnzoo.ops.gla import bidirectional_gla, gla_flops, gla_weights
 from attnzoo.registry import Paper, register_mixer
+from attnzoo.spec import ExportSupport, LowPrecision
 
 PAPER = Paper(
     title="ViG: Linear-complexity Visual Sequence Learning with Gated Linear Attention",
@@ -80,7 +81,13 @@ def vig_flops(cfg: ViGConfig, batch: int, T: int, S: int | None, mask: object) -
     complexity="O(h·w·(c·K + K·V)) time with chunk length c; O(h·w·(K + c)) memory",
     paper=PAPER,
     peer="bidirectional scan = independent forward + reverse scans (ops tests)",
+    export=ExportSupport(
+        dynamic="its GLA over the h·w tokens: impl='auto' exports the chunk path, whose Python "
+        "loop over chunks fixes h·w (impl='native' exports a dynamic h·w as the custom op "
+        "attnzoo::gla_chunk, not to ONNX)",
+    ),
     flops=vig_flops,
+    low_precision=LowPrecision(refused_impls=("native",)),  # a float32/float64 kernel
 )
 class ViGMixer(Mixer):
     cfg: ViGConfig
