@@ -10,7 +10,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from attnzoo.extras import MissingExtra
 from attnzoo.store import DEFAULT_DB, ENV_DB, Store, StoreError, default_path
 from attnzoo.text import suggest
 
@@ -30,10 +32,19 @@ WaitOption = Annotated[
 ]
 
 
-def fail(message: str) -> typer.Exit:
-    """Print ``error: message`` on stderr (never wrapped) and return the exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 failure (a store that cannot be used, a missing extra, a failed check "
+    "or measurement); 2 usage (a bad option or value, said before anything runs); 130 "
+    "interrupted (Ctrl-C or SIGTERM; what was measured before is kept)."
+)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Print ``error: message`` on stderr (never wrapped; ``message`` is text, not markup: an
+    extra's ``[bench]`` stays) and return the exit to raise: usage (2) unless ``code`` says."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=code)
 
 
 def check_choice(arg: str, value: str | int | None, allowed: tuple) -> None:
@@ -47,18 +58,19 @@ def open_store(db: Path | None, read_only: bool = False, wait: float = 10.0) -> 
     try:
         return Store(default_path(db), read_only=read_only, wait=wait)
     except StoreError as e:
-        raise fail(str(e)) from None
+        raise fail(str(e), EXIT_FAILURE) from None
 
 
 def clear_store_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A command whose store fails at any point (damaged, busy, foreign) exits with one line."""
+    """A command whose store fails at any point (damaged, busy, foreign), or that reaches an
+    optional part whose extra is not installed, exits with one line (exit code 1)."""
 
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except StoreError as e:
-            raise fail(str(e)) from None
+        except (StoreError, MissingExtra) as e:
+            raise fail(str(e), EXIT_FAILURE) from None
 
     return guarded
 

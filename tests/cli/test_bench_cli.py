@@ -109,17 +109,17 @@ def test_image_sizes_set_the_grid_of_2d_mixers(tmp_path: Path) -> None:
 
 def test_report_and_results_on_missing_or_foreign_store(tmp_path: Path) -> None:
     r = runner.invoke(app, ["report", "--db", str(tmp_path / "none.duckdb")])
-    assert r.exit_code == 2 and "does not exist" in r.stderr
+    assert r.exit_code == 1 and "does not exist" in r.stderr
     bad = tmp_path / "bad.duckdb"
     bad.write_text("not a database")
     r = runner.invoke(app, ["results", "--db", str(bad)])
-    assert r.exit_code == 2 and "not a valid DuckDB database" in r.stderr
+    assert r.exit_code == 1 and "not a valid DuckDB database" in r.stderr
 
 
 def test_env_var_selects_the_store(tmp_path: Path) -> None:
     db = tmp_path / "env.duckdb"
     r = runner.invoke(app, ["report"], env={"ATTNZOO_DB": str(db)})
-    assert r.exit_code == 2 and str(db) in " ".join(r.stderr.split())
+    assert r.exit_code == 1 and str(db) in " ".join(r.stderr.split())
 
 
 def test_parse_size() -> None:

@@ -98,4 +98,4 @@ def test_bad_options_fail_with_one_line_naming_the_option(tmp_path: Path) -> Non
         code, _, stderr = invoke(path, *full)
         assert code == 2 and message in stderr, (args, stderr)
     code, _, stderr = invoke(tmp_path / "missing.duckdb", "--seq-len", "1", "--pattern", "causal-self")  # fmt: skip
-    assert code == 2 and "does not exist" in stderr
+    assert code == 1 and "does not exist" in stderr  # a store that cannot be used: failure

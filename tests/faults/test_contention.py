@@ -31,7 +31,7 @@ def test_second_bench_is_refused_while_one_runs(tmp_path: Path) -> None:
     try:
         wait_for("the first bench's run", lambda: rows_of(db, "speed") > 0, 240, first)
         second = cli(*SMALL, "--db", str(db))
-        assert second.returncode == 2
+        assert second.returncode == 1
         (line,) = second.stderr.strip().splitlines()
         assert f"PID {first.pid}" in line and "bench speed" in line and "--allow-concurrent" in line
         assert "GEMM rate" not in second.stderr  # refused before measuring anything
@@ -66,12 +66,12 @@ def test_a_held_store_names_its_holder_before_measuring(tmp_path: Path) -> None:
         t0 = time.monotonic()
         r = CliRunner().invoke(app, [*SMALL, "--db", str(db), "--wait", "1"])
         assert time.monotonic() - t0 < 30  # not the old 30 s wait inside a long bench
-        assert r.exit_code == 2
+        assert r.exit_code == 1
         (line,) = r.stderr.strip().splitlines()
         assert f"held open for writing by PID {holder.pid}" in line and "--wait SECONDS" in line
         assert "GEMM rate" not in r.output
         reader = CliRunner().invoke(app, ["results", "--db", str(db), "--wait", "1"])
-        assert reader.exit_code == 2 and f"PID {holder.pid}" in reader.stderr
+        assert reader.exit_code == 1 and f"PID {holder.pid}" in reader.stderr
     finally:
         holder.kill()
         holder.wait()

@@ -59,7 +59,7 @@ def test_damaged_store_one_clear_line_and_nothing_measured(
     before = store.read_bytes()
     args = [a.replace("{tmp}", str(tmp_path)) for a in COMMANDS[command]]
     r = CliRunner().invoke(app, [*args, "--db", str(store)])
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == 1, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert str(store.name) in lines[0] and ("damaged" in lines[0])

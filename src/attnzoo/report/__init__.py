@@ -5,6 +5,12 @@ Besides the page, the CLI's result tables use :func:`cp_case_rows` (one row per 
 case, ranks folded) and :func:`quality_point` (a quality row's task point, as the report names it).
 """
 
+from attnzoo.extras import require
+
+require("bench", "attnzoo.report (the HTML report and its plots)", ("duckdb", "matplotlib"))
+
+# isort: split
+# ruff: noqa: E402  (the extra is checked before its packages are imported)
 from attnzoo.report.cp import group_cases, summarise
 from attnzoo.report.html import Report, build_report, write_report
 from attnzoo.report.quality_rows import point_label, task_infos

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnzoo.extras import require
 from attnzoo.tasks.checks import check_float, check_int
 from attnzoo.tasks.images import check_image_size, image_model, image_tokens, loss, metric
 from attnzoo.tasks.registry import QualityTask, TaskParts, parse_config, register_task
@@ -92,6 +93,7 @@ class Batch:
 @functools.lru_cache(maxsize=1)
 def _raw() -> tuple[Tensor, Tensor]:
     """All 1797 images ``[N, 8, 8]`` in ``[0, 16]`` and labels ``[N]`` (scikit-learn's order)."""
+    require("tasks", "the digits task (its images ship inside scikit-learn)", ("sklearn",))
     from sklearn.datasets import load_digits  # imported on first use: it takes a second
 
     data = load_digits()
