@@ -142,13 +142,15 @@ def _lines(rows: list[Row], run_ids: Sequence[int], palette: Palette, key: str,
         groups[(r["run_id"], r["mixer"])].append(r)
     lines = []
     for (run, mixer), rs in sorted(groups.items()):
-        marks = [_mark(r, key, scale) for _, r in sorted(best_rows(rs, key).items())]
+        marks = [speed_mark(r, key, scale) for _, r in sorted(best_rows(rs, key).items())]
         style = RUN_STYLES[list(run_ids).index(run) % len(RUN_STYLES)] if run in run_ids else "-"
         lines.append(Line(mixer, marks, palette.style(mixer), style))
     return lines
 
 
-def _mark(r: Row, key: str, scale: float) -> Mark:
+def speed_mark(r: Row, key: str, scale: float) -> Mark:
+    """A speed row as a plot mark: ``key`` times ``scale``; the median carries its quartiles
+    and its trust (hollow when not trusted)."""
     if key != "median_s":
         return Mark(r["seq_len"], r[key] * scale)
     q1, q3 = r.get("q1_s"), r.get("q3_s")
@@ -171,7 +173,7 @@ def _impl_panels(rows: list[Row], run: int, palette: Palette, title: str, xlabel
             label = f"{mixer}/{impl}"
             styles[label], names[label] = palette.style(mixer), impl
             dashes[label] = IMPL_STYLES[i % len(IMPL_STYLES)]
-            series.append((label, [_mark(r, "median_s", 1e3) for r in rs]))
+            series.append((label, [speed_mark(r, "median_s", 1e3) for r in rs]))
         panels.append((mixer, series))
     if not panels:
         return ""
