@@ -19,24 +19,31 @@ from attnzoo.bench.gate import check_mixer
 from attnzoo.bench.peers import PeerPlan, fmt_ratio, run_peers
 from attnzoo.bench.quality import SUITES as QUALITY_SUITES
 from attnzoo.bench.quality import check_suite, run_quality
-from attnzoo.bench.runs import RunInterrupted
 from attnzoo.bench.speed import run_speed
 from attnzoo.bench.speed_suites import SUITES
-from attnzoo.cli_common import DbOption, WaitOption, err, guard_commands, out
+from attnzoo.cli_common import EXIT_CODES, DbOption, WaitOption, err, guard_commands, out
 from attnzoo.cli_common import check_choice as _check_choice
 from attnzoo.cli_common import fail as _fail
 from attnzoo.cli_common import open_store as _open_store
 from attnzoo.cli_recommend import register as register_recommend
 from attnzoo.cli_store import store_app
+from attnzoo.cli_summary import (
+    RESULTS_KEYS,
+    JsonOption,
+    bench_exits,
+    bench_summary,
+    pick,
+    print_json,
+)
 from attnzoo.cli_tables import grid, mechanism_table, show
 from attnzoo.config import suggest
 from attnzoo.report import cp_case_rows, quality_point, write_report
-from attnzoo.store import Store, StoreError
+from attnzoo.store import Store
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="attnzoo: attention and token-mixing mechanisms behind one interface.",
+    epilog=EXIT_CODES,
 )
 
 
@@ -333,6 +340,7 @@ def bench_speed(
     wait: WaitOption = 10.0,
     allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Latency, peak memory and FLOP rate of every (mechanism, impl, pattern, mask, length)."""
     if suite not in SUITES:
@@ -361,26 +369,11 @@ def bench_speed(
         raise _fail(str(e)) from None
     store = _bench_store(db, wait, allow_concurrent)
     command = "attnzoo " + " ".join(sys.argv[1:])
-    try:
-        run_id = run_speed(
-            plan_,
-            store,
-            allow_concurrent=allow_concurrent,
-            command=command,
-            console=err,
-            progress=progress,
-        )
-    except RunInterrupted as e:
-        kept = len(store.speed([e.run_id]))
-        err.print(
-            f"interrupted: run {e.run_id} marked interrupted; {kept} measurements kept in {store.path}"
-        )
-        raise typer.Exit(code=130) from None
-    except KeyboardInterrupt:
-        err.print("interrupted before the run started; nothing was recorded")
-        raise typer.Exit(code=130) from None
-    except StoreError as e:
-        raise _fail(str(e)) from None
+    with bench_exits(store, "speed", as_json):
+        run_id = run_speed(plan_, store, allow_concurrent=allow_concurrent, command=command,
+                           console=err, progress=progress)  # fmt: skip
+    if as_json:
+        return print_json(bench_summary(store, "speed", run_id))
     n, skipped = len(store.speed([run_id])), store.skips([run_id])
     failed = sum(1 for s in skipped if s["kind"] == "failed")
     out.print(
@@ -406,6 +399,7 @@ def bench_peers(
     wait: WaitOption = 10.0,
     allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Ours vs a peer implementation of the same math (fla-core, timm): equal outputs, then
     interleaved timing in one run; stores peer time / our time (> 1: ours is faster)."""
@@ -427,20 +421,11 @@ def bench_peers(
         raise _fail(str(e)) from None
     store = _bench_store(db, wait, allow_concurrent)
     command = "attnzoo " + " ".join(sys.argv[1:])
-    try:
-        run_id = run_peers(
-            plan,
-            store,
-            allow_concurrent=allow_concurrent,
-            command=command,
-            console=err,
-            progress=progress,
-        )
-    except RunInterrupted as e:
-        err.print(f"interrupted: run {e.run_id} marked interrupted; measurements kept")
-        raise typer.Exit(code=130) from None
-    except StoreError as e:
-        raise _fail(str(e)) from None
+    with bench_exits(store, "peers", as_json):
+        run_id = run_peers(plan, store, allow_concurrent=allow_concurrent, command=command,
+                           console=err, progress=progress)  # fmt: skip
+    if as_json:
+        return print_json(bench_summary(store, "peers", run_id))
     rows = []
     for r in store.peers([run_id]):
         frac = "-" if r["gemm_fraction"] is None else f"{r['gemm_fraction']:.2f}"
@@ -489,8 +474,48 @@ def bench_quality(
     wait: WaitOption = 10.0,
     allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="Where the grid points run: local (this process, one after another) or ray "
+            "(Ray tasks in parallel, 1 CPU each; needs pip install 'attnzoo\\[ray]')."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --executor ray: the cluster, e.g. auto (the running one) or HOST:PORT. "
+            "Default: this machine's newest Ray instance, else a local one for the run.",
+        ),
+    ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            help="With --executor ray: attempts after the first for a grid point whose worker "
+            "died (killed, out of memory); then its models are stored as failed.",
+            min=0,
+        ),
+    ] = 1,
+    as_json: JsonOption = False,
 ) -> None:
-    """Train small models with each mechanism on seeded tasks; store curves and final metrics."""
+    """Train small models with each mechanism on seeded tasks; store curves and final metrics.
+
+    Each grid point (task point, mechanism, width, seed; its learning-rate sweep) runs in this
+    process, or with --executor ray as a Ray task; this process alone writes the store. A
+    model whose training raised, or a point whose worker died, is stored as failed (status
+    failed, a point-failed run note) and the run goes on.
+
+    A Ray cluster shared by several runs: `ray start --head --num-cpus 2`, then
+    `attnzoo bench quality --executor ray --ray-address auto ...`, and `ray stop` at the end.
+    """
+    from attnzoo.bench.executors import ExecutorError, RayExecutor
+    from attnzoo.cli_common import EXIT_FAILURE
+    from attnzoo.extras import MissingExtra
+
+    _check_choice("--executor", executor, ("local", "ray"))
+    if executor == "local" and ray_address is not None:
+        raise _fail("--ray-address needs --executor ray")
     if suite not in QUALITY_SUITES:
         raise _fail(
             f"--suite must be one of {', '.join(QUALITY_SUITES)}, got {suite!r}"
@@ -518,22 +543,20 @@ def bench_quality(
         check_suite(plan)
     except (TypeError, ValueError) as e:
         raise _fail(str(e)) from None
+    try:  # a missing ray extra is said before anything runs
+        runner = RayExecutor(ray_address, retries=retries) if executor == "ray" else None
+    except MissingExtra as e:
+        raise _fail(str(e), EXIT_FAILURE) from None
     store = _bench_store(db, wait, allow_concurrent)
     command = "attnzoo " + " ".join(sys.argv[1:])
     try:
-        run_id = run_quality(
-            plan,
-            store,
-            allow_concurrent=allow_concurrent,
-            command=command,
-            console=err,
-            progress=progress,
-        )
-    except RunInterrupted as e:
-        err.print(f"interrupted: run {e.run_id} marked interrupted; curves so far kept")
-        raise typer.Exit(code=130) from None
-    except StoreError as e:
-        raise _fail(str(e)) from None
+        with bench_exits(store, "quality", as_json):
+            run_id = run_quality(plan, store, allow_concurrent=allow_concurrent, command=command,
+                                 console=err, progress=progress, executor=runner)  # fmt: skip
+    except ExecutorError as e:
+        raise _fail(str(e), EXIT_FAILURE) from None
+    if as_json:
+        return print_json(bench_summary(store, "quality", run_id))
     rows = []
     described = store.tasks([run_id])
     for r in store.quality([run_id], best_of_sweep=True):
@@ -553,6 +576,14 @@ def bench_quality(
         show(out, grid(f"run {run_id}: extra evaluations of the final models",
                        ["task", "mixer", "d_model", "lr", "seed", "evaluation", "value"], rows,
                        right={"d_model", "lr", "seed", "value"}))  # fmt: skip
+    models = store.quality([run_id])
+    failed = [n["text"] for n in store.notes([run_id]) if n["kind"] == "point-failed"]
+    if failed:
+        count = sum(r["status"] == "failed" for r in models)
+        err.print(f"run {run_id}: {count} of {len(models)} models failed (stored with status "
+                  "failed; the report's runs page lists the notes):", highlight=False)  # fmt: skip
+        for text in failed:
+            err.print(f"  {text}", soft_wrap=True, highlight=False, markup=False)
 
 
 @bench_app.command("cp")
@@ -581,6 +612,7 @@ def bench_cp(
     wait: WaitOption = 10.0,
     allow_concurrent: ConcurrentOption = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    as_json: JsonOption = False,
 ) -> None:
     """Context parallelism: every strategy on a sharded sequence, exactness vs one process,
     latency, per-rank memory, compute and bytes (counted and analytic) into the store.
@@ -601,14 +633,13 @@ def bench_cp(
     except ValueError as e:
         raise _fail(str(e)) from None
     store = _bench_store(db, wait, allow_concurrent)
-    try:
+    with bench_exits(store, "cp", as_json):
         run_id = run_cp(plan, store, allow_concurrent=allow_concurrent, command="attnzoo " + " ".join(sys.argv[1:]), console=err,
                         progress=progress)  # fmt: skip
-    except RunInterrupted as e:
-        err.print(f"interrupted: run {e.run_id} marked interrupted; measurements kept")
-        raise typer.Exit(code=130) from None
     if run_id is None:  # a torchrun rank > 0
         return
+    if as_json:
+        return print_json(bench_summary(store, "cp", run_id))
     numbers = ["T", "world", "ms", "peak MiB\n/rank", "sent KiB\n/rank", "analytic",
                "CPU\nspread", "max err"]  # fmt: skip
     show(out, grid(f"run {run_id}: context parallelism (per case: slowest rank, max over ranks)",
@@ -700,21 +731,9 @@ def results(
         state = info["note"] if info["status"] == "interrupted" and info["note"] else info["status"]
         err.print(f"run {run_id} is {info['status']}: {state}", soft_wrap=True, highlight=False)
     rows = store.speed([run_id], mixer=mixer, pattern=pattern, mode=mode)
-    cols = [
-        "run_id",
-        "mixer",
-        "impl",
-        "pattern",
-        "mask",
-        "mode",
-        "seq_len",
-        "median_s",
-        "peak_bytes",
-        "gflops_per_s",
-        "gemm_fraction",
-    ]
-    if fmt == "json":
-        print(json.dumps([{c: r[c] for c in cols} for r in rows], indent=1))
+    cols = list(RESULTS_KEYS)
+    if fmt == "json":  # documented and held stable: attnzoo.cli_summary
+        print_json([pick(r, RESULTS_KEYS) for r in rows])
         return
     if fmt == "csv":
         w = csv.writer(sys.stdout)
@@ -729,6 +748,27 @@ def results(
     numbers = ["T", "ms", "MiB", "GFLOP\n/s", "of\nGEMM"]
     show(out, grid(f"run {run_id}: {len(rows)} measurements",
                    ["mixer", "impl", "pattern", "mask", "mode", *numbers], cells, right=numbers))  # fmt: skip
+
+
+@app.command()
+def docs(
+    db: DbOption = None,
+    wait: WaitOption = 10.0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("site"),
+) -> None:
+    """Write the static reference site: one page per mechanism (its math, config, patterns,
+    masks, paper, verification and measured results), indexes by family, layout and role."""
+    from attnzoo.site import site_command
+
+    try:
+        result = site_command(db, out_dir, wait=wait)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"--out {str(out_dir)!r}: cannot write the site there: {e}") from None
+    if result.note:
+        err.print(result.note, soft_wrap=True, highlight=False)
+    out.print(f"site written: {result.index.resolve()} ({len(result.pages)} pages)")
 
 
 app.add_typer(store_app, name="store")

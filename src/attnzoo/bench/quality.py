@@ -9,6 +9,13 @@ sweep). A task's extra evaluations of the final model (e.g. pointer greedy decod
 on longer inputs) go to the ``quality_eval`` table. Each evaluation point is committed as it is
 made; Ctrl-C marks the run interrupted and keeps everything measured.
 
+Each grid point (a task point, mixer, width and seed with its learning-rate sweep) is trained by
+:func:`train_point`, which returns its rows (:mod:`attnzoo.bench.quality_points`) and writes
+nothing; :func:`run_quality` (the driver) alone writes the store, from this process or from Ray
+workers (``--executor ray``, :mod:`attnzoo.bench.executors`; there a point's rows are committed
+when the point finishes). A model whose training raises, or a point whose worker died on every
+attempt, is stored as ``failed`` rows with a ``point-failed`` run note; the others go on.
+
 Suites (:data:`SUITES`; times for 2 quiet CPU cores, measured per step, not whole runs):
 
 - ``quick`` (~5-10 min): MQAR L=64, kv=4, V=256, d=64, softmax / linear / gla, 800 steps.
@@ -40,26 +47,36 @@ Suites (:data:`SUITES`; times for 2 quiet CPU cores, measured per step, not whol
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from rich.console import Console
-from rich.progress import Progress
-from torch import Tensor
 
 from attnzoo.bench.env import environment
+from attnzoo.bench.executors import Executor, LocalExecutor, error_text
+from attnzoo.bench.quality_points import (
+    GridPoint,
+    HookFailed,
+    PointResult,
+    UpdateFn,
+    failed_point,
+    model_facts,
+    record_new,
+    record_point,
+    state_size,
+)
 from attnzoo.bench.runs import finishing, progress_bar, start_run
 from attnzoo.bench.train import TrainConfig, train
 from attnzoo.config import suggest
-from attnzoo.registry import build_mixer, get_spec
+from attnzoo.registry import get_spec
 from attnzoo.store import Store
 from attnzoo.tasks import TASKS, QualityTask, TaskParts, register_task
 
 __all__ = [
-    "SUITES", "TASKS", "QualitySuite", "QualityTask", "TaskParts", "check_suite", "register_task",
-    "run_quality", "state_size",
+    "SUITES", "TASKS", "GridPoint", "PointResult", "QualitySuite", "QualityTask", "TaskParts",
+    "check_suite", "grid", "register_task", "run_quality", "state_size", "train_point",
 ]  # fmt: skip
 
 
@@ -263,31 +280,10 @@ SUITES: dict[str, QualitySuite] = {
 }
 
 
-def state_size(mixer: str, d_model: int, seq_len: int) -> int | None:
-    """Floats of one layer's streaming state after ``seq_len`` tokens (batch 1): constant for
-    recurrences, the KV cache for attention; ``None`` for mixers without a causal state."""
-    spec = get_spec(mixer)
-    if spec.state == "none" or "causal-self" not in spec.patterns:
-        return None
-    m = build_mixer(mixer, d_model=d_model, causal=True)
-    with torch.no_grad():
-        state = m.init_state(batch_size=1)
-        x = torch.zeros(1, d_model)
-        for _ in range(seq_len):
-            _, state = m.step(x, state)
-    return _count_floats(state)
-
-
-def _count_floats(obj: Any) -> int:
-    if isinstance(obj, Tensor):
-        return obj.numel() if obj.is_floating_point() else 0
-    if dataclasses.is_dataclass(obj):
-        return sum(_count_floats(getattr(obj, f.name)) for f in dataclasses.fields(obj))
-    if isinstance(obj, (list, tuple)):
-        return sum(_count_floats(o) for o in obj)
-    if isinstance(obj, dict):
-        return sum(_count_floats(o) for o in obj.values())
-    return 0
+def grid(suite: QualitySuite) -> list[GridPoint]:
+    """The suite's grid points in training order: task points x mixers x widths x seeds."""
+    return [GridPoint(t, dict(st), m, d, s) for t, st in suite.grid_points()
+            for m in suite.mixers for d in suite.d_models for s in suite.seeds]  # fmt: skip
 
 
 def run_quality(
@@ -298,69 +294,116 @@ def run_quality(
     console: Console | None = None,
     progress: bool = True,
     allow_concurrent: bool = False,
+    executor: Executor | None = None,
 ) -> int:
     """Train the suite's grid into ``store``; returns the run id. The grid is checked first
     (:func:`check_suite`): a bad setting fails before a run is recorded. ``allow_concurrent``:
-    see :func:`attnzoo.bench.runs.start_run`."""
+    see :func:`attnzoo.bench.runs.start_run`.
+
+    ``executor`` runs the grid points (:mod:`attnzoo.bench.executors`): this process, one after
+    another (default, rows stored as they are made, a progress bar per step), or Ray tasks
+    (:class:`~attnzoo.bench.executors.RayExecutor`: rows stored as each point arrives, a bar
+    per point). Either way this process alone writes the store. A model whose training raised
+    or a point whose worker died is stored as ``failed`` rows with a ``point-failed`` note, and
+    the run goes on; Ctrl-C or SIGTERM stops it (what is still running is cancelled).
+    """
     check_suite(suite)
     console = console or Console(stderr=True)
-    run_id = start_run(store, kind="quality", suite=suite.name, command=command,
-                       config=suite.to_dict(), env=environment(), console=console,
-                       allow_concurrent=allow_concurrent)  # fmt: skip
-    groups = [(t, st, m, d, s) for t, st in suite.grid_points() for m in suite.mixers
-              for d in suite.d_models for s in suite.seeds]  # fmt: skip
-    bar = progress_bar(console, progress, "steps")
-    with finishing(store, run_id), bar:
-        ptask = bar.add_task("quality", total=len(groups) * len(suite.lrs) * suite.steps)
-        for group in groups:
-            _group(store, run_id, suite, *group, bar, ptask)
+    executor = executor if executor is not None else LocalExecutor()
+    points = grid(suite)
+    with executor:  # Ray starts or attaches here: a failure records no run
+        run_id = start_run(store, kind="quality", suite=suite.name, command=command,
+                           config=suite.to_dict(), env=environment(), console=console,
+                           allow_concurrent=allow_concurrent)  # fmt: skip
+        if (where := executor.describe()) is not None:
+            store.add_note(run_id, "executor", where)
+        bar = progress_bar(console, progress, "steps" if executor.per_step else "grid points")
+        with finishing(store, run_id), bar:
+            per_point = len(suite.lrs) * suite.steps if executor.per_step else 1
+            ptask = bar.add_task("quality", total=len(points) * per_point)
+
+            def on_update(result: PointResult, steps: int, label: str) -> None:
+                record_new(store, run_id, result)
+                bar.update(ptask, advance=steps, description=label)
+
+            try:
+                outcomes = executor.map(functools.partial(train_point, suite), points, on_update)
+                for point, outcome in outcomes:
+                    result = (outcome if isinstance(outcome, PointResult) else
+                              failed_point(point, suite.num_layers, suite.lrs, outcome.error))  # fmt: skip
+                    record_point(store, run_id, result)
+                    if not executor.per_step:
+                        done = f"{point.task} {point.mixer} d={point.d_model} seed={point.seed}"
+                        bar.update(ptask, advance=1, description=done)
+                    if result.interrupt is not None:  # as it came: Ctrl-C or SIGTERM
+                        raise result.interrupt
+            except HookFailed as e:  # the driver's own store write failed
+                raise e.error from None
     return run_id
 
 
-def _group(store: Store, run_id: int, suite: QualitySuite, task_name: str,
-           settings: dict[str, Any], mixer: str, d_model: int, seed: int, bar: Progress,
-           ptask: Any) -> None:  # fmt: skip
-    task = TASKS[task_name]
-    parts = task.build(mixer, d_model, suite.num_layers, dict(settings))
-    task_config = json.dumps(parts.task_config, sort_keys=True)
-    store.add_task(run_id, {**task.describe(parts.task_config), "task_config": task_config})
-    key = {"task": task_name, "task_config": task_config, "mixer": mixer, "d_model": d_model,
-           "seed": seed}  # fmt: skip
+def train_point(suite: QualitySuite, point: GridPoint,
+                on_update: UpdateFn | None = None) -> PointResult:  # fmt: skip
+    """Train one grid point's learning-rate sweep and return its rows (writes nothing).
+
+    A model whose training raises gets a ``failed`` row and the sweep goes on; Ctrl-C or
+    SIGTERM in training ends the sweep with an ``interrupted`` row and ``result.interrupt``
+    set (no best learning rate then). ``on_update`` (the local driver's store writes and bar)
+    is called as rows are added; its own exceptions reach the caller as :class:`HookFailed`.
+    """
+    task = TASKS[point.task]
+    parts = task.build(point.mixer, point.d_model, suite.num_layers, dict(point.settings))
+    out = PointResult.begin(point, task.describe(parts.task_config),
+                            json.dumps(parts.task_config, sort_keys=True))  # fmt: skip
+    facts: tuple[int, int | None] | None = None
+
+    def emit(steps: int, label: str) -> None:
+        if on_update is not None:
+            try:
+                on_update(out, steps, label)
+            except Exception as e:
+                raise HookFailed(e) from e
+
+    def get_facts() -> tuple[int, int | None]:
+        return model_facts(parts.model_fn, point.mixer, point.d_model, suite.num_layers,
+                           parts.seq_len, point.seed)  # fmt: skip
+
     best: tuple[float, float] | None = None  # (metric, lr)
     for lr in suite.lrs:
-        bar.update(ptask, description=f"{task_name} {mixer} d={d_model} lr={lr:g} seed={seed}")
-        cfg = TrainConfig(steps=suite.steps, batch_size=suite.batch_size, lr=lr,
-                          eval_every=suite.eval_every, eval_batches=suite.eval_batches,
-                          target=suite.target if task.maximize else None, seed=seed,
-                          maximize=task.maximize)  # fmt: skip
+        label = f"{point.task} {point.mixer} d={point.d_model} lr={lr:g} seed={point.seed}"
+        emit(0, label)
         done = [0]
 
-        def on_eval(row: dict[str, float], lr: float = lr, done: list[int] = done) -> None:
-            store.add_curve_point(run_id, {**key, "lr": lr, **row})
-            bar.advance(ptask, int(row["step"]) - done[0])
+        def on_eval(row: dict[str, float], lr: float = lr, done: list[int] = done,
+                    label: str = label) -> None:  # fmt: skip
+            out.curves.append({**out.key, "lr": lr, **row})
+            emit(int(row["step"]) - done[0], label)
             done[0] = int(row["step"])
 
-        result = train(parts.model_fn, parts.batch_fn, parts.loss_fn, parts.metric_fn, cfg,
-                       on_eval=on_eval, predict_fn=parts.predict_fn, held_out=parts.held_out,
-                       extra_evals=parts.extra_evals)  # fmt: skip
-        bar.advance(ptask, suite.steps - done[0])  # early stop: the rest of this run is skipped
-        torch.manual_seed(seed)
-        params = sum(p.numel() for p in parts.model_fn().parameters())
-        layer_state = None if parts.seq_len is None else state_size(mixer, d_model, parts.seq_len)
-        store.add_quality(run_id, {
-            **key, "num_layers": suite.num_layers, "lr": lr, "params": params,
-            "state_size": None if layer_state is None else layer_state * suite.num_layers,
-            "steps_run": result.steps_run, "status": result.status,
-            "final_metric": result.final_metric, "best_metric": result.best_metric,
-            "best_of_sweep": False, "seconds": result.seconds,
-        })  # fmt: skip
-        for name, value in result.extra.items():
-            store.add_quality_eval(run_id, {**key, "lr": lr, "name": name, "value": value})
+        try:
+            cfg = TrainConfig(steps=suite.steps, batch_size=suite.batch_size, lr=lr,
+                              eval_every=suite.eval_every, eval_batches=suite.eval_batches,
+                              target=suite.target if task.maximize else None, seed=point.seed,
+                              maximize=task.maximize)  # fmt: skip
+            result = train(parts.model_fn, parts.batch_fn, parts.loss_fn, parts.metric_fn, cfg,
+                           on_eval=on_eval, predict_fn=parts.predict_fn, held_out=parts.held_out,
+                           extra_evals=parts.extra_evals)  # fmt: skip
+            facts = facts or get_facts()
+        except Exception as e:  # a bug or a resource error of this model: the others go on
+            try:
+                known = facts or get_facts()
+            except Exception:
+                known = (0, None)
+            out.add_failed([lr], suite.num_layers, known, error_text(e))
+            emit(suite.steps - done[0], label)
+            continue
+        out.add_trained(result, suite.num_layers, facts)
+        emit(suite.steps - done[0], label)  # early stop: the rest of this run is skipped
         sign = 1.0 if task.maximize else -1.0
         if result.best_metric is not None and (best is None or sign * result.best_metric > best[0]):
             best = (sign * result.best_metric, lr)
-        if result.status == "interrupted":  # as it came: Ctrl-C or SIGTERM
-            raise result.interrupt or KeyboardInterrupt()
-    if best is not None:
-        store.mark_best_of_sweep(run_id, task_name, mixer, d_model, seed, best[1],
-                                 task_config=task_config)  # fmt: skip
+        if result.status == "interrupted":
+            out.interrupt = result.interrupt or KeyboardInterrupt()
+            return out
+    out.best_lr = None if best is None else best[1]
+    return out

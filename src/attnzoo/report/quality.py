@@ -82,7 +82,8 @@ def quality_section(store: Store, speed_run: int | None, palette: Palette | None
         "width, seed) group in the metric's direction, as mean ± sample std over seeds, measured "
         "on fixed held-out batches; the best mechanism of each (task point, width) is in green. "
         "State floats: the streaming state of all layers after one sequence (a KV cache for "
-        f"attention). Latencies: forward, from {_e(where)}.</p>"
+        f"attention). Latencies: forward, from {_e(where)}. A model whose training raised or "
+        "whose worker died has status failed and no metric; its run's notes say why.</p>"
     )
     overview, parts = [], []
     for run in shown:
@@ -91,7 +92,7 @@ def quality_section(store: Store, speed_run: int | None, palette: Palette | None
         overview.append(
             [_td(suite), f'<td><a href="#quality-run-{rid}">{rid}</a></td>',
              _td(run["status"], "ok" if run["status"] == "complete" else "bad"),
-             _td(_when(run["started_at"])), _td(len(rows))]
+             _td(_when(run["started_at"])), _td(_trained(rows), "bad" if _failed(rows) else "")]
             + [_td(", ".join(_sorted_str(rows, c))) for c in ("task", "mixer", "d_model", "seed", "lr")]
         )  # fmt: skip
         parts.append(_run_block(store, run, rows, speed, palette))
@@ -236,7 +237,8 @@ class _TaskView:
                    _td(len(c.rows)), _ms(c.metric, fmt, "ok" if best else ""),
                    _ms(_mean_std([r["final_metric"] for r in c.rows]), fmt)]
                 + [_ms(c.evals[n], fmt) for n in self.names]
-                + [_td(", ".join(_sorted_str(c.rows, "steps_run"))), _td(", ".join(_sorted_str(c.rows, "status"))),
+                + [_td(", ".join(_sorted_str(c.rows, "steps_run"))),
+                   _td(", ".join(_sorted_str(c.rows, "status")), "bad" if _failed(c.rows) else ""),
                    _td(r0["params"]), _td("-" if r0["state_size"] is None else r0["state_size"]),
                    _ms(_mean_std([r["seconds"] for r in c.rows]), ".1f")]
             )  # fmt: skip
@@ -258,7 +260,8 @@ class _TaskView:
             body.append(
                 [_td(self.label(r["task_config"])), _td(r["mixer"]), _td(r["d_model"]), _td(f"{r['lr']:g}"),
                  _td(r["seed"]), _num(r["best_metric"], self.info.fmt), _num(r["final_metric"], self.info.fmt),
-                 _td(r["steps_run"]), _td(r["status"]), _td(("best" if mine else "") + differs, "ok" if mine else "")]
+                 _td(r["steps_run"]), _td(r["status"], "bad" if _failed([r]) else ""),
+                 _td(("best" if mine else "") + differs, "ok" if mine else "")]
             )  # fmt: skip
         head = ["task point", "mechanism", "d_model", "lr", "seed", f"best {self.info.metric}",
                 f"final {self.info.metric}", "steps", "status", "best of sweep"]  # fmt: skip
@@ -394,6 +397,18 @@ def _mean_std(values: Sequence[float | None]) -> MeanStd:
     if not vals:
         return None, None
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def _failed(rows: Sequence[Row]) -> int:
+    """How many of the models failed (their training raised or their worker died: no metric;
+    the run's ``point-failed`` notes say why)."""
+    return sum(r["status"] == "failed" for r in rows)
+
+
+def _trained(rows: Sequence[Row]) -> str:
+    """The overview's model count, with the failed ones: ``"12 (2 failed)"``."""
+    failed = _failed(rows)
+    return f"{len(rows)}" + (f" ({failed} failed)" if failed else "")
 
 
 def _sorted_str(rows: list[Row], col: str) -> list[str]:

@@ -27,7 +27,7 @@ FEW = "few repeats"
 UNRECORDED = "spread not recorded"
 UNRELIABLE = "unreliable"
 GEMM_LIMIT = 1.0  # a rate above the machine's own GEMM rate is a measurement error
-WARNING_NOTES = ("machine-busy", "prediction-wrong")  # run notes the report's top repeats
+WARNING_NOTES = ("machine-busy", "prediction-wrong", "point-failed")  # repeated at the top
 
 
 def timing_spread(row: Row) -> float | None:

@@ -412,6 +412,9 @@ class Store:
         self._insert("peers", PEER_COLUMNS, run_id, row)
 
     def add_quality(self, run_id: int, row: dict[str, Any]) -> None:
+        """One trained model: :data:`QUALITY_COLUMNS`. ``status``: the trainer's ``complete``,
+        ``early-stop`` or ``interrupted``, or ``failed`` (its training raised or its worker
+        died: no metrics; a ``point-failed`` run note says why)."""
         self._insert("quality", QUALITY_COLUMNS, run_id, row)
 
     def add_curve_point(self, run_id: int, row: dict[str, Any]) -> None:
