@@ -108,6 +108,9 @@ def _missing_ray(extra: str, what: str, modules: tuple[str, ...] | None = None) 
 def test_install_completion_writes_a_working_bash_completion(tmp_path: Path) -> None:
     exe = Path(sys.executable).parent / "attnzoo"
     env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    # typer detects the user's shell from the parent process (sh under make and CI, which it
+    # does not support); its test switch makes the option take the shell's name instead
+    env["_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION"] = "1"
     p = subprocess.run([str(exe), "--install-completion", "bash"], env=env, text=True,
                        capture_output=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stderr
