@@ -141,3 +141,19 @@ def test_every_extra_is_in_all() -> None:
     named = set(Requirement(everything).extras)
     assert named == set(extras) - {"all", "test"}
     assert set(EXTRAS) <= set(extras)
+
+
+def test_the_install_check_installs_the_lower_bounds() -> None:
+    """``tools/check_install.py`` tests the oldest releases pyproject.toml admits."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_install", ROOT / "tools/check_install.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for text in PYPROJECT["project"]["dependencies"]:
+        r = Requirement(text)
+        (bound,) = [s.version for s in r.specifier if s.operator == ">="]
+        version = tool.LOWER[r.name]
+        assert r.specifier.contains(version) and version.startswith(bound), (text, version)
+    assert tool.pinned("pytest") == f"pytest=={pins()['pytest']}"

@@ -28,11 +28,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from attnzoo.extras import EXTRAS  # the checkout's venv runs this script
+
 ROOT = Path(__file__).resolve().parent.parent
+# the oldest release of each core dependency (its ">=" bound in pyproject.toml, which
+# tests/test_packaging.py holds this to), at its newest patch where the bound names none
 LOWER = {"torch": "2.13.0", "numpy": "1.26.4", "einops": "0.7.0"}
-OPTIONAL = ("duckdb", "typer", "rich", "matplotlib", "sklearn", "ninja", "transformers",
-            "onnx", "onnxruntime", "ray", "timm", "fla")  # fmt: skip
-TEST_PINS = ("pytest==9.2.0",)
+OPTIONAL = tuple(m for modules in EXTRAS.values() for m in modules)
+
+
+def pinned(name: str) -> str:
+    """``name==version`` as constraints.txt pins it (one place for the project's releases)."""
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.split("==")[0].strip().lower() == name:
+            return line.split("#")[0].strip()
+    raise CheckFailed(f"constraints.txt pins no {name}")
 
 
 class CheckFailed(RuntimeError):
@@ -120,7 +130,7 @@ def check_core(py: Path, wheel: Path, scratch: Path) -> None:
 def contract_tests(py: Path, wheel: Path) -> None:
     step(f"the contract tests at the lower bounds ({LOWER})")
     run([str(py), "-m", "pip", "install", "-q", f"{wheel}[bench,tasks,native,export]",
-         *TEST_PINS, *(f"{k}=={v}" for k, v in LOWER.items())])  # fmt: skip
+         pinned("pytest"), *(f"{k}=={v}" for k, v in LOWER.items())])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": ""}
     p = run([str(py), "-m", "pytest", "tests/contract", "-q", "-p", "no:cacheprovider",
              "-m", "not compile"], cwd=ROOT, env=env, ok=(0, 1, 2, 3, 4, 5))  # fmt: skip
