@@ -153,8 +153,24 @@ def _split(readme: str) -> tuple[str, str, str]:
 
 
 def render(readme: str, speed: dict[str, str] | None = None) -> str:
-    before, _, after = _split(readme)
-    return f"{before}{START}\n{feature_table(speed)}\n{END}{after}"
+    """The README with a fresh table. A mechanism the store has no measurement of keeps the
+    speed cell the README already gave it (a checkout without ``attnzoo.duckdb`` loses none)."""
+    before, table, after = _split(readme)
+    kept = _speed_cells(table)
+    merged = {**{k: v for k, v in kept.items() if v != "not measured yet"}, **(speed or {})}
+    return f"{before}{START}\n{feature_table(merged)}\n{END}{after}"
+
+
+def _speed_cells(table: str) -> dict[str, str]:
+    """Mechanism name -> speed cell of an existing table."""
+    out = {}
+    for ln in table.strip().splitlines():
+        cells = (
+            [c.strip() for c in ln.strip().strip("|").split("|")] if ln.startswith("| `") else []
+        )
+        if len(cells) == len(HEAD):
+            out[cells[0].strip("`")] = cells[SPEED_COL]
+    return out
 
 
 def _without_speed(table: str) -> list[list[str]]:

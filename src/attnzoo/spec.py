@@ -290,22 +290,31 @@ class MixerSpec:
         support), in the order of :attr:`masks`.
 
         ``Mixer.check_mask`` takes a mask whose kinds (``attnzoo.Mask.kinds``) are all declared
-        and whose ``causal`` is the block's. A non-causal mask is ``full``, a window, documents
-        or both; a causal one is ``causal`` (with a window, documents or both), ``prefix-lm`` or
-        ``block-causal`` (either with documents). So ``full`` is never usable in a causal pattern
-        and ``causal`` never in a non-causal one."""
+        and whose ``causal`` is the block's. A non-causal mask is ``full``, a window (with
+        ``global`` tokens or not), documents or both; a causal one is ``causal`` (with a window,
+        global tokens, documents), ``prefix-lm`` or ``block-causal`` (either with documents),
+        ``shared-question`` or ``causal-blockwise``. ``qk-sparse`` and ``hash-sparse`` filter any
+        of them. So ``full`` is never usable in a causal pattern and ``causal`` never in a
+        non-causal one."""
         if pattern not in self.patterns:
             return ()
         declared = set(self.masks)
+        filters = declared & {"qk-sparse", "hash-sparse"}
         if pattern.startswith("causal"):
-            bases = declared & {"causal", "prefix-lm", "block-causal"}
+            bases = declared & {"causal", "prefix-lm", "block-causal", "shared-question",
+                                "causal-blockwise"}  # fmt: skip
             usable = set(bases)
             if "causal" in bases and "sliding-window" in declared:
                 usable.add("sliding-window")
-            if bases and "document" in declared:
+                usable |= declared & {"global"}
+            if bases & {"causal", "prefix-lm", "block-causal"} and "document" in declared:
                 usable.add("document")
+            if bases:
+                usable |= filters
         else:
-            usable = declared & {"full", "sliding-window", "document"}
+            usable = declared & {"full", "sliding-window", "document"} | filters
+            if "sliding-window" in declared:
+                usable |= declared & {"global"}
         return tuple(k for k in self.masks if k in usable)
 
     def flops(self, config: Any, batch: int, T: int, S: int | None = None, mask: Any = None) -> int:

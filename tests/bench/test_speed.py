@@ -17,7 +17,7 @@ import attnzoo as az
 from attnzoo.bench import speed as S
 from attnzoo.bench.predict import Declared, Point, Verdict, decide
 from attnzoo.bench.speed import Cell, _limits, plan, run_speed
-from attnzoo.bench.speed_suites import SUITES, SpeedSuite, build_mask, masks_for
+from attnzoo.bench.speed_suites import EXTRA_MASKS, SUITES, SpeedSuite, build_mask, masks_for
 from attnzoo.cli import app
 from attnzoo.registry import get_spec
 from attnzoo.store import Store
@@ -167,21 +167,28 @@ def test_ctrl_c_keeps_finished_measurements(tmp_path: Path) -> None:
 def test_suites_and_masks() -> None:
     assert set(SUITES) == {"quick", "linear", "full"}
     spec = get_spec("softmax")
-    assert masks_for(SUITES["full"], spec, "causal-self") == [
+    assert masks_for(SUITES["full"], spec, "causal-self") == ["causal", *EXTRA_MASKS]
+    assert masks_for(SUITES["full"], spec, "noncausal-self") == [
+        "full", "sliding-window", "document", "global", "qk-sparse", "hash-sparse",
+    ]  # fmt: skip
+    assert masks_for(SUITES["full"], spec, "causal-cross") == ["causal"]
+    # documents from the ProLong-64k lengths, seeded: reproducible, summing to T
+    m = build_mask("document", True, 3000, SUITES["quick"])
+    assert m.causal and sum(m.documents) == 3000 and len(m.documents) > 3
+    assert m == build_mask("document", True, 3000, SUITES["quick"])
+    joined = build_mask("document+prefix-lm", True, 3000, SUITES["full"])
+    assert joined.kinds == ("document", "prefix-lm") and joined.documents == m.documents
+    q = build_mask("shared-question", True, 64, SUITES["full"])
+    assert q.kinds == ("shared-question",) and len(q.documents) >= 2
+    sparse = build_mask("qk-sparse", False, 100, SUITES["full"])
+    assert len(sparse.drop_q) == len(sparse.drop_k) == 50 and not sparse.causal
+    hashed = build_mask("hash-sparse", True, 100, SUITES["full"])
+    assert set(hashed.buckets) <= set(range(8)) and len(hashed.buckets) == 100
+    assert build_mask("global", True, 100, SUITES["full"]).kinds == (
         "causal",
         "sliding-window",
-        "document",
-        "prefix-lm",
-        "block-causal",
-    ]
-    assert masks_for(SUITES["full"], spec, "noncausal-self") == [
-        "full",
-        "sliding-window",
-        "document",
-    ]
-    assert masks_for(SUITES["full"], spec, "causal-cross") == ["causal"]
-    m = build_mask("document", True, 10, SUITES["quick"])
-    assert m.documents == (2, 2, 2, 4) and m.causal
+        "global",
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,6 +198,11 @@ def test_suites_and_masks() -> None:
         ({"seq_lens": (0,)}, "--seq-lens"),
         ({"patterns": ("causal",)}, "--patterns: expected one of"),
         ({"masks": ("diag",)}, "--masks: expected mask kinds"),
+        (
+            {"masks": ("document+prefx-lm",)},
+            "--masks: expected mask kinds .*did you mean 'prefix-lm'",
+        ),
+        ({"sparsity": 1.0}, "sparsity: expected a fraction"),
         ({"modes": ("bwd",)}, "--mode: expected fwd, fwdbwd or step"),
         ({"mixers": ("softmx",)}, "--mixers: unknown mixer 'softmx' \\(did you mean 'softmax'"),
         ({"heads": 0}, "--heads: expected an integer >= 1"),

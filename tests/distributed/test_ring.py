@@ -49,7 +49,13 @@ def cases_for(P: int) -> list[W.RingCase]:
     ]
     if P == 2:
         # batch 2, grouped-query heads, and the remaining mask kinds
-        extra = [Mask.causal_(), Mask.prefix_lm(6), Mask.block_causal(4)]
+        extra = [Mask.causal_(), Mask.prefix_lm(6), Mask.block_causal(4),
+                 # two key ranges per row, and token filters (issue 17's kinds)
+                 Mask.global_window(2, 3), Mask.global_window(1, 3, causal=False),
+                 Mask.shared_question(4, [5, 7]), Mask.causal_blockwise([4, 5, 7]),
+                 Mask.prefix_lm(3, documents=[6, 10]),
+                 Mask.qk_sparse(drop_q=(0, 5, 9), drop_k=(2, 3, 11)),
+                 Mask.hash_sparse([i % 3 for i in range(16)])]  # fmt: skip
         out += [
             W.RingCase(kind, 16, m, variant, B=2, H=4, Hkv=2, seed=100 + i)
             for i, (kind, m, variant) in enumerate(
@@ -167,3 +173,20 @@ def test_ring_work_balance() -> None:
             assert spread < limit, (kind, work)
     assert ring_work(Sharding("zigzag", 64, 4), "causal") == [520] * 4
     assert ring_work(Sharding("striped", 64, 4), "full") == [16 * 64] * 4
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        Mask.global_window(2, 3),
+        Mask.shared_question(4, [5, 7]),
+        Mask.qk_sparse((0, 5), (2, 3)),
+        Mask.hash_sparse([i % 3 for i in range(16)]),
+    ],  # fmt: skip
+    ids=lambda m: m.name,
+)
+def test_ring_work_counts_every_kind_per_pair(mask: Mask) -> None:
+    """Each rank's work is its queries' allowed pairs, counted from the dense mask."""
+    sh = Sharding("zigzag", 16, 2)
+    dense = mask.dense(16, 16)
+    assert ring_work(sh, mask) == [int(dense[sh.positions(r)].sum()) for r in range(2)]

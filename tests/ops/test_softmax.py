@@ -21,9 +21,19 @@ def masks_for(T: int, S: int) -> list[Mask]:
         Mask.sliding_window(5, causal=False),
     ]
     out += [Mask.prefix_lm(max(1, T // 3)), Mask.block_causal(16)]
+    # several key ranges per row, and token filters (tiles evaluated pair by pair)
+    out += [Mask.global_window(2, 5), Mask.global_window(3, 4, causal=False)]
+    n = min(T, S)
+    out += [Mask.qk_sparse(drop_q=range(0, n, 3), drop_k=range(1, n, 4))]
+    out += [Mask.hash_sparse([i % 3 for i in range(T)], kv_buckets=[j % 2 for j in range(S)])]
     if T == S and T >= 3:
         docs = [T // 3, T - 2 * (T // 3), T // 3]
         out += [Mask.document(docs), Mask.document(docs, causal=True)]
+        out += [Mask.shared_question(docs[0], docs[1:]), Mask.causal_blockwise(docs)]
+        out += [
+            Mask.prefix_lm(2, documents=docs),
+            Mask.qk_sparse(drop_k=range(0, T, 2), causal=False),
+        ]
     return out
 
 

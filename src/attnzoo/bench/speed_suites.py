@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
+from attnzoo.bench.doc_lengths import document_lengths
 from attnzoo.config import suggest
 from attnzoo.ops.masks import MASK_KINDS, Mask
 from attnzoo.registry import PATTERNS, MixerSpec, get_spec, list_mixers
 from attnzoo.spec import LAYOUTS
 
 MODES = ("fwd", "fwdbwd", "step")
-# masks beyond the pattern's own full / causal; measured on self patterns only
-EXTRA_MASKS = ("sliding-window", "document", "prefix-lm", "block-causal")
+# masks beyond the pattern's own full / causal; measured on self patterns only. An entry may join
+# kinds with "+" ("document+prefix-lm": prefix-LM over documents)
+EXTRA_MASKS = ("sliding-window", "document", "prefix-lm", "block-causal", "global",
+               "document+prefix-lm", "shared-question", "causal-blockwise", "qk-sparse",
+               "hash-sparse")  # fmt: skip
+# kinds that exist only with causal attention
+CAUSAL_ONLY = ("prefix-lm", "block-causal", "shared-question", "causal-blockwise")
 GiB = 1 << 30
 
 
@@ -28,7 +35,8 @@ class SpeedSuite:
         image_sizes: grid sides for grid blocks (``h = w = s`` or ``d = h = w = s``, recorded as
             ``T = s**2`` or ``s**3``); ``None`` means the grids nearest to ``seq_lens``.
         patterns: CAB patterns to measure (each mixer measures those it supports).
-        masks: extra mask kinds (beyond full / causal) for self patterns.
+        masks: extra mask kinds (beyond full / causal) for self patterns; ``+`` joins kinds into
+            one mask (``document+prefix-lm``).
         batch, heads, head_dim: shape; ``d_model = heads * head_dim``.
         modes: ``fwd``, ``fwdbwd`` and/or ``step`` (one streaming step at position T, for
             mixers with a state, causal-self pattern, after T untimed steps).
@@ -39,7 +47,12 @@ class SpeedSuite:
             failure still stops its cell.
         skip_impls: implementations not timed (they are still correctness-checked), e.g. the
             ``reference`` and token-loop ``recurrent`` paths that exist to verify the fast ones.
-        window, documents, block: parameters of the extra masks (prefix-LM uses T // 4).
+        window, block: parameters of the extra masks (prefix-LM uses T // 4).
+        global_tokens: global tokens of the ``global`` kind (with the window).
+        sparsity: fraction of queries and of keys the ``qk-sparse`` kind drops.
+        buckets: hash buckets of the ``hash-sparse`` kind (a uniform random bucket per token).
+        mask_seed: seed of the document lengths (:mod:`attnzoo.bench.doc_lengths`, the
+            ProLong-64k distribution), the dropped tokens and the buckets.
         baseline: the mechanism the report's efficiency lengths and the README's speed ratios
             compare against (exact softmax attention).
     """
@@ -61,8 +74,11 @@ class SpeedSuite:
     no_skip: bool = False
     skip_impls: tuple[str, ...] = ()
     window: int = 256
-    documents: int = 4
     block: int = 128
+    global_tokens: int = 64
+    sparsity: float = 0.5
+    buckets: int = 8
+    mask_seed: int = 0
     baseline: str = "softmax"
     explicit_mixers: bool = False  # named by the user: refuse patterns they do not support
     explicit_patterns: bool = False
@@ -88,18 +104,16 @@ class SpeedSuite:
             )
         need(len(self.patterns) > 0, "--patterns", self.patterns, "at least one pattern")
         for m in self.masks:
-            need(
-                m in MASK_KINDS,
-                "--masks",
-                m,
-                f"mask kinds from {', '.join(MASK_KINDS)}{suggest(m, MASK_KINDS)}",
-            )
+            for part in m.split("+"):
+                need(part in MASK_KINDS, "--masks", m,
+                     f"mask kinds from {', '.join(MASK_KINDS)} (joined with +){suggest(part, MASK_KINDS)}")  # fmt: skip
         for mode in self.modes:
             need(mode in MODES, "--mode", mode, f"fwd, fwdbwd or step{suggest(mode, MODES)}")
         need(len(self.modes) > 0, "--mode", self.modes, "fwd, fwdbwd and/or step")
         for arg, value in (("--batch", self.batch), ("--heads", self.heads), ("--head-dim", self.head_dim),
-                           ("--repeats", self.repeats), ("--documents", self.documents),
-                           ("--window", self.window), ("--block", self.block)):  # fmt: skip
+                           ("--repeats", self.repeats), ("global_tokens", self.global_tokens),
+                           ("--window", self.window), ("--block", self.block),
+                           ("buckets", self.buckets)):  # fmt: skip
             need(isinstance(value, int) and value >= 1, arg, value, "an integer >= 1")
         need(self.warmup >= 0, "--warmup", self.warmup, "an integer >= 0")
         need(
@@ -109,6 +123,8 @@ class SpeedSuite:
             "a positive size such as 4GiB",
         )
         need(self.time_cap > 0, "--time-cap", self.time_cap, "positive seconds")
+        need(isinstance(self.sparsity, float) and 0.0 <= self.sparsity < 1.0, "sparsity",
+             self.sparsity, "a fraction in [0, 1)")  # fmt: skip
         need(isinstance(self.no_skip, bool), "--no-skip", self.no_skip, "True or False")
         need(isinstance(self.baseline, str) and bool(self.baseline), "baseline", self.baseline,
              "a mechanism name")  # fmt: skip
@@ -194,32 +210,54 @@ SUITES: dict[str, SpeedSuite] = {
 def masks_for(suite: SpeedSuite, spec: MixerSpec, pattern: str) -> list[str]:
     """Mask kinds measured for a (mixer, pattern): the pattern's own, plus supported extras."""
     causal = pattern.startswith("causal")
-    base = "causal" if causal else "full"
-    out = [base]
+    out = ["causal" if causal else "full"]
     if pattern.endswith("cross"):
         return out
+    usable = spec.masks_for(pattern)
     for kind in suite.masks:
-        if kind in ("full", "causal") or kind not in spec.masks:
+        parts = kind.split("+")
+        if kind in ("full", "causal") or any(p not in usable for p in parts):
             continue
-        if kind in ("prefix-lm", "block-causal") and not causal:
+        if not causal and any(p in CAUSAL_ONLY for p in parts):
             continue
         out.append(kind)
     return out
 
 
 def build_mask(kind: str, causal: bool, T: int, suite: SpeedSuite) -> Mask:
-    """The concrete mask of ``kind`` at length T (parameters from the suite)."""
-    if kind in ("full", "causal"):
-        return Mask(causal=causal)
+    """The concrete mask of ``kind`` (kinds joined by ``+`` make one mask) at length T, with
+    the suite's parameters; documents from :func:`attnzoo.bench.doc_lengths.document_lengths`."""
+    fields: dict[str, Any] = {"causal": causal}
+    for part in kind.split("+"):
+        if part not in MASK_KINDS:
+            raise ValueError(
+                f"mask kind {part!r} is not benchmarkable; known: {', '.join(MASK_KINDS)}"
+            )
+        fields.update(_mask_fields(part, T, suite))
+    return Mask(**fields)
+
+
+def _mask_fields(kind: str, T: int, suite: SpeedSuite) -> dict[str, Any]:
+    rng = random.Random(suite.mask_seed)
     if kind == "sliding-window":
-        return Mask(causal=causal, window=suite.window)
-    if kind == "document":
-        n = min(suite.documents, T)
-        lengths = [T // n] * n
-        lengths[-1] += T - sum(lengths)
-        return Mask.document(lengths, causal=causal)
+        return {"window": suite.window}
+    if kind == "global":
+        return {"window": suite.window, "global_tokens": suite.global_tokens}
+    if kind in ("document", "shared-question", "causal-blockwise"):
+        docs = document_lengths(T, suite.mask_seed, at_least=1 if kind == "document" else min(2, T))
+        flag = {
+            "shared-question": {"shares_question": True},
+            "causal-blockwise": {"last_sees_all": True},
+        }
+        return {"documents": docs, **flag.get(kind, {})}
     if kind == "prefix-lm":
-        return Mask.prefix_lm(max(1, T // 4))
+        return {"prefix": max(1, T // 4)}
     if kind == "block-causal":
-        return Mask.block_causal(suite.block)
-    raise ValueError(f"mask kind {kind!r} is not benchmarkable; known: {', '.join(MASK_KINDS)}")
+        return {"block": suite.block}
+    if kind == "qk-sparse":
+        n = int(suite.sparsity * T)
+        return {"drop_q": tuple(sorted(rng.sample(range(T), n))),
+                "drop_k": tuple(sorted(rng.sample(range(T), n)))}  # fmt: skip
+    if kind == "hash-sparse":
+        return {"buckets": tuple(rng.randrange(suite.buckets) for _ in range(T))}
+    return {}

@@ -10,14 +10,14 @@ Every rank keeps its queries. In ``P`` steps the K/V blocks travel around the ri
 while the next block is already in flight. Each block yields a partial output and its log-sum-exp
 (fp32), merged with ``lse = logaddexp(lse_a, lse_b)``, ``o = o_a e^{lse_a - lse} + o_b e^{lse_b
 - lse}``; a block (or a row) with no allowed key has ``lse = -inf`` and weighs nothing. The mask is
-the *global* one: row ``i`` of rank ``r`` may attend keys ``[lo, hi)`` of ``mask.ranges(T, T)`` at
-its global position, so any sharding and every mask of :mod:`attnzoo.ops.masks` work; fully masked
+the *global* one: row ``i`` of rank ``r`` attends the keys ``mask.resolve(T, T)`` allows at its
+global position, so any sharding and every mask of :mod:`attnzoo.ops.masks` work; fully masked
 blocks are skipped. The backward is a second ring pass: each block's probabilities are recomputed
 from the saved LSE, ``dQ`` accumulates locally and the ``dK/dV`` accumulators (fp32) travel with
 their block and reach its owner after one more shift.
 
 Inside a ring step the work is tiled ``block_q x block_k`` (forward and backward): each tile's
-scores are built from the query ranges and the block's key positions, tiles without an allowed
+scores are masked by the pairs the mask allows between the tile's query and key positions, tiles without an allowed
 pair are skipped, and tile results merge by the same log-sum-exp rule. A rank's memory is the
 K/V block in flight plus one tile of scores: ``O(T_r * (K + V) + block_q * block_k)`` per head.
 
@@ -46,6 +46,7 @@ from attnzoo.distributed.strategies import (
     register_strategy,
 )
 from attnzoo.ops.common import check_block, check_qkv, expand_kv, resolve_scale
+from attnzoo.ops.mask_rows import Rows
 from attnzoo.ops.masks import Mask, as_mask
 
 OP = "ring_attention"
@@ -95,13 +96,13 @@ def ring_attention(
 
 @dataclass(frozen=True)
 class _Plan:
-    """Per-call constants: the allowed key range of each of this rank's queries, the key
-    positions of every rank's block, which blocks have no allowed pair, the tile sizes."""
+    """Per-call constants: the global mask, this rank's query positions, the key positions of
+    every rank's block, which blocks have no allowed pair, the tile sizes."""
 
     sharding: Sharding
     scale: float
-    lo: Tensor  # [T_r] first allowed global key position of each local query
-    hi: Tensor  # [T_r] one past the last
+    rows: Rows  # the global mask at T x T
+    qpos: Tensor  # [T_r] global positions of this rank's queries
     kpos: tuple[Tensor, ...]  # global positions of rank s's keys, [T_s] each
     skip: tuple[bool, ...]  # block s has no allowed (query, key) pair
     block_q: int
@@ -144,36 +145,34 @@ def _plan(
     m = as_mask(mask)
     T = sharding.seq_len
     m.validate(T, T)
-    lo, hi = m.ranges(T, T)  # [T] each
+    rows = m.resolve(T, T)
     qpos = sharding.positions(comm.rank)
-    lo_q, hi_q = lo[qpos], hi[qpos]  # [T_r] each
     kpos = tuple(sharding.positions(s) for s in range(sharding.world_size))
-    # a block is empty when no query's range holds one of its keys: count keys per range
-    skip = tuple(not bool((_keys_in(kp, lo_q, hi_q) > 0).any()) for kp in kpos)
+    skip = tuple(not _reaches(rows, qpos, kp) for kp in kpos)
     dev = q.device
-    return _Plan(sharding, resolve_scale(OP, scale, K), lo_q.to(dev), hi_q.to(dev),
+    return _Plan(sharding, resolve_scale(OP, scale, K), m.resolve(T, T, dev), qpos.to(dev),
                  tuple(kp.to(dev) for kp in kpos), skip, block_q, block_k)  # fmt: skip
 
 
-def _keys_in(kpos: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """How many of the positions ``kpos`` lie in each range ``[lo_i, hi_i)``.
-
-    Shapes: kpos ``[T_s]``, lo/hi ``[T_r]`` -> ``[T_r]``
-    """
+def _reaches(rows: Rows, qpos: Tensor, kpos: Tensor) -> bool:
+    """Whether any query at ``qpos`` may attend any key at ``kpos``: keys counted per range
+    (``O(T log T)``), or the pairs evaluated when token filters hide some inside the ranges."""
+    if rows.filtered:
+        return bool(rows.allowed(qpos, kpos).any())
     srt = torch.sort(kpos).values
-    return torch.searchsorted(srt, hi) - torch.searchsorted(srt, lo)
+    lo, hi = rows.lo[qpos], rows.hi[qpos]  # [T_r, R]
+    return bool((torch.searchsorted(srt, hi) > torch.searchsorted(srt, lo)).any())
 
 
 def _tiles(plan: _Plan, src: int) -> Iterator[tuple[slice, slice, Tensor | None]]:
     """The non-empty ``block_q x block_k`` tiles of (this rank's queries, block ``src``'s keys):
     query slice, key slice and the allowed mask (``None`` when every pair is allowed)."""
-    kpos, T_r = plan.kpos[src], plan.lo.shape[0]
+    kpos, T_r = plan.kpos[src], plan.qpos.shape[0]
     for q0 in range(0, T_r, plan.block_q):
         qs = slice(q0, q0 + plan.block_q)
-        lo, hi = plan.lo[qs, None], plan.hi[qs, None]  # [tq, 1]
         for k0 in range(0, kpos.shape[0], plan.block_k):
             ks = slice(k0, k0 + plan.block_k)
-            allowed = (kpos[None, ks] >= lo) & (kpos[None, ks] < hi)  # [tq, tk]
+            allowed = plan.rows.allowed(plan.qpos[qs], kpos[ks])  # [tq, tk]
             if not bool(allowed.any()):
                 continue
             yield qs, ks, None if bool(allowed.all()) else allowed
@@ -308,7 +307,7 @@ def _allgather(q: Tensor, k: Tensor, v: Tensor, comm: Comm, plan: _Plan) -> Tens
     kv = comm.all_gather(torch.cat([k, v], dim=-1), dim=1, sizes=sizes)  # [B, T, Hkv, K + V]
     kh, vh = _heads(kv[..., :K], H), _heads(kv[..., K:], H)  # [B, H, T, K], [B, H, T, V]
     kpos = torch.cat(plan.kpos)  # [T] global positions in rank-concatenated key order
-    allowed = (kpos[None, :] >= plan.lo[:, None]) & (kpos[None, :] < plan.hi[:, None])  # [T_r, T]
+    allowed = plan.rows.allowed(plan.qpos, kpos)  # [T_r, T]
     s = _block_scores(rearrange(q.float(), "b t h k -> b h t k"), kh, allowed, plan.scale)
     p = torch.softmax(s, dim=-1)  # [B, H, T_r, T]
     # rows with no allowed key: softmax gives NaN; their output (and gradient) is zero
@@ -330,8 +329,7 @@ def ring_work(sharding: Sharding, mask: Mask | str | None = None) -> list[int]:
         raise TypeError(f"ring_work: sharding must be a Sharding, got {type(sharding).__name__}")
     m = as_mask(mask)
     T = sharding.seq_len
-    lo, hi = m.ranges(T, T)
-    per_row = hi - lo  # [T]
+    per_row = m.resolve(T, T).row_counts()  # [T]
     return [int(per_row[sharding.positions(r)].sum()) for r in range(sharding.world_size)]
 
 

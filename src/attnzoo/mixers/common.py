@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from attnzoo.config import MixerConfig, limit
 from attnzoo.mixers.base import AttentionMaps, Mixer, StreamingMixer
 from attnzoo.ops.common import attention_flops, expand_kv
-from attnzoo.ops.masks import Mask
+from attnzoo.ops.masks import MASK_KINDS, Mask
 
-ATTENTION_MASKS = ("full", "causal", "sliding-window", "document", "prefix-lm", "block-causal")
+ATTENTION_MASKS = MASK_KINDS  # every kind: the ops evaluate any mask (attnzoo.ops.mask_rows)
 
 
 def default_heads(d_model: int) -> int:

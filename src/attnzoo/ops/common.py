@@ -114,6 +114,9 @@ def tiles(
     Empty tiles are skipped (causal and windowed masks do roughly half or less of the work);
     tiles where every pair is allowed carry ``mask=None`` so no masking work is done.
     """
+    if not mask.single_range:
+        yield from _general_tiles(mask, T, S, block_q, block_k, device)
+        return
     lo, hi = mask.ranges(T, S, device="cpu")
     lo_l, hi_l = lo.tolist(), hi.tolist()
     lo_d, hi_d = lo.to(device), hi.to(device)
@@ -135,6 +138,29 @@ def tiles(
             j = torch.arange(k0, k1, device=device)
             m = (j[None, :] >= lo_d[q0:q1, None]) & (j[None, :] < hi_d[q0:q1, None])
             yield Tile(q0, q1, k0, k1, m)
+
+
+def _general_tiles(
+    mask: Mask, T: int, S: int, block_q: int, block_k: int, device: torch.device
+) -> Iterator[Tile]:
+    """:func:`tiles` for masks with two key ranges per row or token filters: each candidate
+    tile's pairs are evaluated (``block_q x block_k`` booleans), only between the rows' first and
+    last reachable keys."""
+    rows = mask.resolve(T, S, device="cpu")
+    for q0 in range(0, T, block_q):
+        q1 = min(q0 + block_q, T)
+        lo, hi = rows.lo[q0:q1], rows.hi[q0:q1]  # [n, R]
+        used = hi > lo
+        if not bool(used.any()):
+            continue
+        k_first, k_last = int(lo[used].min()), int(hi[used].max())
+        q_idx = torch.arange(q0, q1)
+        for k0 in range((k_first // block_k) * block_k, k_last, block_k):
+            k1 = min(k0 + block_k, S)
+            m = rows.allowed(q_idx, torch.arange(k0, k1))  # [n, k1 - k0]
+            if not bool(m.any()):
+                continue
+            yield Tile(q0, q1, k0, k1, None if bool(m.all()) else m.to(device))
 
 
 def check_block(op: str, name: str, value: int) -> int:
