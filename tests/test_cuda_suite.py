@@ -32,7 +32,9 @@ def test_the_cuda_suite_needs_a_device() -> None:
     ignore = [f"--ignore={p.relative_to(ROOT)}" for p in others if p.name != "conftest.py"]
     found = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests", *ignore],
                            cwd=ROOT, text=True, capture_output=True, timeout=600)  # fmt: skip
-    assert "tests/cuda/" not in found.stdout and "tests/test_cuda_suite.py" in found.stdout, found.stdout
+    assert "tests/cuda/" not in found.stdout and "tests/test_cuda_suite.py" in found.stdout, (
+        found.stdout
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

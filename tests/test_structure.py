@@ -39,6 +39,8 @@ NOT_A_MECHANISM = {
     "message naming what replaced it",
     ("distributed/state_passing.py", "gla"): "the first version's kind name, in the message "
     "naming what replaced it",
+    ("mixers/seq/combiner.py", "axial"): "Combiner's variant (Combiner-Axial), not the axial block",
+    ("ops/combiner.py", "axial"): "Combiner's variant (Combiner-Axial), not the axial block",
 }
 
 

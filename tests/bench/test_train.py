@@ -203,3 +203,31 @@ def test_extra_evals_run_once_on_the_final_model() -> None:
 
     r = train(model_fn, interrupting, loss_fn, acc_fn, cfg, extra_evals={"w": probe})
     assert r.status == "interrupted" and r.extra == {} and len(log) == 1
+
+
+def test_a_blocks_auxiliary_loss_is_trained() -> None:
+    """Routing attention's commitment loss reaches backward through the trainer: its centroids
+    take EMA steps during training (they never move in a forward alone)."""
+    from attnzoo.mixers.base import auxiliary_loss
+
+    built: list[SequenceModel] = []
+
+    def routed() -> SequenceModel:
+        m = SequenceModel(vocab_size=V, d_model=32, num_layers=1, mixer="routing", max_len=T,
+                          mixer_kwargs={"num_heads": 2, "num_clusters": 2})  # fmt: skip
+        built.append(m)
+        return m
+
+    probe = routed()
+    before = probe.state_dict()["blocks.0.mixer.centroids"].clone()
+    probe.train()
+    probe(torch.randint(0, V, (2, T)))
+    aux = auxiliary_loss(probe)
+    assert aux is not None and aux.requires_grad and float(aux.detach()) > 0
+    assert torch.equal(probe.state_dict()["blocks.0.mixer.centroids"], before)
+    assert auxiliary_loss(model_fn()) is None  # softmax has none
+    r = train(
+        routed, copy_prev_batch, loss_fn, acc_fn, TrainConfig(steps=3, batch_size=4, eval_every=3)
+    )
+    assert r.status == "complete"
+    assert not torch.equal(built[-1].state_dict()["blocks.0.mixer.centroids"], before)

@@ -127,7 +127,8 @@ def test_step_with_a_state_of_another_shape_names_the_field(spec: az.MixerSpec) 
             ValueError, match=rf"^{spec.name}\.step: state\.{f.name} has shape {shape}, expected \("
         ):
             m.step(x_t, dataclasses.replace(state, **{f.name: bad}))
-    wide = build(spec, "causal-self", d_model=2 * D_MODEL, num_heads=1)
+    heads = {"num_heads": 1} if "num_heads" in spec.config.field_names() else {}
+    wide = build(spec, "causal-self", d_model=2 * D_MODEL, **heads)
     with pytest.raises(ValueError, match=rf"^{spec.name}\.step: state\.\w+ has shape"):
         m.step(x_t, wide.init_state(2))
 
@@ -135,12 +136,14 @@ def test_step_with_a_state_of_another_shape_names_the_field(spec: az.MixerSpec) 
 def _masks() -> list[Mask]:
     """One mask of every combination the Mask class allows (of each kind, with documents)."""
     out = []
-    for causal, window, prefix, block, docs in itertools.product(
-        (False, True), (None, 3), (None, 2), (None, 2), (None, (3, 4))
-    ):
+    for causal, window, prefix, block, docs, glob, question, blockwise, drop, buckets in itertools.product(
+        (False, True), (None, 3), (None, 2), (None, 2), (None, (3, 4)), (None, 1), (False, True),
+        (False, True), (None, (1,)), (None, (0, 1, 0, 1, 0, 1, 0)),
+    ):  # fmt: skip
         try:
             out.append(Mask(causal=causal, window=window, prefix=prefix, block=block,
-                            documents=docs))  # fmt: skip
+                            documents=docs, global_tokens=glob, shares_question=question,
+                            last_sees_all=blockwise, drop_k=drop, buckets=buckets))  # fmt: skip
         except ValueError:
             continue
     return out

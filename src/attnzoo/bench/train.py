@@ -15,6 +15,8 @@ instead (``held_out``). Optional hooks: ``predict_fn(model, inputs)`` replaces `
 as the metric's input (e.g. greedy decoding, where the training forward is teacher-forced; the
 evaluation loss still uses ``model(inputs)``), and ``extra_evals`` (name -> ``f(model) -> float``)
 run once on the final model (in eval mode, without gradients) unless the run was interrupted.
+A block's auxiliary loss (:meth:`attnzoo.mixers.base.Mixer.aux_loss`, e.g. routing attention's
+commitment loss) is added to the task loss before ``backward()``; the curve records the task loss.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from attnzoo.mixers.base import auxiliary_loss
 
 Batch = tuple[Any, Any]
 
@@ -177,8 +181,9 @@ def train(
         for step in range(1, cfg.steps + 1):
             inputs, targets = batch_fn(cfg.batch_size, g_train)
             loss = loss_fn(model(inputs), targets)
+            aux = auxiliary_loss(model)  # e.g. routing attention's commitment loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if aux is None else loss + aux).backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()

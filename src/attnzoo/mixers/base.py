@@ -143,6 +143,12 @@ class Mixer(nn.Module):
         """The mechanism, on checked inputs (see :meth:`forward`)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement mix()")
 
+    def aux_loss(self) -> Tensor | None:
+        """An auxiliary training loss of the latest training-mode forward (a scalar in its
+        graph, e.g. routing attention's k-means commitment loss), or ``None`` for a block
+        without one. Training code adds it to the task loss (:func:`auxiliary_loss`)."""
+        return None
+
     def attention_maps(
         self, x: Tensor, context: Tensor | None = None, *, mask: Mask | None = None
     ) -> AttentionMaps:
@@ -392,3 +398,12 @@ class StreamingMixer(Mixer):
         y, new = self.advance(x_t, state)
         new.position = state.position + 1
         return y, new
+
+
+def auxiliary_loss(model: nn.Module) -> Tensor | None:
+    """The sum of :meth:`Mixer.aux_loss` over every block in ``model``, or ``None`` when no block
+    has one: add it to the task loss before ``backward()``."""
+    parts = [
+        loss for m in model.modules() if isinstance(m, Mixer) and (loss := m.aux_loss()) is not None
+    ]
+    return torch.stack(parts).sum() if parts else None

@@ -2,11 +2,13 @@
 
 from attnzoo.mixers.vision import (  # noqa: F401
     area,
+    axial,
     davit_channel,
     davit_window,
     ffnified,
     gpsa,
     halo,
+    hyena_nd,
     l2vit,
     lka,
     moat,
