@@ -100,9 +100,13 @@ def test_info_lists_the_masks_each_pattern_takes() -> None:
     assert masks == {"masks (causal-self)": "causal"}
     r = runner.invoke(app, ["info", "softmax"])
     masks = {row[0]: row[1] for row in csv_rows(r.stdout) if row[0].startswith("masks")}
-    assert masks["masks (noncausal-self)"] == "full, sliding-window, document"
     assert (
-        masks["masks (causal-cross)"] == "causal, sliding-window, document, prefix-lm, block-causal"
+        masks["masks (noncausal-self)"]
+        == "full, sliding-window, document, global, qk-sparse, hash-sparse"
+    )
+    assert masks["masks (causal-cross)"] == (
+        "causal, sliding-window, document, prefix-lm, block-causal, global, shared-question, "
+        "causal-blockwise, qk-sparse, hash-sparse"
     )
 
 

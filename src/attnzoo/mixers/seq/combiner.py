@@ -118,7 +118,7 @@ def combiner_mixer_flops(
     patterns=("causal-self", "noncausal-self"),
     attention_maps=True,
     # T^1.5 is T·√T (the bench reads the exponent); a fixed segment s costs T·(s + T/s)·K
-    complexity="O(T^1.5·K) time, i.e. T·√T·K at the default segment √T; O(T^1.5) memory",
+    complexity="O(T^1.5·K) time at the default segment ceil(T^0.5), T·(s + T/s)·K at a fixed segment s; O(T^1.5) memory",
     paper=PAPER,
     peer="identity: one segment and one-token segments equal exact softmax attention",
     export=ExportSupport(

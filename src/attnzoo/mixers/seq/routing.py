@@ -182,8 +182,8 @@ class _EmaStep:
     family="sparse",
     patterns=("causal-self", "noncausal-self"),
     attention_maps=True,
-    complexity="O(T·(T/C)·K) time with C clusters of window T/C, O(T·√T·K) at the paper's "
-    "C ≈ √T; causal routing='prefix' adds O(C·T²) comparisons and a (1 + ln C)² factor on "
+    complexity="O(T·(T/C)·K) time with C clusters of window T/C, T^1.5·K at the paper's "
+    "C ≈ T^0.5; causal routing='prefix' adds O(C·T²) comparisons and a (1 + ln C)² factor on "
     "the attention; O(T·(T/C)) memory",
     paper=PAPER,
     peer="routing-transformer KmeansAttention (eval, means set, mem kv and scatter_mean eps "

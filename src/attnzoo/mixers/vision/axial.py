@@ -240,7 +240,7 @@ class Axial3dMixer(AxialMixer):
     config=AxialARConfig,
     family="sparse",
     patterns=("causal-self",),
-    complexity="O(T^1.5·C) time at the default row width ceil(√T), T·(W + T/W)·C at a fixed "
+    complexity="O(T^1.5·C) time at the default row width ceil(T^0.5), T·(W + T/W)·C at a fixed "
     "width W; O(T·C) memory with SDPA",
     paper=PAPER,
     peer="torch SDPA over the flattened tokens with dense row / causal-column / causal-row "
