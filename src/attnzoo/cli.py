@@ -444,8 +444,8 @@ def bench_quality(
     suite: Annotated[
         str,
         typer.Option(
-            help="quick (minutes), zoology (MQAR Figure-2 grid, ~1-2 h), pointer, images, "
-            "regression."
+            help="quick (minutes), zoology (MQAR Figure-2 grid, hours), listops, pointer, "
+            "images, regression."
         ),
     ] = "quick",
     task: Annotated[

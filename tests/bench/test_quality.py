@@ -322,7 +322,9 @@ def test_select_tasks_and_suites_validate() -> None:
         zoo.select_tasks(["pointer"])
     with pytest.raises(ValueError, match=r"points: each must be a \(task, settings dict\) pair"):
         QualitySuite(points=(("mqar",),))
-    for name in ("zoology", "pointer", "images", "regression"):
+    assert set(SUITES["listops"].tasks) == {"listops"}
+    assert {"combiner", "routing", "hyena", "axial_ar"} <= set(SUITES["zoology"].mixers)
+    for name in ("zoology", "listops", "pointer", "images", "regression"):
         suite = SUITES[name]
         assert suite.name == name and suite.lrs and suite.mixers
         check_suite(suite)  # every (point, mixer, width) model builds

@@ -218,7 +218,17 @@ SUITES: dict[str, QualitySuite] = {
     # Zoology Figure 2 scaled to CPU: what is kept and what is scaled is in the module docstring
     "zoology": QualitySuite(
         name="zoology",
-        mixers=("softmax", "linear", "gla", "lightning"),
+        # issue 17's 1-D blocks beside softmax and the linear family
+        mixers=(
+            "softmax",
+            "linear",
+            "gla",
+            "lightning",
+            "combiner",
+            "routing",
+            "hyena",
+            "axial_ar",
+        ),
         d_models=(64, 128),
         lrs=(1e-3, 3e-3, 1e-2),
         steps=4000,
@@ -230,6 +240,20 @@ SUITES: dict[str, QualitySuite] = {
             ("mqar", {**_MQAR_FIG2, "seq_len": L, "num_kv_pairs": kv})
             for L, kv in ((64, 4), (128, 8), (256, 16))
         ),  # fmt: skip
+    ),
+    # LRA's ListOps (scaled down; a non-causal classifier, so the causal-only hyena and
+    # axial_ar cannot take part) for issue 17's blocks beside softmax and the linear family
+    "listops": QualitySuite(
+        name="listops",
+        mixers=("softmax", "linear", "gla", "combiner", "routing"),
+        d_models=(64,),
+        lrs=(1e-3, 3e-3),
+        steps=2000,
+        batch_size=64,
+        eval_every=200,
+        eval_batches=4,
+        target=None,
+        tasks=("listops",),
     ),
     # Vinyals et al.'s sorting and convex hull, trained on n = 5..10 (the paper's hull: n = 50),
     # tested greedily on n = 11..20 (paper: up to 500); mixers with both patterns a pointer
