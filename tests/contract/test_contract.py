@@ -67,7 +67,10 @@ def test_every_parameter_gets_a_gradient(spec: az.MixerSpec, pattern: str, d_mod
     x, ctx = inputs(spec, m, pattern)
     x.requires_grad_(True)
     y = call(m, x, ctx)
-    (y * torch.randn(y.shape)).sum().backward()
+    # the training loss: a block's auxiliary loss trains parameters the output does not reach
+    # (sparsifiner's connectivity predictor, behind a detached mask)
+    loss, aux = (y * torch.randn(y.shape)).sum(), m.aux_loss()
+    (loss if aux is None else loss + aux).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     for name, p in m.named_parameters():
         assert p.grad is not None, f"{spec.name}: parameter {name} got no gradient ({pattern})"

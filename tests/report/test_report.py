@@ -100,11 +100,11 @@ def test_self_contained(two_runs: tuple[Path, list[int]], tmp_path: Path) -> Non
     db, _ = two_runs
     out = tmp_path / "out"
     (out).mkdir()
-    (out / "speed-grid3d-noncausal-self.html").write_text("stale")  # an older report's page
+    (out / "speed-tokens-retired-pattern.html").write_text("stale")  # an older report's page
     (out / "notes.txt").write_text("mine")
     path = write_report(Store(db, read_only=True), out)
     assert path.name == "index.html" and not list(out.glob("*.tmp"))
-    assert not (out / "speed-grid3d-noncausal-self.html").exists()
+    assert not (out / "speed-tokens-retired-pattern.html").exists()
     assert (out / "notes.txt").read_text() == "mine"
     written = sorted(p.name for p in out.glob("*.html"))
     index = path.read_text()

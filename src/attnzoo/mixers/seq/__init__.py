@@ -11,4 +11,5 @@ from attnzoo.mixers.seq import (  # noqa: F401
     routing,
     sigmoid,
     softmax,
+    sparsifiner,
 )
