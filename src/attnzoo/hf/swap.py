@@ -17,6 +17,10 @@ Refused before anything is replaced (``ValueError`` naming the mixer, the model 
 that is not a ``tokens`` token mixer, a model with cross-attention layers, a model whose pattern
 (causal for decoders, noncausal for encoders) the mixer lacks, a model without a recognised
 self-attention layer. Calls refuse what the mixer cannot do (see :mod:`attnzoo.hf.wrapper`).
+
+Training a swapped model: add :func:`attnzoo.mixers.base.auxiliary_loss` of the model (``None``
+when no mixer has one) to the task loss. Some mixers train part of themselves only through it
+(sparsifiner's connectivity predictor; routing's centroids move when it is backpropagated).
 """
 
 from __future__ import annotations
