@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import attnzoo as az
+from attnzoo.mixers.base import auxiliary_loss
 from attnzoo.models import MetaFormer, register_timm_models
 from attnzoo.models.metaformer import FlatTokens
 
@@ -254,7 +255,8 @@ def test_one_training_step_with_every_mixer(name: str) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss = F.cross_entropy(model(x), target)
     assert torch.isfinite(loss)
-    loss.backward()
+    aux = auxiliary_loss(model)  # what some mixers train through (sparsifiner's predictor)
+    (loss if aux is None else loss + aux).backward()
     for pname, p in model.named_parameters():
         if p.requires_grad:
             assert p.grad is not None, f"{name}: parameter {pname} got no gradient"
