@@ -145,13 +145,12 @@ def _plan(
     m = as_mask(mask)
     T = sharding.seq_len
     m.validate(T, T)
-    rows = m.resolve(T, T)
-    qpos = sharding.positions(comm.rank)
-    kpos = tuple(sharding.positions(s) for s in range(sharding.world_size))
-    skip = tuple(not _reaches(rows, qpos, kp) for kp in kpos)
     dev = q.device
-    return _Plan(sharding, resolve_scale(OP, scale, K), m.resolve(T, T, dev), qpos.to(dev),
-                 tuple(kp.to(dev) for kp in kpos), skip, block_q, block_k)  # fmt: skip
+    rows = m.resolve(T, T, dev)
+    qpos = sharding.positions(comm.rank).to(dev)
+    kpos = tuple(sharding.positions(s).to(dev) for s in range(sharding.world_size))
+    skip = tuple(not _reaches(rows, qpos, kp) for kp in kpos)
+    return _Plan(sharding, resolve_scale(OP, scale, K), rows, qpos, kpos, skip, block_q, block_k)
 
 
 def _reaches(rows: Rows, qpos: Tensor, kpos: Tensor) -> bool:
